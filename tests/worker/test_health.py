@@ -1,0 +1,55 @@
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+from django.test import Client
+
+pytestmark = pytest.mark.django_db
+
+
+def test_healthz_is_503_and_says_why_when_redis_is_down(client: Client, settings) -> None:
+    from worker.broker import redis_client
+
+    settings.REDIS_URL = "unix:///nonexistent/redis.sock"
+    redis_client.cache_clear()
+    try:
+        response = client.get("/healthz")
+    finally:
+        redis_client.cache_clear()
+    assert response.status_code == 503
+    body = response.json()
+    assert body["database"]["ok"] is True
+    assert body["database"]["pgvector"]
+    assert body["redis"]["ok"] is False and body["redis"]["error"]
+    assert body["ok"] is False
+
+
+def test_healthz_is_503_without_a_live_worker(client: Client, live_redis: str) -> None:
+    response = client.get("/healthz")
+    assert response.status_code == 503
+    assert response.json()["redis"]["ok"] is True
+    assert response.json()["worker"] == {"ok": False, "live": []}
+
+
+@pytest.mark.integration
+def test_healthz_is_200_once_a_real_worker_beats(
+    client: Client, celery_worker: subprocess.Popen[bytes]
+) -> None:
+    response = client.get("/healthz")
+    assert response.status_code == 200
+    body = response.json()
+    assert body["ok"] is True
+    assert any("default" in w["queues"] for w in body["worker"]["live"])
+
+
+@pytest.mark.integration
+def test_a_stopped_worker_disappears_from_healthz(
+    client: Client, celery_worker: subprocess.Popen[bytes]
+) -> None:
+    from config.embedded import stop_process
+
+    stop_process(celery_worker)
+    response = client.get("/healthz")
+    assert response.status_code == 503
+    assert response.json()["worker"]["live"] == []

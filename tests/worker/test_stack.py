@@ -1,0 +1,143 @@
+"""`make run`'s process (manage.py runstack) started for real in a data dir of its own."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+IMPORT_USER = "from django.contrib.auth.models import User\n"
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _env(data_dir: Path, port: int) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in {"DATABASE_URL", "REDIS_URL"}}
+    env.update(AUTORET_DATA_DIR=str(data_dir), PORT=str(port), PYTHONUNBUFFERED="1")
+    env.pop("DJANGO_SUPERUSER_PASSWORD", None)
+    return env
+
+
+def _start(data_dir: Path, port: int) -> tuple[subprocess.Popen[str], list[str]]:
+    """Start runstack in a new process group (as a terminal would) and wait for its URL line."""
+    process = subprocess.Popen(
+        [sys.executable, "manage.py", "runstack"], cwd=REPO, env=_env(data_dir, port),
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+    )  # fmt: skip
+    assert process.stdout is not None
+    lines: list[str] = []
+    deadline = time.monotonic() + 180
+    for line in process.stdout:
+        lines.append(line.rstrip())
+        if line.startswith("Press Ctrl-C"):
+            return process, lines
+        if time.monotonic() > deadline:
+            break
+    os.killpg(process.pid, signal.SIGKILL)
+    pytest.fail("runstack did not come up:\n" + "\n".join(lines))
+
+
+def _get(url: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+def _wait_healthy(port: int, timeout: float = 60) -> str:
+    deadline = time.monotonic() + timeout
+    body = ""
+    while time.monotonic() < deadline:
+        status, body = _get(f"http://127.0.0.1:{port}/healthz")
+        if status == 200:
+            return body
+        time.sleep(0.5)
+    pytest.fail(f"/healthz never reported healthy: {body}")
+
+
+def _manage(data_dir: Path, port: int, *args: str) -> str:
+    result = subprocess.run(
+        [sys.executable, "manage.py", *args], cwd=REPO, env=_env(data_dir, port),
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def _processes_using(data_dir: Path) -> list[str]:
+    found = []
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if str(data_dir) in cmdline:
+            found.append(f"{pid}: {cmdline}")
+    return found
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path) -> Iterator[Path]:
+    path = tmp_path / "data"
+    yield path
+    # Leave nothing running whatever the test did.
+    from config.embedded import stop_postgres
+
+    stop_postgres(path / "postgres")
+
+
+def test_runstack_survives_kill_9_with_data_and_stops_cleanly(data_dir: Path) -> None:
+    port = _free_port()
+    first, lines = _start(data_dir, port)
+    assert any(f"http://127.0.0.1:{port}/" in line for line in lines)
+    assert any("Log in as admin with password" in line for line in lines)
+    status, login_page = _get(f"http://127.0.0.1:{port}/accounts/login/")
+    assert status == 200 and "Log in" in login_page
+    health = _wait_healthy(port)
+    assert '"pgvector": "0.6.2"' in health
+
+    # manage.py reuses the running embedded database.
+    _manage(
+        data_dir,
+        port,
+        "shell",
+        "--no-imports",
+        "-c",
+        IMPORT_USER + "User.objects.create_user('kept')",
+    )
+
+    os.killpg(first.pid, signal.SIGKILL)
+    first.wait()
+
+    second, lines = _start(data_dir, port)
+    try:
+        assert any("Log in as admin" in line for line in lines)
+        assert not any("with password" in line for line in lines), "the password is shown only once"
+        _wait_healthy(port)
+        count = IMPORT_USER + "print(User.objects.filter(username='kept').count())"
+        out = _manage(data_dir, port, "shell", "--no-imports", "-c", count)
+        assert out.strip() == "1"
+    finally:
+        second.send_signal(signal.SIGTERM)
+        output = second.communicate(timeout=90)[0]
+    assert second.returncode == 0, output
+    assert "stopped" in output
+    assert not (data_dir / "postgres" / "postmaster.pid").exists()
+    assert _processes_using(data_dir) == []

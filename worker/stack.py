@@ -1,0 +1,186 @@
+"""`make run`: the whole single-machine platform as one foreground process.
+
+Starts (or reuses) the embedded PostgreSQL, starts the embedded Redis, migrates, makes sure an admin
+account exists, starts one Celery worker and gunicorn, prints the URL and login, and on Ctrl-C or
+SIGTERM stops everything it started. Children stay in this process group, so `kill -9` of the group
+takes them along; PostgreSQL runs in its own session (pg_ctl detaches it) and is simply reused by
+the next start, which is how data and a second `make run` survive a kill.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.core.management import call_command
+
+from config.embedded import ensure_postgres, start_redis, stop_postgres, stop_process
+
+
+@dataclass
+class StackOptions:
+    host: str = "127.0.0.1"
+    port: int = 8000
+    web_workers: int = 2
+    out: Any = sys.stdout  # a text stream or Django's OutputWrapper
+
+
+@dataclass
+class Stack:
+    options: StackOptions
+    children: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    started_postgres: bool = False
+    stopping: bool = False
+
+    @property
+    def log_dir(self) -> Path:
+        return settings.DATA_DIR / "logs"
+
+    def say(self, line: str) -> None:
+        self.options.out.write(line + "\n")
+        self.options.out.flush()
+
+    def start(self) -> None:
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        if settings.EMBEDDED_POSTGRES_DIR is not None:
+            address = ensure_postgres(
+                settings.EMBEDDED_POSTGRES_DIR, str(settings.DATABASES["default"]["NAME"])
+            )
+            self.started_postgres = True
+            self.say(f"postgres  embedded PostgreSQL + pgvector, socket in {address.socket_dir}")
+        if settings.EMBEDDED_REDIS_DIR is not None:
+            self.children["redis"] = start_redis(settings.EMBEDDED_REDIS_DIR)
+            self.say(f"redis     embedded Redis at {settings.REDIS_URL}")
+        call_command("migrate", interactive=False, verbosity=0)
+        login = ensure_admin()
+        self.children["worker"] = self._spawn("worker", worker_command())
+        self.children["web"] = self._spawn("web", self._web_command())
+        url = f"http://{self.options.host}:{self.options.port}/"
+        if not wait_for_http(url + "healthz", timeout=90, accept=(200, 503)):
+            raise RuntimeError(
+                f"the web server did not answer on {url}; see {self.log_dir}/web.log"
+            )
+        self.say(f"logs      {self.log_dir}/")
+        self.say("")
+        self.say(f"AutoRet is running at {url}")
+        self.say(login)
+        self.say("Press Ctrl-C to stop.")
+
+    def _web_command(self) -> list[str]:
+        return [
+            sys.executable, "-m", "gunicorn", "config.wsgi:application",
+            "--bind", f"{self.options.host}:{self.options.port}",
+            "--workers", str(self.options.web_workers), "--threads", "4",
+            "--timeout", "120", "--graceful-timeout", "10",
+            "--access-logfile", str(self.log_dir / "access.log"),
+        ]  # fmt: skip
+
+    def _spawn(self, name: str, command: list[str]) -> subprocess.Popen[bytes]:
+        log = open(self.log_dir / f"{name}.log", "ab")  # noqa: SIM115 - the child owns it
+        return subprocess.Popen(
+            command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+            cwd=settings.BASE_DIR,
+        )  # fmt: skip
+
+    def wait(self) -> int:
+        """Block until a signal asks us to stop (0) or a child dies on its own (1)."""
+        while not self.stopping:
+            for name, child in self.children.items():
+                if child.poll() is not None and not self.stopping:
+                    self.say(
+                        f"{name} exited with code {child.returncode}; see {self.log_dir}/{name}.log"
+                    )
+                    return 1
+            time.sleep(0.5)
+        return 0
+
+    def request_stop(self, signum: int, frame: FrameType | None) -> None:
+        self.stopping = True
+
+    def stop(self) -> None:
+        self.stopping = True
+        for name in ("web", "worker", "redis"):
+            child = self.children.pop(name, None)
+            if child is not None:
+                stop_process(child, timeout=20)
+        if self.started_postgres and settings.EMBEDDED_POSTGRES_DIR is not None:
+            stop_postgres(settings.EMBEDDED_POSTGRES_DIR)
+        self.say("stopped")
+
+
+def worker_command() -> list[str]:
+    queues = "default,gpu" if _cuda_available() else "default"
+    return [
+        sys.executable, "-m", "celery", "-A", "config", "worker",
+        "-Q", queues, "--concurrency", "1", "--loglevel", "INFO",
+        "--hostname", f"autoret-{os.getpid()}@%h",
+    ]  # fmt: skip
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return bool(torch.cuda.is_available())
+
+
+def ensure_admin() -> str:
+    """Create the first admin account once; returns the line telling the user how to log in.
+
+    The password comes from DJANGO_SUPERUSER_PASSWORD, or is generated and printed this one time
+    (and kept in the data dir, readable by this user only, for whoever missed the terminal).
+    """
+    user_model = get_user_model()
+    existing = user_model.objects.filter(is_superuser=True).order_by("pk").first()
+    password_file = settings.DATA_DIR / "initial-admin-password"
+    if existing is not None:
+        hint = f" (first password in {password_file})" if password_file.exists() else ""
+        return f"Log in as {existing.get_username()}{hint}."
+    username = os.environ.get("DJANGO_SUPERUSER_USERNAME") or "admin"
+    password = os.environ.get("DJANGO_SUPERUSER_PASSWORD") or secrets.token_urlsafe(12)
+    email = os.environ.get("DJANGO_SUPERUSER_EMAIL") or ""
+    user_model.objects.create_superuser(username=username, email=email, password=password)
+    if "DJANGO_SUPERUSER_PASSWORD" not in os.environ:
+        password_file.touch(mode=0o600)
+        password_file.write_text(password + "\n")
+    return (
+        f"Log in as {username} with password {password} (shown once; change it after logging in)."
+    )
+
+
+def wait_for_http(url: str, timeout: float, accept: tuple[int, ...] = (200,)) -> bool:
+    import urllib.error
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status in accept:
+                    return True
+        except urllib.error.HTTPError as exc:
+            if exc.code in accept:
+                return True
+        except OSError:
+            pass
+        time.sleep(0.3)
+    return False
+
+
+def run_stack(options: StackOptions) -> int:
+    stack = Stack(options)
+    signal.signal(signal.SIGTERM, stack.request_stop)
+    signal.signal(signal.SIGINT, stack.request_stop)
+    try:
+        stack.start()
+        return stack.wait()
+    finally:
+        stack.stop()
