@@ -43,6 +43,17 @@ def outsider(django_user_model):
     return django_user_model.objects.create_user("outsider", "outsider@example.org", PASSWORD)
 
 
+@pytest.fixture
+def collection(admin, curator, annotator):  # noqa: ARG001 - admin is a superuser, no membership
+    """A collection with the cast's roles: curator and annotator are members, outsider is not."""
+    from retrieval.models import Collection, Membership
+
+    collection = Collection.objects.create(name="Shoes and shirts", created_by=admin)
+    Membership.objects.create(collection=collection, user=curator, role=Membership.Role.CURATOR)
+    Membership.objects.create(collection=collection, user=annotator, role=Membership.Role.ANNOTATOR)
+    return collection
+
+
 @pytest.fixture(scope="session")
 def redis_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """A real Redis for the session (the embedded server binary), on its own socket."""
