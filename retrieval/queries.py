@@ -1,0 +1,355 @@
+"""Every nearest-neighbour query of the platform, against pgvector 0.6 with L2 distance (`<->`).
+
+Index design: one partial HNSW index per model version (`... USING hnsw (vector vector_l2_ops)
+WHERE version_id = N`). A search is always restricted to one version, so the index it walks holds
+exactly that version's rows and a top-k needs no post-filter. pgvector 0.6 has no iterative index
+scan: an HNSW scan yields at most `hnsw.ef_search` candidates and a filter (excluded ids) applied
+after it can leave fewer than k rows. `nearest` therefore falls back to an exact scan whenever the
+index returns a short page, and versions too small to be worth an index are always scanned exactly
+through the (version_id, image_id) btree of the unique constraint. See docs/search.md.
+"""
+
+from __future__ import annotations
+
+import os
+import weakref
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from django.conf import settings
+from django.db import connection, transaction
+from pgvector.psycopg import register_vector
+
+from retrieval.autoret.constants import EMBED_DIM
+from retrieval.models import Embedding, ModelVersion
+
+TABLE = Embedding._meta.db_table
+
+# Below this many rows an exact scan of one version costs about as much as an HNSW walk (a few
+# milliseconds for 2,000 x 128 floats) and is always exact, so no index is built.
+INDEX_MIN_ROWS = 2000
+DEFAULT_EF_SEARCH = 40
+# pgvector's defaults; recall at 100k is measured with them in bench/search.py.
+HNSW_M = 16
+HNSW_EF_CONSTRUCTION = 64
+
+# Raw psycopg connections that already know the `vector` type (registering costs a round trip).
+_registered: weakref.WeakSet[Any] = weakref.WeakSet()
+
+VersionRef = ModelVersion | int
+
+
+def _version_id(version: VersionRef) -> int:
+    # Always an int: it is written into SQL as a literal (see _version_filter).
+    return int(version.pk if isinstance(version, ModelVersion) else version)
+
+
+def _version_filter(version_id: int) -> str:
+    # A literal, not a bound parameter: the planner can only match a partial index whose
+    # predicate it can prove, and a generic plan over a parameter proves nothing.
+    return f"version_id = {int(version_id)}"
+
+
+def index_name(version: VersionRef) -> str:
+    return f"embedding_hnsw_v{_version_id(version)}"
+
+
+def _cursor() -> Any:
+    """A Django cursor whose raw psycopg connection adapts numpy arrays to and from `vector`."""
+    connection.ensure_connection()
+    raw = connection.connection
+    if raw not in _registered:
+        register_vector(raw)
+        _registered.add(raw)
+    return connection.cursor()
+
+
+def _to_numpy(value: Any) -> np.ndarray:
+    # pgvector 0.5's loader returns its own Vector type; the rest of the code wants arrays.
+    array = value.to_numpy() if hasattr(value, "to_numpy") else value
+    return np.asarray(array, dtype=np.float32)
+
+
+def _as_vector(vector: Sequence[float] | np.ndarray) -> np.ndarray:
+    array = np.asarray(vector, dtype=np.float32)
+    if array.shape != (EMBED_DIM,):
+        raise ValueError(f"a query vector has {EMBED_DIM} numbers, not shape {array.shape}")
+    return array
+
+
+def has_index(version: VersionRef) -> bool:
+    """Whether a valid (fully built) HNSW index exists for this version."""
+    with _cursor() as cursor:
+        cursor.execute(
+            "SELECT i.indisvalid FROM pg_index i WHERE i.indexrelid = to_regclass(%s)",
+            [index_name(version)],
+        )
+        row = cursor.fetchone()
+    return bool(row and row[0])
+
+
+def count_at_least(version: VersionRef, n: int) -> bool:
+    """Whether the version has at least n embeddings, reading at most n index entries."""
+    with _cursor() as cursor:
+        cursor.execute(
+            f"SELECT count(*) FROM (SELECT 1 FROM {TABLE} "
+            f"WHERE {_version_filter(_version_id(version))} LIMIT %s) AS head",
+            [n],
+        )
+        return int(cursor.fetchone()[0]) >= n
+
+
+def nearest(
+    version: VersionRef,
+    vector: Sequence[float] | np.ndarray,
+    k: int,
+    exclude_image_ids: Iterable[int] = (),
+    ef_search: int = DEFAULT_EF_SEARCH,
+    offset: int = 0,
+) -> list[tuple[int, float]]:
+    """The k images of `version` nearest to `vector` by L2 distance, as (image_id, distance).
+
+    Always a full page: min(k, rows in the version not excluded, after `offset`). `offset` skips
+    the first results ("load more"); it is bounded by the page size the views allow.
+    """
+    query = _as_vector(vector)
+    excluded = sorted({int(i) for i in exclude_image_ids})
+    version_id = _version_id(version)
+    wanted = k + offset
+    if wanted <= 0:
+        return []
+    rows: list[tuple[int, float]] = []
+    if has_index(version_id):
+        rows = _index_scan(version_id, query, wanted, excluded, ef_search)
+    if len(rows) < wanted:
+        # Short page from the index (the exclusions or ef_search cut it) or no index: exact.
+        rows = _exact_scan(version_id, query, wanted, excluded)
+    return rows[offset:]
+
+
+def _index_scan(
+    version_id: int, query: np.ndarray, limit: int, excluded: list[int], ef_search: int
+) -> list[tuple[int, float]]:
+    # HNSW yields at most ef_search candidates before any filter, so ask for enough of them.
+    ef = max(int(ef_search), limit + len(excluded))
+    with transaction.atomic(), _cursor() as cursor:
+        # SET LOCAL cannot take a bound parameter; `ef` is an int by construction.
+        cursor.execute(f"SET LOCAL hnsw.ef_search = {min(ef, 1000)}")
+        cursor.execute(
+            f"SELECT image_id, vector <-> %s AS distance FROM {TABLE} "
+            f"WHERE {_version_filter(version_id)} AND NOT (image_id = ANY(%s)) "
+            "ORDER BY vector <-> %s LIMIT %s",
+            [query, excluded, query, limit],
+        )
+        return [(int(i), float(d)) for i, d in cursor.fetchall()]
+
+
+def _exact_scan(
+    version_id: int, query: np.ndarray, limit: int, excluded: list[int]
+) -> list[tuple[int, float]]:
+    with _cursor() as cursor:
+        # The materialized CTE keeps the planner off the HNSW index (whose ordering would bring
+        # back the ef_search cut-off): it reads the version's rows through the btree on
+        # (version_id, image_id) and sorts by the true distance.
+        cursor.execute(
+            "WITH scored AS MATERIALIZED ("
+            f"  SELECT image_id, vector <-> %s AS distance FROM {TABLE}"
+            f"  WHERE {_version_filter(version_id)} AND NOT (image_id = ANY(%s))"
+            ") SELECT image_id, distance FROM scored ORDER BY distance, image_id LIMIT %s",
+            [query, excluded, limit],
+        )
+        return [(int(i), float(d)) for i, d in cursor.fetchall()]
+
+
+def vector_of(version: VersionRef, image_id: int) -> np.ndarray | None:
+    """The stored vector of one image in one version, or None if it has none yet."""
+    with _cursor() as cursor:
+        cursor.execute(
+            f"SELECT vector FROM {TABLE} WHERE {_version_filter(_version_id(version))} "
+            "AND image_id = %s",
+            [image_id],
+        )
+        row = cursor.fetchone()
+    return None if row is None else _to_numpy(row[0])
+
+
+def _maintenance_work_mem() -> str:
+    """The configured build memory, capped at half the memory free now so a build never swaps."""
+    configured = str(getattr(settings, "AUTORET_INDEX_BUILD_MEMORY", "1GB"))
+    units = {"kB": 1 << 10, "MB": 1 << 20, "GB": 1 << 30}
+    number, unit = configured[:-2], configured[-2:]
+    if unit not in units or not number.isdigit():
+        raise ValueError(f"AUTORET_INDEX_BUILD_MEMORY={configured!r}: write e.g. 512MB or 1GB")
+    wanted = int(number) * units[unit]
+    try:
+        available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError):
+        return configured
+    # 64MB is PostgreSQL's own default: below that the cap would only slow the build down.
+    capped = max(min(wanted, available // 2), 64 << 20)
+    return f"{capped >> 20}MB"
+
+
+def build_index(version: VersionRef, force: bool = False) -> bool:
+    """Builds this version's partial HNSW index if it has INDEX_MIN_ROWS rows (or `force`).
+
+    Idempotent: returns True when a valid index exists afterwards. Outside a transaction the
+    build is CONCURRENTLY, so other collections keep loading embeddings meanwhile; inside one
+    (tests, callers holding a transaction) it is a plain build.
+    """
+    version_id = _version_id(version)
+    if has_index(version_id):
+        return True
+    if not force and not count_at_least(version_id, INDEX_MIN_ROWS):
+        return False
+    name = index_name(version_id)
+    # A CONCURRENTLY build that was interrupted leaves an invalid index behind: replace it.
+    drop_index(version_id)
+    concurrently = not connection.in_atomic_block
+    ddl = (
+        f"CREATE INDEX {'CONCURRENTLY ' if concurrently else ''}{name} ON {TABLE} "
+        f"USING hnsw (vector vector_l2_ops) WITH (m = {HNSW_M}, "
+        f"ef_construction = {HNSW_EF_CONSTRUCTION}) WHERE {_version_filter(version_id)}"
+    )
+    memory = _maintenance_work_mem()
+    with _cursor() as cursor:
+        if concurrently:
+            cursor.execute(f"SET maintenance_work_mem = '{memory}'")
+            try:
+                cursor.execute(ddl)
+            finally:
+                cursor.execute("RESET maintenance_work_mem")
+        else:
+            with transaction.atomic():
+                # Django's foreign keys are deferred; CREATE INDEX refuses to run while rows
+                # written earlier in this transaction still await their check.
+                cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")
+                cursor.execute(f"SET LOCAL maintenance_work_mem = '{memory}'")
+                cursor.execute(ddl)
+        # Fresh statistics, or the planner still believes the version holds a handful of rows
+        # and sorts it instead of walking the new index (a sample: cheap at 1M rows).
+        cursor.execute(f"ANALYZE {TABLE}")
+    return True
+
+
+def drop_index(version: VersionRef) -> None:
+    with _cursor() as cursor:
+        cursor.execute(f"DROP INDEX IF EXISTS {index_name(version)}")
+
+
+def copy_embeddings(version: VersionRef, image_ids: Sequence[int], vectors: np.ndarray) -> int:
+    """Stores vectors (N x EMBED_DIM float32) for image_ids in `version` by binary COPY.
+
+    Rows that already exist (a redelivered batch, a second worker) are skipped, not doubled: the
+    COPY goes to a temporary table, then INSERT ... ON CONFLICT DO NOTHING against the unique
+    (version, image) constraint. Returns the number of rows inserted.
+    """
+    array = np.ascontiguousarray(vectors, dtype=np.float32)
+    if array.ndim != 2 or array.shape[1] != EMBED_DIM or len(array) != len(image_ids):
+        raise ValueError(
+            f"need {len(image_ids)} x {EMBED_DIM} vectors, got shape {tuple(array.shape)}"
+        )
+    if not len(image_ids):
+        return 0
+    version_id = _version_id(version)
+    with transaction.atomic(), _cursor() as cursor:
+        cursor.execute(
+            "CREATE TEMP TABLE embedding_load (image_id bigint, vector vector) ON COMMIT DROP"
+        )
+        raw_cursor = cursor.cursor
+        with raw_cursor.copy(
+            "COPY embedding_load (image_id, vector) FROM STDIN WITH (FORMAT BINARY)"
+        ) as copy:
+            copy.set_types(["int8", "vector"])
+            for image_id, row in zip(image_ids, array, strict=True):
+                copy.write_row((int(image_id), row))
+        cursor.execute(
+            f"INSERT INTO {TABLE} (version_id, image_id, vector) "
+            f"SELECT {version_id}, image_id, vector FROM embedding_load "
+            "ON CONFLICT (version_id, image_id) DO NOTHING"
+        )
+        inserted = int(cursor.rowcount)
+        # ON COMMIT DROP alone would leave it behind when the caller's transaction goes on.
+        cursor.execute("DROP TABLE embedding_load")
+        return inserted
+
+
+@dataclass
+class DuplicateGroup:
+    """Images linked by near-duplicate pairs (connected components of the pair graph)."""
+
+    image_ids: list[int]
+    pairs: list[tuple[int, int, float]] = field(default_factory=list)
+
+
+def near_duplicate_pairs(
+    version: VersionRef,
+    threshold: float,
+    limit: int = 500,
+    neighbours: int = 10,
+    after_image_id: int = 0,
+    ef_search: int = DEFAULT_EF_SEARCH,
+) -> tuple[list[DuplicateGroup], int | None]:
+    """Pairs of images in `version` at L2 distance <= threshold, grouped by union-find.
+
+    Walks the version's images in id order (keyset from `after_image_id`), asking each for its
+    `neighbours` nearest; stops after `limit` pairs. Returns the groups (largest first) and the
+    cursor for the next page (None at the end). A group can continue on the next page.
+    """
+    version_id = _version_id(version)
+    scope = _version_filter(version_id)
+    with transaction.atomic(), _cursor() as cursor:
+        cursor.execute(f"SET LOCAL hnsw.ef_search = {max(int(ef_search), neighbours)}")
+        cursor.execute(
+            f"SELECT e.image_id, n.image_id, n.distance FROM {TABLE} e CROSS JOIN LATERAL ("
+            f"  SELECT o.image_id, o.vector <-> e.vector AS distance FROM {TABLE} o"
+            f"  WHERE o.{scope} ORDER BY o.vector <-> e.vector LIMIT %s"
+            f") n WHERE e.{scope} AND e.image_id > %s AND n.image_id <> e.image_id "
+            "AND n.distance <= %s ORDER BY e.image_id LIMIT %s",
+            [neighbours + 1, after_image_id, threshold, limit + 1],
+        )
+        rows = cursor.fetchall()
+    more = len(rows) > limit
+    rows = rows[:limit]
+    # Each pair shows up from both ends; keep it once, smaller id first.
+    pairs = {(min(a, b), max(a, b)): float(d) for a, b, d in rows}
+    parent: dict[int, int] = {}
+
+    def find(x: int) -> int:
+        parent.setdefault(x, x)
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    for a, b in pairs:
+        ra, rb = find(a), find(b)
+        if ra != rb:
+            parent[max(ra, rb)] = min(ra, rb)
+    groups: dict[int, DuplicateGroup] = {}
+    for (a, b), d in sorted(pairs.items(), key=lambda item: item[1]):
+        group = groups.setdefault(find(a), DuplicateGroup(image_ids=[]))
+        group.pairs.append((a, b, d))
+    for root, group in groups.items():
+        group.image_ids = sorted(x for x in parent if find(x) == root)
+    ordered = sorted(groups.values(), key=lambda g: (-len(g.image_ids), g.pairs[0][2]))
+    next_after = int(rows[-1][0]) if more else None
+    return ordered, next_after
+
+
+def sample_for_map(version: VersionRef, n: int) -> tuple[list[int], np.ndarray]:
+    """Up to n (image_id, vector) of the version, the same sample on every call (hash order)."""
+    with _cursor() as cursor:
+        cursor.execute(
+            f"SELECT image_id, vector FROM {TABLE} WHERE {_version_filter(_version_id(version))} "
+            "ORDER BY hashint8(image_id), image_id LIMIT %s",
+            [n],
+        )
+        rows = cursor.fetchall()
+    ids = [int(i) for i, _ in rows]
+    vectors = np.array([_to_numpy(v) for _, v in rows], dtype=np.float32).reshape(
+        len(rows), EMBED_DIM
+    )
+    return ids, vectors
