@@ -239,7 +239,15 @@ STATIC_ROOT: Path | None = (
     env_path("STATIC_ROOT", BASE_DIR / "staticfiles") if PRODUCTION or _raw("STATIC_ROOT") else None
 )
 MEDIA_ROOT = DATA_DIR / "media"
+# Served by retrieval.views.media (retrieval:media), which checks the viewer's collection role.
 MEDIA_URL = "media/"
+# Import limits (retrieval/imports.py, docs/importing.md): per file, per decoded image, per zip
+# (expanded), per upload. Django's own cap on files per request follows the last one.
+AUTORET_MAX_UPLOAD_BYTES = env_int("AUTORET_MAX_UPLOAD_BYTES", 20 * 1024 * 1024, minimum=1)
+AUTORET_MAX_IMAGE_PIXELS = env_int("AUTORET_MAX_IMAGE_PIXELS", 50_000_000, minimum=1)
+AUTORET_MAX_ZIP_BYTES = env_int("AUTORET_MAX_ZIP_BYTES", 512 * 1024 * 1024, minimum=1)
+AUTORET_MAX_FILES_PER_UPLOAD = env_int("AUTORET_MAX_FILES_PER_UPLOAD", 10_000, minimum=1)
+DATA_UPLOAD_MAX_NUMBER_FILES = AUTORET_MAX_FILES_PER_UPLOAD
 MODELS_DIR = DATA_DIR / "models"
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},

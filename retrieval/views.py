@@ -1,12 +1,153 @@
+"""Collections, images and import pages; every view checks the viewer's role in the collection."""
+
 from __future__ import annotations
 
-from django.contrib.auth.decorators import login_required
-from django.http import HttpRequest, HttpResponse
-from django.shortcuts import render
+import re
+from typing import Any
 
+from django.contrib.auth.decorators import login_required
+from django.core.exceptions import BadRequest
+from django.http import FileResponse, Http404, HttpRequest, HttpResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.views.decorators.http import require_http_methods, require_POST
+
+from retrieval.actions import create_collection, images_after
+from retrieval.forms import CollectionForm, UploadForm
+from retrieval.imports import CONTENT_TYPES, ImportReport, embed_later, from_uploads, import_items
+from retrieval.imports import Limits as ImportLimits
+from retrieval.models import Collection, Image
+from retrieval.permissions import Role, get_collection_for_user, role_in, visible_collections
 from worker.health import system_health
+
+PAGE_SIZE = 60
+# The only paths media files have (see retrieval.models.image_upload_to): anything else is a 404
+# before any lookup, so no request path ever reaches the file system.
+MEDIA_PATH = re.compile(r"collections/(\d+)/[0-9a-f]{2}/([0-9a-f]{64})\.(thumb\.webp|[a-z]{3,4})")
+
+
+def _collections_page(
+    request: HttpRequest, form: CollectionForm | None = None, status: int = 200
+) -> HttpResponse:
+    context = {
+        "collections": visible_collections(request.user).order_by("name"),
+        "form": form or CollectionForm(),
+        "health": system_health(),
+    }
+    return render(request, "retrieval/collection_list.html", context, status=status)
 
 
 @login_required
 def home(request: HttpRequest) -> HttpResponse:
-    return render(request, "retrieval/home.html", {"health": system_health()})
+    return _collections_page(request)
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def collection_list(request: HttpRequest) -> HttpResponse:
+    if request.method == "POST":
+        form = CollectionForm(request.POST)
+        if not form.is_valid():
+            return _collections_page(request, form, status=400)
+        collection = create_collection(
+            request.user,  # type: ignore[arg-type]  # login_required: never anonymous here
+            form.cleaned_data["name"],
+            form.cleaned_data["description"],
+        )
+        return redirect("retrieval:collection_detail", pk=collection.pk)
+    return _collections_page(request)
+
+
+def _after(request: HttpRequest) -> int | None:
+    value = request.GET.get("after")
+    if value is None or value == "":
+        return None
+    if not value.isdigit():
+        raise BadRequest("after must be an image id")
+    return int(value)
+
+
+def _collection_context(request: HttpRequest, collection: Collection) -> dict[str, Any]:
+    images, next_after = images_after(collection, _after(request), PAGE_SIZE)
+    role = role_in(request.user, collection) or 0
+    return {
+        "collection": collection,
+        "images": images,
+        "next_after": next_after,
+        "can_upload": role >= Role.CURATOR,
+        "upload_form": UploadForm(),
+    }
+
+
+@login_required
+def collection_detail(request: HttpRequest, pk: int) -> HttpResponse:
+    collection = get_collection_for_user(request.user, pk)
+    context = _collection_context(request, collection)
+    template = "retrieval/collection_detail.html"
+    if request.htmx:  # type: ignore[attr-defined]  # django-htmx's middleware sets it
+        template += "#grid-page"
+    return render(request, template, context)
+
+
+@login_required
+@require_POST
+def upload(request: HttpRequest, pk: int) -> HttpResponse:
+    collection = get_collection_for_user(request.user, pk, Role.CURATOR)
+    form = UploadForm(request.POST)
+    files = request.FILES.getlist("files")
+    report: ImportReport | None = None
+    error = ""
+    if not form.is_valid() or not files:
+        error = "Choose at least one image or zip file."
+    else:
+        report = import_items(
+            collection,
+            from_uploads(files, ImportLimits.from_settings(), labels=form.cleaned_data["labels"]),
+        )
+        if report.created:
+            embed_later(collection)
+    status = 400 if error or (report and report.stored_nothing) else 200
+    context = {"collection": collection, "report": report, "upload_error": error}
+    if request.htmx:  # type: ignore[attr-defined]
+        return render(request, "retrieval/collection_detail.html#report", context, status=status)
+    context |= _collection_context(request, collection)
+    return render(request, "retrieval/collection_detail.html", context, status=status)
+
+
+@login_required
+def image_detail(request: HttpRequest, pk: int, image_pk: int) -> HttpResponse:
+    collection = get_collection_for_user(request.user, pk)
+    image = get_object_or_404(Image, pk=image_pk, collection=collection)
+    return render(
+        request, "retrieval/image_detail.html", {"collection": collection, "image": image}
+    )
+
+
+@login_required
+def media(request: HttpRequest, path: str) -> FileResponse:
+    """An image or thumbnail, for people who can see its collection; outsiders get a 404.
+
+    The content type comes from the format Pillow found at import (never from the name), and
+    nosniff keeps browsers from guessing HTML in an image that also parses as HTML.
+    """
+    match = MEDIA_PATH.fullmatch(path)
+    if match is None:
+        raise Http404("No such file")
+    image = Image.objects.filter(collection_id=int(match[1]), sha256=match[2]).first()
+    if image is None or path not in (image.file.name, image.thumbnail.name):
+        raise Http404("No such file")
+    get_collection_for_user(request.user, image.collection_id)
+    thumbnail = path == image.thumbnail.name
+    field = image.thumbnail if thumbnail else image.file
+    try:
+        handle = field.open("rb")
+    except FileNotFoundError:
+        raise Http404("No such file") from None
+    content_type = "image/webp" if thumbnail else CONTENT_TYPES[image.format]
+    response = FileResponse(handle, content_type=content_type)
+    response["X-Content-Type-Options"] = "nosniff"
+    response["Content-Disposition"] = "inline"
+    # Opened directly, a file gets no script and no plugins even if a browser misreads it.
+    response["Content-Security-Policy"] = "default-src 'none'; sandbox"
+    # Content-addressed names never change meaning; private because access depends on the viewer.
+    response["Cache-Control"] = "private, max-age=86400"
+    return response

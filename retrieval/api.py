@@ -1,0 +1,160 @@
+"""JSON API for collections and image import (/api/v1/); roles are checked as in the pages."""
+
+from __future__ import annotations
+
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
+from rest_framework import serializers, status
+from rest_framework.decorators import api_view, parser_classes
+from rest_framework.exceptions import ValidationError
+from rest_framework.parsers import MultiPartParser
+from rest_framework.request import Request
+from rest_framework.response import Response
+
+from retrieval.actions import create_collection, images_after
+from retrieval.imports import Limits, embed_later, from_uploads, import_items
+from retrieval.models import Collection, Image
+from retrieval.permissions import Role, get_collection_for_user, visible_collections
+
+PAGE_SIZE = 100
+
+
+class CollectionSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = Collection
+        fields = ["id", "name", "description", "created_at"]
+        read_only_fields = ["id", "created_at"]
+
+
+class ImageSerializer(serializers.ModelSerializer):
+    url = serializers.SerializerMethodField()
+    thumbnail_url = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Image
+        fields = ["id", "url", "thumbnail_url", "width", "height", "original_name", "label"]
+
+    def get_url(self, image: Image) -> str:
+        return self.context["request"].build_absolute_uri(image.file.url)
+
+    def get_thumbnail_url(self, image: Image) -> str:
+        return self.context["request"].build_absolute_uri(image.thumbnail.url)
+
+
+ImagePageSerializer = inline_serializer(
+    "ImagePage",
+    {
+        "results": ImageSerializer(many=True),
+        "next": serializers.CharField(
+            allow_null=True, help_text="Pass as ?cursor= for the next page; null on the last."
+        ),
+    },
+)
+UploadSerializer = inline_serializer(
+    "ImageUpload",
+    {
+        "files": serializers.ListField(
+            child=serializers.FileField(),
+            help_text="Images (JPEG, PNG, WEBP, GIF, BMP) and zip files of them; many allowed.",
+        ),
+        "labels": serializers.BooleanField(
+            required=False, help_text="Use folder names inside zips as image labels."
+        ),
+    },
+)
+ImportReportSerializer = inline_serializer(
+    "ImportReport",
+    {
+        "created": serializers.ListField(child=serializers.IntegerField()),
+        "duplicates": serializers.ListField(
+            child=inline_serializer(
+                "Duplicate",
+                {"name": serializers.CharField(), "image_id": serializers.IntegerField()},
+            )
+        ),
+        "rejected": serializers.ListField(
+            child=inline_serializer(
+                "Rejection", {"name": serializers.CharField(), "error": serializers.CharField()}
+            )
+        ),
+    },
+)
+
+
+@extend_schema(
+    methods=["GET"],
+    responses=CollectionSerializer(many=True),
+    summary="The collections you are a member of",
+)
+@extend_schema(
+    methods=["POST"],
+    request=CollectionSerializer,
+    responses={201: CollectionSerializer},
+    summary="Create a collection (you become its admin)",
+)
+@api_view(["GET", "POST"])
+def collections(request: Request) -> Response:
+    if request.method == "POST":
+        serializer = CollectionSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        collection = create_collection(
+            request.user,  # type: ignore[arg-type]  # IsAuthenticated: never anonymous here
+            serializer.validated_data["name"],
+            serializer.validated_data.get("description", ""),
+        )
+        return Response(CollectionSerializer(collection).data, status=status.HTTP_201_CREATED)
+    queryset = visible_collections(request.user).order_by("name")
+    return Response(CollectionSerializer(queryset, many=True).data)
+
+
+@extend_schema(
+    methods=["GET"],
+    parameters=[
+        OpenApiParameter("cursor", OpenApiTypes.STR, description="`next` of the previous page")
+    ],
+    responses=ImagePageSerializer,
+    summary="A page of the collection's images, oldest first (keyset pagination)",
+)
+@extend_schema(
+    methods=["POST"],
+    request={"multipart/form-data": UploadSerializer},
+    responses={201: ImportReportSerializer, 400: ImportReportSerializer},
+    summary="Import images and zips (curators and admins)",
+    description=(
+        "Each file is checked by its content. Rejected files are listed with the reason; the "
+        "others are stored. 400 when nothing could be stored."
+    ),
+)
+@api_view(["GET", "POST"])
+@parser_classes([MultiPartParser])
+def collection_images(request: Request, pk: int) -> Response:
+    if request.method == "POST":
+        return _upload(request, pk)
+    collection = get_collection_for_user(request.user, pk)
+    cursor = request.query_params.get("cursor") or None
+    if cursor is not None and not cursor.isdigit():
+        raise ValidationError({"cursor": "not a cursor from a previous page"})
+    images, next_after = images_after(collection, int(cursor) if cursor else None, PAGE_SIZE)
+    return Response(
+        {
+            "results": ImageSerializer(images, many=True, context={"request": request}).data,
+            "next": str(next_after) if next_after is not None else None,
+        }
+    )
+
+
+def _upload(request: Request, pk: int) -> Response:
+    collection = get_collection_for_user(request.user, pk, Role.CURATOR)
+    files = request.FILES.getlist("files")
+    if not files:
+        raise ValidationError({"files": "send one or more files in the multipart field 'files'"})
+    labels = serializers.BooleanField().to_internal_value(request.POST.get("labels", False))
+    report = import_items(collection, from_uploads(files, Limits.from_settings(), labels=labels))
+    if report.created:
+        embed_later(collection)
+    body = {
+        "created": report.created,
+        "duplicates": [{"name": n, "image_id": i} for n, i in report.duplicates],
+        "rejected": [{"name": n, "error": e} for n, e in report.rejected],
+    }
+    return Response(body, status=400 if report.stored_nothing else status.HTTP_201_CREATED)

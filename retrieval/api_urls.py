@@ -1,0 +1,16 @@
+"""/api/v1/ routes of the retrieval app (included from config/urls.py)."""
+
+from __future__ import annotations
+
+from django.urls import path
+
+from retrieval import api
+
+app_name = "api"
+
+urlpatterns = [
+    # Collections and images (retrieval/api.py)
+    path("collections/", api.collections, name="collections"),
+    path("collections/<int:pk>/images/", api.collection_images, name="collection_images"),
+    # Search (the search engineer's endpoint goes here)
+]
