@@ -118,7 +118,9 @@ def _secret_key(data_dir: Path) -> str:
             raise ImproperlyConfigured("SECRET_KEY is shorter than 32 characters")
         return value
     if REQUIRE_SECRET_KEY:
-        raise ImproperlyConfigured("SECRET_KEY must be set when DEBUG is off in production mode")
+        raise ImproperlyConfigured(
+            "SECRET_KEY must be set in production mode (AUTORET_PRODUCTION=1)"
+        )
     key_file = data_dir / "secret_key"
     if not key_file.exists():
         data_dir.mkdir(parents=True, exist_ok=True)

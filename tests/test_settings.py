@@ -76,3 +76,33 @@ def test_manage_py_stops_with_one_line_naming_the_variable(name: str, value: str
     assert len(lines) == 1, result.stderr
     assert lines[0].startswith(f"error: {name}=")
     assert "Traceback" not in result.stderr
+
+
+def test_production_mode_passes_djangos_deployment_checklist() -> None:
+    env = {
+        **os.environ,
+        "AUTORET_PRODUCTION": "1",
+        "SECRET_KEY": "k" * 20 + "-production-secret-key-for-the-test",
+        "ALLOWED_HOSTS": "autoret.example.org",
+        "DEBUG": "0",
+    }
+    result = subprocess.run(
+        [sys.executable, "manage.py", "check", "--deploy", "--fail-level", "WARNING"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "no issues" in result.stdout
+
+
+def test_production_mode_refuses_to_start_without_secret_key() -> None:
+    env = {k: v for k, v in os.environ.items() if k != "SECRET_KEY"}
+    env["AUTORET_PRODUCTION"] = "1"
+    result = subprocess.run(
+        [sys.executable, "manage.py", "check"], cwd=REPO, env=env, capture_output=True, text=True,
+        timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert (
+        result.stderr.strip()
+        == "error: SECRET_KEY must be set when DEBUG is off in production mode"
+    )
