@@ -1,0 +1,263 @@
+"""From stored images to vectors in a model version: load, embed with AutoRet, COPY, activate.
+
+A collection is searchable before anyone trains: `ensure_initial_version` gives it an UNTRAINED
+AutoRet network (seeded, so every process rebuilds the same weights from ModelVersion.config) and
+`embed_new_images` fills that version and activates it once every image has a vector and the index
+is built. Embedding is resumable: it only ever picks images without a vector in the version, and
+the unique (version, image) constraint turns a doubled batch into a no-op (queries.copy_embeddings).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import IO, Any
+
+import numpy as np
+import torch
+from django.conf import settings
+from django.db import transaction
+from django.db.models import Exists, OuterRef
+from django.utils import timezone
+from PIL import Image as PILImage
+from PIL import ImageOps
+
+from retrieval import queries
+from retrieval.autoret.checkpoint import load_model
+from retrieval.autoret.embed import embed_images
+from retrieval.autoret.model import AutoRet, ModelConfig
+from retrieval.models import Collection, Embedding, Image, ModelVersion
+
+log = logging.getLogger(__name__)
+
+# The untrained network: the default AutoRet at 32 px, which embeds about 1,000 images/s on two
+# CPU cores, so a few thousand images are searchable within seconds of an upload.
+INITIAL_IMAGE_SIZE = 32
+INITIAL_SEED = 0
+BATCH_SIZE = 256
+
+Progress = Callable[[int], None]
+
+
+def _channels_for(collection: Collection) -> int:
+    """1 when the collection's first images are all greyscale (Fashion-MNIST), else 3."""
+    for image in collection.images.order_by("id")[:16]:
+        try:
+            with image.file.open("rb") as handle, PILImage.open(handle) as picture:
+                if picture.mode not in ("L", "1", "I", "I;16", "LA"):
+                    return 3
+        except OSError:
+            continue
+    return 1 if collection.images.exists() else 3
+
+
+def ensure_initial_version(collection: Collection) -> ModelVersion:
+    """The version that embeds a collection nobody has trained on yet (created once).
+
+    Returns the collection's latest version if it has one; else creates version 1: an untrained
+    AutoRet network whose config and seed are stored in ModelVersion.config.
+    """
+    with transaction.atomic():
+        # The row lock makes a second caller (another worker) wait here and then find version 1.
+        locked = Collection.objects.select_for_update().get(pk=collection.pk)
+        existing = locked.versions.order_by("-number").first()
+        if existing is not None:
+            return existing
+        channels = _channels_for(locked)
+        config = ModelConfig(image_size=INITIAL_IMAGE_SIZE, in_channels=channels)
+        return ModelVersion.objects.create(
+            collection=locked,
+            number=1,
+            kind=ModelVersion.Kind.UNTRAINED,
+            status=ModelVersion.Status.EMBEDDING,
+            config={"model": config.to_dict(), "seed": INITIAL_SEED},
+        )
+
+
+@lru_cache(maxsize=4)
+def _network(version_id: int, config_key: str, checkpoint: str) -> AutoRet:
+    # Keyed on the version's contents too, so a test database reusing an id never gets a stale net.
+    version = ModelVersion.objects.get(pk=version_id)
+    if checkpoint:
+        return load_model(settings.MODELS_DIR / checkpoint, device="cpu")
+    torch.manual_seed(int(version.config.get("seed", INITIAL_SEED)))
+    model = AutoRet(ModelConfig.from_dict(version.config["model"]))
+    model.eval()
+    return model
+
+
+def load_network(version: ModelVersion) -> AutoRet:
+    """The version's network, built once per process: from its checkpoint, else from its seed."""
+    return _network(version.pk, repr(sorted(version.config.items())), version.checkpoint)
+
+
+def _pixels(picture: PILImage.Image, size: int, channels: int) -> np.ndarray:
+    """One picture as uint8 C x size x size: fitted inside the square keeping its aspect ratio
+    and centred on black (padding, not cropping: nothing of the content is cut off)."""
+    picture = ImageOps.exif_transpose(picture)
+    picture = picture.convert("L" if channels == 1 else "RGB")
+    fitted = ImageOps.pad(picture, (size, size), method=PILImage.Resampling.BILINEAR, color=0)
+    array = np.asarray(fitted, dtype=np.uint8)
+    return array[None] if channels == 1 else array.transpose(2, 0, 1)
+
+
+def _stack(arrays: Sequence[np.ndarray], size: int, channels: int) -> torch.Tensor:
+    if not arrays:
+        return torch.empty((0, channels, size, size), dtype=torch.uint8)
+    return torch.from_numpy(np.stack(arrays))
+
+
+def pictures_to_tensor(
+    pictures: Iterable[PILImage.Image], size: int, channels: int
+) -> torch.Tensor:
+    """uint8 N x C x size x size from Pillow images."""
+    return _stack([_pixels(p, size, channels) for p in pictures], size, channels)
+
+
+def _input_shape(model: AutoRet) -> tuple[int, int]:
+    size = model.config.image_size
+    if size is None:
+        raise ValueError("a platform model needs a fixed image_size in its config")
+    return size, model.config.in_channels
+
+
+def embed_pictures(version: ModelVersion, pictures: Sequence[PILImage.Image]) -> np.ndarray:
+    """float32 N x 128 vectors of Pillow images under `version` (a query image, a batch)."""
+    model = load_network(version)
+    size, channels = _input_shape(model)
+    return embed_images(model, pictures_to_tensor(pictures, size, channels), BATCH_SIZE)
+
+
+def embed_upload(version: ModelVersion, upload: IO[bytes]) -> np.ndarray:
+    """The vector (128,) of one uploaded, already validated image file."""
+    # Embedded inside the `with`: Pillow frees the pixels when the file closes.
+    with PILImage.open(upload) as picture:
+        return embed_pictures(version, [picture])[0]
+
+
+@dataclass
+class BatchResult:
+    """What one call of `embed_new_images` did; `finished` when the version is complete."""
+
+    version_id: int
+    embedded: int = 0
+    failed: list[tuple[int, str]] = field(default_factory=list)
+    next_after: int | None = None
+    finished: bool = False
+    activated: bool = False
+
+
+def _target_version(collection: Collection) -> ModelVersion:
+    if collection.active_version_id is not None:
+        return ModelVersion.objects.get(pk=collection.active_version_id)
+    return ensure_initial_version(collection)
+
+
+def embed_new_images(
+    collection: Collection,
+    after_id: int = 0,
+    limit: int | None = None,
+    batch_size: int = BATCH_SIZE,
+    progress: Progress | None = None,
+) -> BatchResult:
+    """Embeds the collection's images that have no vector in its target version yet.
+
+    The target is the active version (images added since it was embedded), else the initial
+    untrained version. Walks images by id from `after_id`, at most `limit` of them (None: all);
+    `next_after` is where the next call goes on. An image whose file cannot be read is logged
+    and skipped (listed in `failed`), so one bad file never blocks the rest. When the walk
+    reaches the end the index is built and a version that is not active yet is activated.
+    `progress(n)` is called with the number of images done after each batch.
+    """
+    version = _target_version(collection)
+    model = load_network(version)
+    size, channels = _input_shape(model)
+    result = BatchResult(version_id=version.pk)
+    missing = (
+        Image.objects.filter(collection=collection, pk__gt=after_id)
+        .exclude(Exists(Embedding.objects.filter(version=version, image=OuterRef("pk"))))
+        .order_by("pk")
+    )
+    cursor = after_id
+    budget = limit
+    while budget is None or budget > 0:
+        take = batch_size if budget is None else min(batch_size, budget)
+        batch = list(missing.filter(pk__gt=cursor)[:take])
+        if not batch:
+            break
+        ids: list[int] = []
+        arrays: list[np.ndarray] = []
+        for image in batch:
+            try:
+                with image.file.open("rb") as handle, PILImage.open(handle) as picture:
+                    arrays.append(_pixels(picture, size, channels))
+                    ids.append(image.pk)
+            except (OSError, ValueError, PILImage.DecompressionBombError) as error:
+                log.warning("image %s cannot be embedded: %s", image.pk, error)
+                result.failed.append((image.pk, str(error)))
+        if ids:
+            vectors = embed_images(model, _stack(arrays, size, channels), batch_size)
+            result.embedded += queries.copy_embeddings(version, ids, vectors)
+        cursor = batch[-1].pk
+        if budget is not None:
+            budget -= len(batch)
+        if progress is not None:
+            progress(result.embedded)
+        if len(batch) < take:
+            break
+    else:
+        result.next_after = cursor
+        return result
+    result.finished = True
+    queries.build_index(version)
+    result.activated = activate_if_first(collection, version)
+    return result
+
+
+def activate(version: ModelVersion) -> None:
+    """Makes `version` the one its collection's searches answer from, atomically."""
+    with transaction.atomic():
+        ModelVersion.objects.filter(pk=version.pk).update(
+            status=ModelVersion.Status.READY, activated_at=timezone.now()
+        )
+        Collection.objects.filter(pk=version.collection_id).update(active_version=version)
+
+
+def activate_if_first(collection: Collection, version: ModelVersion) -> bool:
+    """Activates a complete version when its collection has no active one yet."""
+    with transaction.atomic():
+        locked = Collection.objects.select_for_update().get(pk=collection.pk)
+        if locked.active_version_id is not None:
+            return False
+        activate(version)
+    collection.active_version = version
+    return True
+
+
+def project_2d(vectors: np.ndarray) -> np.ndarray:
+    """PCA of N x D vectors onto their two main axes, scaled into [0, 1] x [0, 1] (N x 2)."""
+    if len(vectors) == 0:
+        return np.zeros((0, 2), dtype=np.float32)
+    centred = vectors - vectors.mean(axis=0, keepdims=True)
+    _, _, axes = np.linalg.svd(centred, full_matrices=False)
+    points = centred @ axes[:2].T
+    if points.shape[1] < 2:
+        points = np.pad(points, ((0, 0), (0, 2 - points.shape[1])))
+    low, high = points.min(axis=0), points.max(axis=0)
+    span = np.where(high > low, high - low, 1.0)
+    return ((points - low) / span).astype(np.float32)
+
+
+def version_label(version: ModelVersion | None) -> dict[str, Any]:
+    """How a page names the version answering it ("untrained network" said plainly)."""
+    if version is None:
+        return {"id": None, "number": None, "kind": None, "text": "no model version yet"}
+    kind = ModelVersion.Kind(version.kind)
+    return {
+        "id": version.pk,
+        "number": version.number,
+        "kind": version.kind,
+        "text": f"version {version.number}: {kind.label}",
+    }
