@@ -102,7 +102,6 @@ def test_production_mode_refuses_to_start_without_secret_key() -> None:
         timeout=60,
     )  # fmt: skip
     assert result.returncode == 2
-    assert (
-        result.stderr.strip()
-        == "error: SECRET_KEY must be set when DEBUG is off in production mode"
+    assert result.stderr.strip() == (
+        "error: SECRET_KEY must be set in production mode (AUTORET_PRODUCTION=1)"
     )
