@@ -1,0 +1,159 @@
+"""Command line: python -m retrieval.autoret train | embed | evaluate.
+
+PATH arguments accept a folder of images, an .npz, fashion-mnist:train|test or
+cifar10:DIR:train|test. Unusable data or checkpoints end with one "error: ..." line and status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from retrieval.autoret.checkpoint import CheckpointError, load_model
+from retrieval.autoret.data import DataError, load_dataset
+from retrieval.autoret.embed import embed_images
+from retrieval.autoret.evaluate import evaluate_retrieval
+from retrieval.autoret.model import PRESETS, AutoRet, create_model
+from retrieval.autoret.train import TrainConfig, train
+
+BACKBONES = {
+    "small": "small",
+    "resnet18": "resnet18",
+    "efficientnet-lite0": "efficientnet_lite0",
+    "efficientnet_lite0": "efficientnet_lite0",
+}
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m retrieval.autoret", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    t = commands.add_parser("train", help="train a model and write a checkpoint directory")
+    t.add_argument("--data", required=True, help="training images (PATH)")
+    t.add_argument("--out", required=True, type=Path, help="checkpoint directory")
+    budget = t.add_mutually_exclusive_group()
+    budget.add_argument("--minutes", type=float, help="wall-clock budget")
+    budget.add_argument("--epochs", type=float, help="epochs (an epoch is one pair per image)")
+    t.add_argument("--model", default="autoret", choices=sorted(PRESETS), help="model preset")
+    t.add_argument("--backbone", choices=sorted(BACKBONES), help="override the preset's backbone")
+    t.add_argument(
+        "--labels-fraction",
+        type=float,
+        default=0.0,
+        help="use the labels of this fraction of the images as known pairs",
+    )
+    t.add_argument("--alpha", type=float, default=TrainConfig.alpha)
+    t.add_argument("--batch-size", type=int, default=TrainConfig.batch_size, help="pairs per step")
+    t.add_argument("--lr", type=float, default=TrainConfig.lr)
+    t.add_argument("--seed", type=int, default=TrainConfig.seed)
+    t.add_argument("--image-size", type=int, help="resize images to this square size")
+    t.add_argument("--embed-from", choices=["projection", "features"])
+    t.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    t.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
+    t.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    e = commands.add_parser("embed", help="embed images with a checkpoint into a .npy file")
+    e.add_argument("--checkpoint", required=True, type=Path)
+    e.add_argument("--data", required=True)
+    e.add_argument("--out", required=True, type=Path, help="FILE.npy, float32 N x D")
+    e.add_argument("--batch-size", type=int, default=256)
+    e.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+
+    v = commands.add_parser("evaluate", help="print mAP@k and precision@k as one JSON object")
+    v.add_argument("--checkpoint", required=True, type=Path)
+    v.add_argument("--queries", required=True)
+    v.add_argument("--database", required=True)
+    v.add_argument("--k", type=int, default=1000)
+    v.add_argument("--precision-k", type=int, default=100)
+    v.add_argument("--batch-size", type=int, default=256)
+    v.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    return parser
+
+
+def _train(args: argparse.Namespace) -> None:
+    overrides: dict[str, object] = {}
+    if args.backbone:
+        overrides["backbone"] = BACKBONES[args.backbone]
+    if args.embed_from:
+        overrides["embed_from"] = args.embed_from
+    if args.image_size:
+        overrides["image_size"] = args.image_size
+    preset_size = PRESETS[args.model].get("image_size")
+    data = load_dataset(args.data, args.image_size or preset_size)
+    # The model records the size it was trained at, so embedding other data resizes to match.
+    height, width = data.image_size
+    if "image_size" not in overrides and preset_size is None and height == width:
+        overrides["image_size"] = height
+    model = create_model(args.model, in_channels=data.channels, **overrides)
+    cfg = TrainConfig(
+        alpha=args.alpha,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        epochs=args.epochs,
+        minutes=args.minutes,
+        labels_fraction=args.labels_fraction,
+        seed=args.seed,
+        device=args.device,
+        progress_bar=not args.no_progress,
+    )
+    result = train(model, data, cfg, out_dir=args.out, resume=args.resume)
+    summary = dataclasses.asdict(result)
+    summary.pop("loss_history")
+    summary["checkpoint"] = str(result.checkpoint)
+    print(json.dumps(summary))
+
+
+def _load(checkpoint: Path, device: str) -> AutoRet:
+    if not checkpoint.is_dir():
+        raise CheckpointError(f"{checkpoint}: no such checkpoint directory")
+    return load_model(checkpoint, device)
+
+
+def _embed(args: argparse.Namespace) -> None:
+    model = _load(args.checkpoint, args.device)
+    data = load_dataset(args.data, model.config.image_size)
+    vectors = embed_images(model, data, args.batch_size, args.device)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    np.save(args.out, vectors)
+    print(json.dumps({"out": str(args.out), "images": len(data), "dim": int(vectors.shape[1])}))
+
+
+def _evaluate(args: argparse.Namespace) -> None:
+    model = _load(args.checkpoint, args.device)
+    queries = load_dataset(args.queries, model.config.image_size)
+    database = load_dataset(args.database, model.config.image_size)
+    for name, data in (("queries", queries), ("database", database)):
+        if data.labels is None:
+            raise DataError(
+                f"{name}: evaluation needs labels (class subfolders or an npz 'labels')"
+            )
+    q = embed_images(model, queries, args.batch_size, args.device)
+    db = embed_images(model, database, args.batch_size, args.device)
+    assert queries.labels is not None and database.labels is not None
+    print(
+        json.dumps(
+            evaluate_retrieval(
+                q, queries.labels, db, database.labels, args.k, args.precision_k, device=args.device
+            )
+        )
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        print("error: --device cuda was asked for but no CUDA GPU is available", file=sys.stderr)
+        return 2
+    try:
+        {"train": _train, "embed": _embed, "evaluate": _evaluate}[args.command](args)
+    except (DataError, CheckpointError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
