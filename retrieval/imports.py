@@ -9,6 +9,7 @@ A file is stored completely (original bytes, WEBP thumbnail, row) or not at all.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import logging
@@ -17,7 +18,7 @@ import zipfile
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
 from django.conf import settings
 from django.core.files.base import ContentFile
@@ -27,6 +28,9 @@ from PIL import Image as PILImage
 from PIL import UnidentifiedImageError
 
 from retrieval.models import Collection, Image
+
+if TYPE_CHECKING:
+    from retrieval.autoret.data import ImageSet
 
 logger = logging.getLogger(__name__)
 
@@ -264,6 +268,32 @@ def from_folder(folder: Path, labels: bool = False) -> Iterator[Item]:
         yield Candidate(str(relative), path.read_bytes, label)
 
 
+def from_image_set(
+    data: ImageSet, prefix: str, indices: Iterable[int] | None = None
+) -> Iterator[Item]:
+    """Images of a loaded data set (.npz, Fashion-MNIST), each encoded as PNG when it is read.
+
+    Class labels are kept as ground truth: named when the data set names its classes.
+    """
+    classes = data.class_names
+    labels = data.labels if data.labels is not None and data.labels.dim() == 1 else None
+    for index in range(len(data)) if indices is None else indices:
+        label = ""
+        if labels is not None:
+            class_id = int(labels[index])
+            label = classes[class_id] if classes and class_id < len(classes) else str(class_id)
+        name = data.names[index] if data.names else f"{prefix}-{index:05d}.png"
+        yield Candidate(name, functools.partial(_png, data, index), label)
+
+
+def _png(data: ImageSet, index: int) -> bytes:
+    array = data.images[index].permute(1, 2, 0).numpy()  # C x H x W -> H x W x C
+    picture = PILImage.fromarray(array[:, :, 0] if array.shape[2] == 1 else array)
+    out = io.BytesIO()
+    picture.save(out, format="PNG", optimize=True)
+    return out.getvalue()
+
+
 def _clean_name(name: str) -> str:
     # Names are shown and stored, never used as paths: drop control characters (NUL included).
     return "".join(ch for ch in name if ch.isprintable())[:255] or "unnamed"
@@ -276,7 +306,7 @@ def import_items(
     collection: Collection,
     items: Iterable[Item],
     limits: Limits | None = None,
-    progress: Callable[[int], None] | None = None,
+    progress: Callable[[int], object] | None = None,
 ) -> ImportReport:
     """Checks and stores `items` in `collection`; returns what was created, skipped and refused.
 
@@ -405,27 +435,19 @@ def _delete_unreferenced(names: list[str]) -> None:
                 logger.warning("could not remove %s after a failed import", name)
 
 
-# Embedding new images, so they become searchable. The search engineer provides both functions;
-# until they land, imports still work and say so in the log. These are the only two call sites.
+# Embedding new images, so they become searchable: the only two call sites. Imported when called,
+# because they bring in PyTorch, which nothing else on the import path needs.
 
 
 def embed_later(collection: Collection) -> None:
     """From web and API uploads: the worker embeds the new images once this request commits."""
-    try:
-        from worker.tasks import embed_collection
-    except ImportError:
-        logger.warning(
-            "worker.tasks.embed_collection is not available: %s not embedded", collection
-        )
-        return
-    embed_collection.delay_on_commit(collection.pk)
+    from worker.tasks import embed_collection
+
+    embed_collection.delay_on_commit(collection.pk)  # type: ignore[attr-defined]
 
 
 def embed_now(collection: Collection) -> None:
     """From management commands: embed in this process, so the command ends with search ready."""
-    try:
-        from retrieval.embedding import embed_new_images
-    except ImportError:
-        logger.warning("retrieval.embedding is not available: %s not embedded", collection)
-        return
+    from retrieval.embedding import embed_new_images
+
     embed_new_images(collection)
