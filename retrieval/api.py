@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
+from drf_spectacular.utils import (
+    OpenApiParameter,
+    extend_schema,
+    extend_schema_field,
+    inline_serializer,
+)
 from rest_framework import serializers, status
 from rest_framework.decorators import api_view, parser_classes
 from rest_framework.exceptions import ValidationError
@@ -41,6 +46,11 @@ class ImageSerializer(serializers.ModelSerializer):
         return self.context["request"].build_absolute_uri(image.thumbnail.url)
 
 
+@extend_schema_field(OpenApiTypes.BINARY)
+class UploadedFileField(serializers.FileField):
+    """A file part of a multipart request (the schema says binary, not a URL)."""
+
+
 ImagePageSerializer = inline_serializer(
     "ImagePage",
     {
@@ -54,7 +64,7 @@ UploadSerializer = inline_serializer(
     "ImageUpload",
     {
         "files": serializers.ListField(
-            child=serializers.FileField(),
+            child=UploadedFileField(),
             help_text="Images (JPEG, PNG, WEBP, GIF, BMP) and zip files of them; many allowed.",
         ),
         "labels": serializers.BooleanField(
