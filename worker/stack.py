@@ -63,6 +63,14 @@ class Stack:
             self.say(f"redis     embedded Redis at {settings.REDIS_URL}")
         call_command("migrate", interactive=False, verbosity=0)
         login = ensure_admin()
+        admin = get_user_model().objects.filter(is_superuser=True).order_by("pk").first()
+        # The demo collection (retrieval's load_demo prints one line); "all" loads 70,000 images.
+        call_command(
+            "load_demo",
+            f"--size={os.environ.get('AUTORET_DEMO_SIZE') or 3000}",
+            *([f"--owner={admin.get_username()}"] if admin else []),
+            stdout=self.options.out,
+        )
         self.children["worker"] = self._spawn("worker", worker_command())
         self.children["web"] = self._spawn("web", self._web_command())
         url = f"http://{self.options.host}:{self.options.port}/"
