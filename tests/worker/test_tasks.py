@@ -1,0 +1,100 @@
+"""The embed task: as a plain function, and end to end through a real Celery worker."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import pytest
+from django.core.files.storage import default_storage
+from django.core.files.uploadedfile import SimpleUploadedFile
+from django.urls import reverse
+from rest_framework.test import APIClient
+
+from retrieval.models import Collection, Embedding, Image
+from tests.retrieval.test_search_embedding import add_pictures, png
+from worker.tasks import embed_collection
+
+
+@pytest.fixture
+def stored_files() -> Iterator[None]:
+    """The worker process reads the default MEDIA_ROOT, so these tests write there: remove
+    exactly the files they created afterwards."""
+    yield
+    for image in Image.objects.all():
+        for name in (image.file.name, image.thumbnail.name):
+            if name:
+                default_storage.delete(name)
+
+
+def wait_for(condition, seconds: float = 120) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail("the worker did not finish in time")
+        time.sleep(0.3)
+
+
+@pytest.mark.django_db
+def test_task_embeds_and_activates_when_called_as_a_function(
+    collection: Collection, settings, tmp_path
+) -> None:
+    settings.MEDIA_ROOT = tmp_path
+    add_pictures(collection, range(6))
+    embed_collection.run(collection.pk)
+    collection.refresh_from_db()
+    assert collection.active_version is not None
+    assert Embedding.objects.filter(version=collection.active_version).count() == 6
+
+
+@pytest.mark.django_db
+def test_task_for_a_deleted_collection_does_nothing() -> None:
+    embed_collection.run(10**9)
+
+
+@pytest.mark.integration
+@pytest.mark.django_db(transaction=True)
+def test_upload_is_embedded_by_the_worker_and_becomes_searchable(
+    celery_worker, stored_files, collection: Collection, curator
+) -> None:
+    api = APIClient()
+    api.force_authenticate(curator)
+    files = [
+        SimpleUploadedFile(f"{seed}.png", png(seed), content_type="image/png") for seed in range(8)
+    ]
+    response = api.post(
+        reverse("api:collection_images", args=[collection.pk]), {"files": files}, format="multipart"
+    )
+    assert response.status_code == 201, response.content
+    created = response.json()["created"]
+
+    def activated() -> bool:
+        collection.refresh_from_db()
+        return collection.active_version_id is not None
+
+    wait_for(activated)
+    assert Embedding.objects.filter(version=collection.active_version).count() == len(created)
+    search = api.post(
+        reverse("api:search", args=[collection.pk]), {"image_id": created[0], "k": 3}, format="json"
+    )
+    assert search.status_code == 200
+    body = search.json()
+    assert body["model_version"]["kind"] == "untrained"
+    assert len(body["results"]) == 3
+
+
+@pytest.mark.integration
+@pytest.mark.django_db(transaction=True)
+def test_worker_drains_a_collection_in_self_enqueued_batches(
+    celery_worker, stored_files, collection: Collection
+) -> None:
+    ids = add_pictures(collection, range(10))
+    embed_collection.delay(collection.pk, 0, 4)
+
+    def activated() -> bool:
+        collection.refresh_from_db()
+        return collection.active_version_id is not None
+
+    wait_for(activated)
+    embedded = Embedding.objects.filter(version=collection.active_version)
+    assert sorted(embedded.values_list("image_id", flat=True)) == ids
