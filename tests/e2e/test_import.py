@@ -1,0 +1,57 @@
+"""In the browser: create a collection, upload a zip of good and bad files, read the report,
+open an image."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.retrieval.conftest import image_bytes, zip_bytes
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture(autouse=True)
+def media_root(settings, tmp_path: Path) -> Path:
+    settings.MEDIA_ROOT = tmp_path / "media"
+    return settings.MEDIA_ROOT
+
+
+def test_upload_a_zip_see_the_report_and_open_an_image(
+    logged_in_page,
+    live_redis: str,  # the upload enqueues embedding of the new images once it commits
+    tmp_path: Path,
+) -> None:
+    page = logged_in_page
+    page.get_by_text("New collection").click()
+    page.get_by_label("Name").fill("Browser upload")
+    page.get_by_role("button", name="Create collection").click()
+    page.get_by_role("heading", name="Browser upload").wait_for()
+
+    archive = tmp_path / "mixed.zip"
+    archive.write_bytes(
+        zip_bytes(
+            {
+                "shoes/red.png": image_bytes((220, 20, 20)),
+                "shoes/blue.png": image_bytes((20, 20, 220)),
+                "notes.jpg": b"plain text pretending to be a photo",
+                "../escape.png": image_bytes((1, 2, 3)),
+            }
+        )
+    )
+    page.set_input_files("#id_files", str(archive))
+    page.get_by_role("button", name="Upload").click()
+    report = page.locator(".import-report")
+    report.wait_for()
+    assert "2 created" in report.inner_text()
+    rejected = page.locator("ul.rejected").inner_text()
+    assert "mixed.zip:notes.jpg" in rejected and "not an image" in rejected
+    assert "mixed.zip:../escape.png" in rejected
+
+    page.get_by_role("link", name="Show the new images").click()
+    page.locator("a.thumb").first.click()
+    page.get_by_role("heading", name="mixed.zip:shoes/red.png").wait_for()
+    assert page.get_by_role("button", name="Similar").is_visible()  # a link styled as one
+    natural_width = page.locator("img.large-image").evaluate("img => img.naturalWidth")
+    assert natural_width == 40  # the original was served to the browser and decoded
