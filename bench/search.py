@@ -55,7 +55,7 @@ def exact_top_k(vectors: np.ndarray, queries_: np.ndarray, k: int) -> list[set[i
     return truth
 
 
-def make_collection(name: str, n: int) -> tuple[object, list[int]]:
+def make_collection(name: str, n: int) -> tuple[int, list[int]]:
     """A collection with n image rows (no files: search reads only vectors), loaded by COPY."""
     from django.db import connection
 
@@ -76,7 +76,7 @@ def make_collection(name: str, n: int) -> tuple[object, list[int]]:
                     (
                         collection.pk,
                         f"bench/{i}.png",
-                        "",
+                        f"bench/{i}.thumb.webp",
                         f"{name}-{i}",
                         28,
                         28,
@@ -91,7 +91,7 @@ def make_collection(name: str, n: int) -> tuple[object, list[int]]:
         )
         ids = [row[0] for row in cursor.fetchall()]
     version = ModelVersion.objects.create(collection=collection, number=1, kind="untrained")
-    return version, ids
+    return version.pk, ids
 
 
 def percentile_ms(samples: list[float], q: float) -> float:
@@ -145,6 +145,45 @@ def run_size(n: int, n_queries: int, seed: int) -> list[str]:
         f"| {SMALL} (beside {n:,}) | - | no index | exact | 1.000 "
         f"| {percentile_ms(small_latencies, 50):.1f} | {percentile_ms(small_latencies, 95):.1f} |"
     )
+    rows.extend(page_rows(version, ids, n))
+    return rows
+
+
+def page_rows(version_id: int, ids: list[int], n: int, repeats: int = 30) -> list[str]:
+    """Server time of the pages a curator opens in this collection (test client, no network)."""
+    from django.contrib.auth.models import User
+    from django.test import Client
+    from django.urls import reverse
+
+    from retrieval.models import Collection, ModelVersion
+
+    version = ModelVersion.objects.get(pk=version_id)
+    Collection.objects.filter(pk=version.collection_id).update(active_version=version)
+    user = User.objects.filter(username="bench").first() or User.objects.create_superuser(
+        "bench", "bench@example.org", None
+    )
+    client = Client(HTTP_HOST="localhost")
+    client.force_login(user)
+    pk, middle = version.collection_id, ids[len(ids) // 2]
+    collection_url = reverse("retrieval:collection_detail", args=[pk])
+    pages = {
+        "collection page": collection_url,
+        "collection page, keyset deep": f"{collection_url}?after={middle}",
+        "image page": reverse("retrieval:image_detail", args=[pk, middle]),
+        "similar page (24 nearest)": reverse("retrieval:similar", args=[pk, middle]),
+    }
+    rows = []
+    for name, url in pages.items():
+        timings = []
+        for _ in range(repeats):
+            started = time.perf_counter()
+            response = client.get(url)
+            timings.append(time.perf_counter() - started)
+            assert response.status_code == 200, (url, response.status_code)
+        rows.append(
+            f"| {n:,} | {name} | {percentile_ms(timings, 50):.1f} | "
+            f"{percentile_ms(timings, 95):.1f} |"
+        )
     return rows
 
 
@@ -197,9 +236,16 @@ def main() -> None:
             "| embeddings | COPY load s | HNSW build s | ef_search | recall@10 | p50 ms | p95 ms |"
         )
         print("|---|---|---|---|---|---|---|")
+        page_table = []
         for n in sizes:
             for row in run_size(n, args.queries, args.seed):
-                print(row, flush=True)
+                if row.count("|") == 5:  # a page timing row: printed in its own table
+                    page_table.append(row)
+                else:
+                    print(row, flush=True)
+        print("\n| embeddings | page (server time) | p50 ms | p95 ms |")
+        print("|---|---|---|---|")
+        print("\n".join(page_table))
     finally:
         drop_database()
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from functools import partial
 
 import numpy as np
 import pytest
@@ -31,7 +32,7 @@ def add_pictures(collection: Collection, seeds: range | list[int], label: str = 
     """Imports seeded pictures through the import code path; returns their image ids."""
     report = import_items(
         collection,
-        [Candidate(f"{seed}.png", lambda seed=seed: png(seed), label) for seed in seeds],
+        [Candidate(f"{seed}.png", partial(png, seed), label) for seed in seeds],
     )
     assert not report.rejected
     return report.created
@@ -73,6 +74,7 @@ def test_the_seeded_network_is_rebuilt_identically_in_another_process(collection
     version = collection.active_version
     assert version is not None
     stored = queries.vector_of(version, ids[2])
+    assert stored is not None
     # A fresh process has no cached network: it rebuilds from the stored config and seed.
     embedding._network.cache_clear()
     again = embedding.embed_upload(version, io.BytesIO(png(2)))
