@@ -290,29 +290,47 @@ def near_duplicate_pairs(
     limit: int = 500,
     neighbours: int = 10,
     after_image_id: int = 0,
+    window: int = 1000,
     ef_search: int = DEFAULT_EF_SEARCH,
 ) -> tuple[list[DuplicateGroup], int | None]:
     """Pairs of images in `version` at L2 distance <= threshold, grouped by union-find.
 
-    Walks the version's images in id order (keyset from `after_image_id`), asking each for its
-    `neighbours` nearest; stops after `limit` pairs. Returns the groups (largest first) and the
-    cursor for the next page (None at the end). A group can continue on the next page.
+    One page walks the next `window` images in id order (keyset from `after_image_id`), asking
+    each for its `neighbours` nearest, and keeps at most `limit` pairs. The window bounds the
+    work of a page (about `window` index walks) however few duplicates a large collection has.
+    Returns the groups (largest first) and the cursor of the next page (None at the end); a
+    group can continue on the next page.
     """
+    # One image yields at most `neighbours` pairs: a smaller limit could never make progress.
+    limit = max(limit, neighbours)
     version_id = _version_id(version)
     scope = _version_filter(version_id)
     with transaction.atomic(), _cursor() as cursor:
-        cursor.execute(f"SET LOCAL hnsw.ef_search = {max(int(ef_search), neighbours)}")
+        cursor.execute(
+            f"SELECT count(*), max(image_id) FROM (SELECT image_id FROM {TABLE} "
+            f"WHERE {scope} AND image_id > %s ORDER BY image_id LIMIT %s) AS w",
+            [after_image_id, window],
+        )
+        scanned, last = cursor.fetchone()
+        if not scanned:
+            return [], None
+        cursor.execute(f"SET LOCAL hnsw.ef_search = {max(int(ef_search), neighbours + 1)}")
         cursor.execute(
             f"SELECT e.image_id, n.image_id, n.distance FROM {TABLE} e CROSS JOIN LATERAL ("
             f"  SELECT o.image_id, o.vector <-> e.vector AS distance FROM {TABLE} o"
             f"  WHERE o.{scope} ORDER BY o.vector <-> e.vector LIMIT %s"
-            f") n WHERE e.{scope} AND e.image_id > %s AND n.image_id <> e.image_id "
-            "AND n.distance <= %s ORDER BY e.image_id LIMIT %s",
-            [neighbours + 1, after_image_id, threshold, limit + 1],
+            f") n WHERE e.{scope} AND e.image_id > %s AND e.image_id <= %s "
+            "AND n.image_id <> e.image_id AND n.distance <= %s "
+            "ORDER BY e.image_id, n.distance LIMIT %s",
+            [neighbours + 1, after_image_id, last, threshold, limit + 1],
         )
         rows = cursor.fetchall()
-    more = len(rows) > limit
-    rows = rows[:limit]
+    next_after: int | None = int(last) if scanned == window else None
+    if len(rows) > limit:
+        # Cut before the last image whose pairs may be incomplete; the next page starts there.
+        cut = rows[limit][0]
+        rows = [row for row in rows[:limit] if row[0] != cut]
+        next_after = int(cut) - 1 if not rows else int(rows[-1][0])
     # Each pair shows up from both ends; keep it once, smaller id first.
     pairs = {(min(a, b), max(a, b)): float(d) for a, b, d in rows}
     parent: dict[int, int] = {}
@@ -335,7 +353,6 @@ def near_duplicate_pairs(
     for root, group in groups.items():
         group.image_ids = sorted(x for x in parent if find(x) == root)
     ordered = sorted(groups.values(), key=lambda g: (-len(g.image_ids), g.pairs[0][2]))
-    next_after = int(rows[-1][0]) if more else None
     return ordered, next_after
 
 

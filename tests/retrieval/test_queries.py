@@ -127,6 +127,21 @@ def test_near_duplicates_are_grouped_by_union_find() -> None:
     assert all(d <= 0.5 for g in groups for _, _, d in g.pairs)
 
 
+def test_near_duplicate_pages_walk_the_version_in_windows() -> None:
+    version, ids = make_version("windows", 9)
+    vectors = clustered(9, seed=7) * 10
+    for i in (1, 4, 7):
+        vectors[i] = vectors[i - 1] + 0.01
+    queries.copy_embeddings(version, ids, vectors)
+    seen, after, pages = set(), 0, 0
+    while after is not None:
+        groups, after = queries.near_duplicate_pairs(version, 0.5, window=4, after_image_id=after)
+        seen |= {(a, b) for g in groups for a, b, _ in g.pairs}
+        pages += 1
+    assert pages == 3
+    assert seen == {(ids[i - 1], ids[i]) for i in (1, 4, 7)}
+
+
 def test_map_sample_is_stable_and_bounded() -> None:
     version, ids = make_version("map", 40)
     queries.copy_embeddings(version, ids, clustered(40, seed=6))
