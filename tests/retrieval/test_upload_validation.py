@@ -84,7 +84,7 @@ def test_pixels_over_the_configured_limit_are_a_decompression_bomb(
     response = upload(curator_client, collection.pk, {"big.png": image_bytes(size=60)})
     assert response.status_code == 400
     error = response.json()["rejected"][0]["error"]
-    assert "decompression bomb: 60x60 pixels is over the limit of 2500" == error
+    assert error == "decompression bomb: 60x60 pixels is over the limit of 2500"
 
 
 def test_file_over_the_byte_limit_is_rejected(curator_client: Client, collection, settings) -> None:
