@@ -18,15 +18,15 @@ def files(count: int) -> list[SimpleUploadedFile]:
 
 
 def test_token_client_creates_and_lists_collections(client: Client, outsider) -> None:
-    auth = {"HTTP_AUTHORIZATION": f"Token {Token.objects.create(user=outsider).key}"}
+    client.defaults["HTTP_AUTHORIZATION"] = f"Token {Token.objects.create(user=outsider).key}"
     created = client.post(
-        "/api/v1/collections/", {"name": "Birds"}, content_type="application/json", **auth
+        "/api/v1/collections/", {"name": "Birds"}, content_type="application/json"
     )
     assert created.status_code == 201
     body = created.json()
     assert body["name"] == "Birds" and isinstance(body["id"], int)
     assert Membership.objects.get(user=outsider).role == Membership.Role.ADMIN
-    listed = client.get("/api/v1/collections/", **auth).json()
+    listed = client.get("/api/v1/collections/").json()
     assert [c["name"] for c in listed] == ["Birds"]
 
 

@@ -195,7 +195,7 @@ def test_polyglot_html_jpeg_is_served_only_as_an_image(
     assert response["Content-Type"] == "image/jpeg"
     assert response["X-Content-Type-Options"] == "nosniff"
     assert response["Content-Disposition"] == "inline"
-    assert b"".join(response.streaming_content) == polyglot
+    assert b"".join(response.streaming_content) == polyglot  # type: ignore[attr-defined]
     thumb = client.get(image.thumbnail.url)
     assert thumb["Content-Type"] == "image/webp"
     assert thumb["X-Content-Type-Options"] == "nosniff"

@@ -54,7 +54,7 @@ def test_import_an_npz_keeps_labels_as_ground_truth(tmp_path: Path) -> None:
     assert list(collection.images.order_by("id").values_list("label", flat=True)) == [
         "0", "1", "0", "1", "2"
     ]  # fmt: skip
-    assert collection.images.first().format == "PNG"
+    assert {image.format for image in collection.images.all()} == {"PNG"}
 
 
 def test_import_fashion_mnist_with_class_names() -> None:

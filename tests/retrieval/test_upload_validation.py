@@ -62,8 +62,8 @@ def test_bad_file_is_rejected_and_the_good_one_stored(
     assert image.original_name == "good.png"
     # The good image and its thumbnail, nothing else.
     assert {p.name for p in stored_files(media_root)} == {
-        Path(image.file.name).name,
-        Path(image.thumbnail.name).name,
+        Path(str(image.file.name)).name,
+        Path(str(image.thumbnail.name)).name,
     }
 
 
@@ -180,7 +180,7 @@ def test_original_bytes_and_a_webp_thumbnail_are_stored(curator_client: Client, 
     upload(curator_client, collection.pk, {"photo.jpeg": original})
     image = Image.objects.get()
     assert (image.format, image.width, image.height) == ("JPEG", 600, 600)
-    assert image.file.name.endswith(".jpg")
+    assert str(image.file.name).endswith(".jpg")
     with image.file.open("rb") as f:
         assert f.read() == original
     with PILImage.open(image.thumbnail.path) as thumb:
