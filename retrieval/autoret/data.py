@@ -91,12 +91,12 @@ class ImageSet:
         labels: N class ids, or N x L multi-hot.
         """
         if isinstance(images, (np.ndarray, torch.Tensor)):
-            items = [torch.as_tensor(np.asarray(images))]
+            items = [torch.tensor(np.asarray(images))]
             if items[0].dim() not in (3, 4):
                 raise DataError("images must be N x H x W or N x H x W x C")
             batched = True
         else:
-            items = [torch.as_tensor(np.asarray(image)) for image in images]
+            items = [torch.tensor(np.asarray(image)) for image in images]
             if not items:
                 raise DataError("the data set holds no images")
             batched = False

@@ -176,8 +176,9 @@ class ResNet18Backbone(nn.Module):
 class EfficientNetLite0Backbone(nn.Module):
     """EfficientNet-Lite0 features: B x {1, 3} x H x W in [0, 1] -> B x 1280 x H/32 x W/32.
 
-    The network expects RGB on a 0..255 scale (it normalizes as (x - 127) / 128 itself); grey
-    images are repeated to three channels.
+    The pretrained weights expect RGB scaled as (x - 127) / 128 on 0..255; grey images are
+    repeated to three channels. Its ImageNet classifier head is kept (so the weights load strictly)
+    but unused.
     """
 
     def __init__(self, cfg: ModelConfig) -> None:
@@ -191,7 +192,7 @@ class EfficientNetLite0Backbone(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[1] == 1:
             x = x.expand(-1, 3, -1, -1)
-        features: torch.Tensor = self.net.features(x * 255.0)
+        features: torch.Tensor = self.net.features(self.net.normalize_unit(x))
         return features
 
 
@@ -231,13 +232,15 @@ class DilatedContext(nn.Module):
             )
             for r in rates
         )
-        self.fuse = nn.Sequential(
-            nn.Conv2d(channels * len(rates), channels, 1, bias=False), nn.BatchNorm2d(channels)
-        )
+        self.fuse: nn.Module | None = None
+        if rates:
+            self.fuse = nn.Sequential(
+                nn.Conv2d(channels * len(rates), channels, 1, bias=False), nn.BatchNorm2d(channels)
+            )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.reduce(x)
-        if not self.branches:
+        if self.fuse is None:
             return x
         y = self.fuse(torch.cat([branch(x) for branch in self.branches], dim=1))
         return F.relu(x + y)

@@ -1,0 +1,158 @@
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from retrieval.autoret.cli import main
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def tiny_npz(tmp_path: Path) -> Path:
+    rng = np.random.default_rng(0)
+    path = tmp_path / "tiny.npz"
+    np.savez(
+        path, images=rng.integers(0, 256, (24, 16, 16), dtype=np.uint8), labels=np.arange(24) % 3
+    )
+    return path
+
+
+def test_train_embed_evaluate_round_trip(
+    tiny_npz: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "ckpt"
+    assert (
+        main(
+            [
+                "train",
+                "--data",
+                str(tiny_npz),
+                "--out",
+                str(out),
+                "--epochs",
+                "1",
+                "--batch-size",
+                "8",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["steps"] == 3 and summary["stopped"] == "finished"
+    assert (out / "model.safetensors").is_file() and (out / "checkpoint.json").is_file()
+
+    vectors = tmp_path / "vectors.npy"
+    assert (
+        main(["embed", "--checkpoint", str(out), "--data", str(tiny_npz), "--out", str(vectors)])
+        == 0
+    )
+    capsys.readouterr()
+    embedded = np.load(vectors)
+    assert embedded.shape == (24, 128) and embedded.dtype == np.float32
+
+    assert (
+        main(
+            [
+                "evaluate",
+                "--checkpoint",
+                str(out),
+                "--queries",
+                str(tiny_npz),
+                "--database",
+                str(tiny_npz),
+                "--k",
+                "5",
+                "--precision-k",
+                "5",
+            ]
+        )
+        == 0
+    )
+    result = json.loads(capsys.readouterr().out)
+    assert set(result) >= {"map", "precision"} and 0.0 <= result["map"] <= 1.0
+    # Each query finds itself first, so its AP includes a relevant hit at rank 1.
+    assert result["map"] >= 1 / 3
+
+
+def test_evaluate_without_labels_is_one_error_line(
+    tmp_path: Path, tiny_npz: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "ckpt"
+    main(
+        [
+            "train",
+            "--data",
+            str(tiny_npz),
+            "--out",
+            str(out),
+            "--epochs",
+            "0.4",
+            "--batch-size",
+            "8",
+            "--no-progress",
+        ]
+    )
+    unlabeled = tmp_path / "unlabeled.npz"
+    np.savez(unlabeled, images=np.zeros((4, 16, 16), np.uint8))
+    capsys.readouterr()
+    code = main(
+        [
+            "evaluate",
+            "--checkpoint",
+            str(out),
+            "--queries",
+            str(unlabeled),
+            "--database",
+            str(tiny_npz),
+        ]
+    )
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "needs labels" in err
+
+
+def test_missing_checkpoint_is_one_error_line(
+    tmp_path: Path, tiny_npz: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(
+        [
+            "embed",
+            "--checkpoint",
+            str(tmp_path / "nope"),
+            "--data",
+            str(tiny_npz),
+            "--out",
+            str(tmp_path / "v.npy"),
+        ]
+    )
+    err = capsys.readouterr().err
+    assert code == 2 and err == f"error: {tmp_path / 'nope'}: no such checkpoint directory\n"
+
+
+def test_bad_data_path_from_the_command_line_is_one_error_line(tmp_path: Path) -> None:
+    completed = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "retrieval.autoret",
+            "train",
+            "--data",
+            str(tmp_path / "missing"),
+            "--out",
+            str(tmp_path / "out"),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert completed.returncode == 2
+    assert completed.stdout == ""
+    assert completed.stderr.startswith("error: ") and completed.stderr.count("\n") == 1
+    assert "missing" in completed.stderr

@@ -1,0 +1,71 @@
+from __future__ import annotations
+
+import math
+
+import torch
+
+from retrieval.autoret.losses import autoembedder_loss, nt_xent_loss
+
+
+def _slow_autoembedder_loss(
+    e1: torch.Tensor, e2: torch.Tensor, cannot: torch.Tensor, alpha: float
+) -> float:
+    total = 0.0
+    for a, b, is_cannot in zip(e1.tolist(), e2.tolist(), cannot.tolist(), strict=True):
+        d = math.sqrt(sum((x - y) ** 2 for x, y in zip(a, b, strict=True)))
+        p = min(max(d, 0.0), alpha)
+        t = alpha if is_cannot else 0.0
+        total += (p - t) ** 2
+    return total / len(e1)
+
+
+def test_autoembedder_loss_equals_slow_reference() -> None:
+    g = torch.Generator().manual_seed(1)
+    for alpha in (1.0, 10.0, 100.0):
+        e1 = torch.randn(32, 6, generator=g) * alpha / 3
+        e2 = torch.randn(32, 6, generator=g) * alpha / 3
+        cannot = torch.rand(32, generator=g) < 0.5
+        expected = _slow_autoembedder_loss(e1, e2, cannot, alpha)
+        assert math.isclose(autoembedder_loss(e1, e2, cannot, alpha).item(), expected, rel_tol=1e-5)
+
+
+def test_cannot_link_pairs_pushed_past_alpha_cost_nothing_and_get_no_gradient() -> None:
+    e1 = torch.zeros(4, 3, requires_grad=True)
+    e2 = torch.tensor([[20.0, 0, 0], [0, 15.0, 0], [0, 0, 11.0], [12.0, 0, 0]], requires_grad=True)
+    loss = autoembedder_loss(e1, e2, torch.ones(4, dtype=torch.bool), alpha=10.0)
+    loss.backward()
+    assert loss.item() == 0.0
+    assert e1.grad is not None and torch.count_nonzero(e1.grad) == 0
+
+
+def test_cannot_link_pairs_inside_alpha_are_pushed_apart_and_can_link_pairs_pulled_together() -> (
+    None
+):
+    e1 = torch.zeros(2, 2)
+    e2 = torch.tensor([[1.0, 0.0], [1.0, 0.0]], requires_grad=True)
+    autoembedder_loss(e1, e2, torch.tensor([True, False]), alpha=10.0).backward()
+    assert e2.grad is not None
+    assert e2.grad[0, 0] < 0  # gradient descent increases the cannot-link distance
+    assert e2.grad[1, 0] > 0  # and decreases the can-link distance
+
+
+def test_identical_embeddings_give_finite_loss_and_gradient() -> None:
+    e = torch.randn(8, 4, requires_grad=True)
+    loss = autoembedder_loss(e, e.clone(), torch.zeros(8, dtype=torch.bool), alpha=10.0)
+    loss.backward()
+    assert loss.item() == 0.0
+    assert e.grad is not None and torch.isfinite(e.grad).all()
+
+
+def test_nt_xent_equals_slow_reference() -> None:
+    g = torch.Generator().manual_seed(2)
+    z1, z2 = torch.randn(5, 7, generator=g), torch.randn(5, 7, generator=g)
+    tau = 0.2
+    views = [v / v.norm() for v in torch.cat([z1, z2])]
+    n = len(views)
+    total = 0.0
+    for i in range(n):
+        partner = (i + 5) % n
+        sims = [math.exp(float(views[i] @ views[j]) / tau) for j in range(n) if j != i]
+        total += -math.log(math.exp(float(views[i] @ views[partner]) / tau) / sum(sims))
+    assert math.isclose(nt_xent_loss(z1, z2, tau).item(), total / n, rel_tol=1e-5)

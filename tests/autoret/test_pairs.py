@@ -1,0 +1,158 @@
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+
+from retrieval.autoret.pairs import AugmentConfig, KnownPairs, PairSampler, augment
+
+
+def test_augment_keeps_shape_and_range_and_changes_the_images() -> None:
+    x = torch.rand(16, 3, 20, 28)
+    out = augment(x, torch.Generator().manual_seed(0))
+    assert out.shape == x.shape and out.dtype == x.dtype
+    assert out.min() >= 0 and out.max() <= 1
+    assert (out - x).abs().mean(dim=(1, 2, 3)).min() > 0.01
+
+
+def test_augment_is_reproducible_from_the_generator() -> None:
+    x = torch.rand(4, 1, 16, 16)
+    a = augment(x, torch.Generator().manual_seed(3))
+    b = augment(x, torch.Generator().manual_seed(3))
+    c = augment(x, torch.Generator().manual_seed(4))
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_augment_with_everything_off_is_the_identity() -> None:
+    off = AugmentConfig(
+        crop_area=(1.0, 1.0),
+        crop_aspect=(1.0, 1.0),
+        rotation_deg=0,
+        shear=0,
+        hflip_p=0,
+        brightness=0,
+        contrast=0,
+        noise_sigma=0,
+    )
+    x = torch.rand(3, 1, 12, 12)
+    assert torch.allclose(augment(x, torch.Generator(), off), x, atol=1e-5)
+
+
+def test_flip_only_mirrors_the_image() -> None:
+    flip = AugmentConfig(
+        crop_area=(1.0, 1.0),
+        crop_aspect=(1.0, 1.0),
+        rotation_deg=0,
+        shear=0,
+        hflip_p=1.0,
+        brightness=0,
+        contrast=0,
+        noise_sigma=0,
+    )
+    x = torch.rand(2, 1, 8, 8)
+    assert torch.allclose(augment(x, torch.Generator(), flip), x.flip(-1), atol=1e-5)
+
+
+def _closure_reference(n: int, must: list[tuple[int, int]], cannot: list[tuple[int, int]]):
+    """Explicit transitive closure by repeated rule application."""
+    same = {(a, b) for a, b in must} | {(b, a) for a, b in must}
+    changed = True
+    while changed:
+        new = {(a, d) for (a, b), (c, d) in itertools.product(same, same) if b == c and a != d}
+        changed = not new <= same
+        same |= new
+    diff = {(a, b) for a, b in cannot} | {(b, a) for a, b in cannot}
+    group = {i: {i} | {b for a, b in same if a == i} for i in range(n)}
+    diff = {(x, y) for a, b in diff for x in group[a] for y in group[b]}
+    return {tuple(sorted(p)) for p in same}, {tuple(sorted(p)) for p in diff}
+
+
+def test_transitive_closure_counts_explicit_and_implied_pairs() -> None:
+    must = [(0, 1), (1, 2), (3, 4), (2, 1)]
+    cannot = [(0, 3), (5, 4)]
+    known = KnownPairs.from_constraints(8, must, cannot)
+    same, diff = _closure_reference(8, must, cannot)
+    assert known.n_must == len(same) == 4  # {0,1,2}: 3 pairs, {3,4}: 1 pair
+    assert known.n_cannot == len(diff) == 8  # {0,1,2}x{3,4}: 6, {5}x{3,4}: 2
+    assert known.counts() == {
+        "must_explicit": 3,
+        "must_implied": 1,
+        "cannot_explicit": 2,
+        "cannot_implied": 6,
+        "conflicts": 0,
+    }
+
+
+def test_random_constraints_match_the_explicit_closure() -> None:
+    g = torch.Generator().manual_seed(5)
+    for _ in range(5):
+        pairs = torch.randint(0, 12, (14, 2), generator=g).tolist()
+        must = [tuple(p) for p in pairs[:8] if p[0] != p[1]]
+        same, _ = _closure_reference(12, must, [])
+        cannot = [tuple(p) for p in pairs[8:] if p[0] != p[1] and tuple(sorted(p)) not in same]
+        same, diff = _closure_reference(12, must, cannot)
+        known = KnownPairs.from_constraints(12, must, cannot)
+        assert (known.n_must, known.n_cannot) == (len(same), len(diff))
+
+
+def test_contradicting_cannot_link_is_dropped_and_counted() -> None:
+    known = KnownPairs.from_constraints(4, [(0, 1), (1, 2)], [(0, 2), (0, 3)])
+    assert known.conflicts == 1
+    assert known.n_cannot == 3
+
+
+def test_constraint_outside_the_images_is_refused() -> None:
+    with pytest.raises(ValueError, match="outside"):
+        KnownPairs.from_constraints(3, [(0, 3)], [])
+
+
+def test_sampled_known_pairs_are_true_must_and_cannot_links() -> None:
+    must, cannot = [(0, 1), (1, 2), (3, 4)], [(0, 3), (5, 4)]
+    same, diff = _closure_reference(8, must, cannot)
+    known = KnownPairs.from_constraints(8, must, cannot)
+    g = torch.Generator().manual_seed(0)
+    a, b = known.sample_must(500, g)
+    drawn_same = {tuple(sorted(p)) for p in zip(a.tolist(), b.tolist(), strict=True)}
+    assert drawn_same == same  # every can-link pair is drawn, none outside the closure
+    a, b = known.sample_cannot(800, g)
+    drawn_diff = {tuple(sorted(p)) for p in zip(a.tolist(), b.tolist(), strict=True)}
+    assert drawn_diff == diff
+
+
+def test_labels_of_a_fraction_become_known_pairs() -> None:
+    labels = torch.arange(100) % 5
+    known = KnownPairs.from_labels(labels, fraction=0.2, seed=1)
+    assert int(known.sizes.sum()) == 20
+    a, b = known.sample_must(200, torch.Generator())
+    assert torch.equal(labels[a], labels[b]) and not torch.equal(a, b)
+    a, b = known.sample_cannot(200, torch.Generator())
+    assert (labels[a] != labels[b]).all()
+
+
+def test_sampler_is_half_can_half_cannot_with_the_known_share() -> None:
+    labels = torch.arange(1000) % 10
+    known = KnownPairs.from_labels(labels, fraction=0.1)
+    sampler = PairSampler(1000, batch_pairs=64, known=known, known_fraction=0.5)
+    batch = sampler.sample()
+    assert batch.is_cannot.sum() == 32
+    can_first, can_second = batch.first[:32], batch.second[:32]
+    assert batch.n_known == 32
+    assert torch.equal(labels[can_first[:16]], labels[can_second[:16]])
+    assert torch.equal(can_first[16:], can_second[16:])  # self-supervised: image and its copy
+    assert (batch.first[32:] != batch.second[32:]).all()
+
+
+def test_sampler_caps_a_handful_of_known_pairs_to_avoid_heavy_repetition() -> None:
+    known = KnownPairs.from_constraints(10_000, [(0, 1)], [(2, 3)])
+    sampler = PairSampler(10_000, batch_pairs=128, known=known, known_fraction=0.5)
+    drawn = sum(sampler.sample().n_known for _ in range(79))  # one epoch
+    assert drawn <= 60  # about 10 repeats of each of the 2 known pairs, not 64 per batch
+
+
+def test_self_supervised_sampler_pairs_only_distinct_images_as_cannot_link() -> None:
+    sampler = PairSampler(3, batch_pairs=200)
+    batch = sampler.sample()
+    assert batch.n_known == 0
+    assert (batch.first[100:] != batch.second[100:]).all()
+    assert torch.equal(batch.first[:100], batch.second[:100])
