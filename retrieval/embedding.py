@@ -19,10 +19,11 @@ import numpy as np
 import torch
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Exists, OuterRef
+from django.db.models import Exists, OuterRef, QuerySet
 from django.utils import timezone
 from PIL import Image as PILImage
 from PIL import ImageOps
+from tqdm import tqdm
 
 from retrieval import queries
 from retrieval.autoret.checkpoint import load_model
@@ -161,6 +162,7 @@ def embed_new_images(
     limit: int | None = None,
     batch_size: int = BATCH_SIZE,
     progress: Progress | None = None,
+    progress_bar: bool = False,
 ) -> BatchResult:
     """Embeds the collection's images that have no vector in its target version yet.
 
@@ -169,17 +171,45 @@ def embed_new_images(
     `next_after` is where the next call goes on. An image whose file cannot be read is logged
     and skipped (listed in `failed`), so one bad file never blocks the rest. When the walk
     reaches the end the index is built and a version that is not active yet is activated.
-    `progress(n)` is called with the number of images done after each batch.
+    `progress(n)` is called with the number of images handled by each batch (an increment, as
+    tqdm's `update` takes it); `progress_bar` shows a tqdm bar on stderr (commands).
     """
     version = _target_version(collection)
     model = load_network(version)
-    size, channels = _input_shape(model)
     result = BatchResult(version_id=version.pk)
     missing = (
         Image.objects.filter(collection=collection, pk__gt=after_id)
         .exclude(Exists(Embedding.objects.filter(version=version, image=OuterRef("pk"))))
         .order_by("pk")
     )
+    bar = None
+    if progress_bar:
+        total = missing.count() if limit is None else min(limit, missing.count())
+        bar = tqdm(total=total, unit="img", desc=f"embedding {collection}")
+    try:
+        _walk(version, model, missing, result, after_id, limit, batch_size, progress, bar)
+    finally:
+        if bar is not None:
+            bar.close()
+    if result.finished:
+        queries.build_index(version)
+        result.activated = activate_if_first(collection, version)
+    return result
+
+
+def _walk(
+    version: ModelVersion,
+    model: AutoRet,
+    missing: QuerySet[Image],
+    result: BatchResult,
+    after_id: int,
+    limit: int | None,
+    batch_size: int,
+    progress: Progress | None,
+    bar: tqdm[Any] | None,
+) -> BatchResult:
+    """The batch loop of `embed_new_images`: embeds and stores; `finished` at the end."""
+    size, channels = _input_shape(model)
     cursor = after_id
     budget = limit
     while budget is None or budget > 0:
@@ -204,15 +234,15 @@ def embed_new_images(
         if budget is not None:
             budget -= len(batch)
         if progress is not None:
-            progress(result.embedded)
+            progress(len(batch))
+        if bar is not None:
+            bar.update(len(batch))
         if len(batch) < take:
             break
     else:
         result.next_after = cursor
         return result
     result.finished = True
-    queries.build_index(version)
-    result.activated = activate_if_first(collection, version)
     return result
 
 

@@ -356,12 +356,19 @@ def near_duplicate_pairs(
     return ordered, next_after
 
 
-def sample_for_map(version: VersionRef, n: int) -> tuple[list[int], np.ndarray]:
-    """Up to n (image_id, vector) of the version, the same sample on every call (hash order)."""
+def sample_for_map(
+    version: VersionRef, n: int, spread: bool = True
+) -> tuple[list[int], np.ndarray]:
+    """Up to n (image_id, vector) of the version, the same sample on every call.
+
+    `spread`: a hash order that draws from the whole collection (reads every row of the
+    version); without it the first n by id, read from the btree alone (cheap at any size).
+    """
+    order = "hashint8(image_id), image_id" if spread else "image_id"
     with _cursor() as cursor:
         cursor.execute(
             f"SELECT image_id, vector FROM {TABLE} WHERE {_version_filter(_version_id(version))} "
-            "ORDER BY hashint8(image_id), image_id LIMIT %s",
+            f"ORDER BY {order} LIMIT %s",
             [n],
         )
         rows = cursor.fetchall()

@@ -14,6 +14,7 @@ from typing import Any
 
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import BadRequest
+from django.core.files.uploadedfile import UploadedFile
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, render
 from django.views.decorators.http import require_http_methods
@@ -51,6 +52,13 @@ class NoActiveVersion(Exception):
         )
 
 
+class NotEmbeddedYet(NoActiveVersion):
+    """The image came after its collection's active version was embedded; the worker is on it."""
+
+    def __str__(self) -> str:
+        return "This image has no vector in the active model version yet: try again shortly."
+
+
 @dataclass
 class Hit:
     image: Image
@@ -82,16 +90,21 @@ def similar_to_image(
     version = _active_version(collection)
     vector = queries.vector_of(version, image.pk)
     if vector is None:
-        raise NoActiveVersion  # the image was added after the version was embedded
+        raise NotEmbeddedYet
     return version, queries.nearest(version, vector, k, exclude_image_ids=[image.pk], offset=offset)
 
 
 def similar_to_upload(
-    collection: Collection, name: str, data: bytes, k: int
+    collection: Collection, upload: UploadedFile, k: int
 ) -> tuple[ModelVersion, list[tuple[int, float]]]:
     """The k nearest images to an uploaded image, validated like an import (raises Rejected)."""
     version = _active_version(collection)
-    check_image(name, data, Limits.from_settings())
+    limits = Limits.from_settings()
+    if upload.size is not None and upload.size > limits.max_file_bytes:
+        # Refused before reading it into memory, as imports do.
+        raise Rejected(f"file is {upload.size} bytes, over the limit of {limits.max_file_bytes}")
+    data = upload.read()
+    check_image(upload.name or "query", data, limits)
     vector = embed_upload(version, io.BytesIO(data))
     return version, queries.nearest(version, vector, k)
 
@@ -120,7 +133,8 @@ def similar(request: HttpRequest, pk: int, image_pk: int) -> HttpResponse:
         # One more than a page tells whether "Load more" has anything to load.
         version, pairs = similar_to_image(collection, image, PAGE_SIZE + 1, offset)
     except NoActiveVersion as error:
-        context |= {"version": version_label(None), "unavailable": str(error), "hits": []}
+        active = _active_version_or_none(collection)
+        context |= {"version": version_label(active), "unavailable": str(error), "hits": []}
         return render(request, "retrieval/similar.html", context)
     next_offset = offset + PAGE_SIZE
     context |= {
@@ -150,9 +164,7 @@ def search(request: HttpRequest, pk: int) -> HttpResponse:
             context["error"], status = "Choose an image to search with.", 400
         else:
             try:
-                version, pairs = similar_to_upload(
-                    collection, upload.name or "query", upload.read(), PAGE_SIZE * 2
-                )
+                version, pairs = similar_to_upload(collection, upload, PAGE_SIZE * 2)
             except Rejected as error:
                 context["error"], status = f"{upload.name}: {error}", 400
             except NoActiveVersion as error:
@@ -165,7 +177,7 @@ def search(request: HttpRequest, pk: int) -> HttpResponse:
 
 def _typical_neighbour_distance(version: ModelVersion, samples: int = 20) -> float | None:
     """Median distance from a few images to their nearest neighbour: a scale for the threshold."""
-    ids, vectors = queries.sample_for_map(version, samples)
+    ids, vectors = queries.sample_for_map(version, samples, spread=False)
     distances = [
         found[0][1]
         for image_id, vector in zip(ids, vectors, strict=True)
@@ -341,7 +353,7 @@ def api_search(request: Request, pk: int) -> Response:
     upload = request.FILES.get("image")
     try:
         if upload is not None:
-            version, pairs = similar_to_upload(collection, upload.name or "query", upload.read(), k)
+            version, pairs = similar_to_upload(collection, upload, k)
         else:
             raw_id = _data(request).get("image_id")
             if raw_id is None or not str(raw_id).isdigit():

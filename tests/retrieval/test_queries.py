@@ -133,7 +133,9 @@ def test_near_duplicate_pages_walk_the_version_in_windows() -> None:
     for i in (1, 4, 7):
         vectors[i] = vectors[i - 1] + 0.01
     queries.copy_embeddings(version, ids, vectors)
-    seen, after, pages = set(), 0, 0
+    seen: set[tuple[int, int]] = set()
+    after: int | None = 0
+    pages = 0
     while after is not None:
         groups, after = queries.near_duplicate_pairs(version, 0.5, window=4, after_image_id=after)
         seen |= {(a, b) for g in groups for a, b, _ in g.pairs}

@@ -83,8 +83,10 @@ def test_the_seeded_network_is_rebuilt_identically_in_another_process(collection
 
 def test_embedding_resumes_in_batches_without_doubles(collection) -> None:
     ids = add_pictures(collection, range(10))
-    first = embedding.embed_new_images(collection, limit=4, batch_size=3)
+    steps: list[int] = []
+    first = embedding.embed_new_images(collection, limit=4, batch_size=3, progress=steps.append)
     assert not first.finished and first.embedded == 4 and first.next_after == ids[3]
+    assert steps == [3, 1]
     collection.refresh_from_db()
     assert collection.active_version is None  # never a half-embedded active version
     rest = embedding.embed_new_images(collection, after_id=first.next_after)

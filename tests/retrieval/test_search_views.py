@@ -89,6 +89,18 @@ def test_pages_say_when_nothing_is_embedded_yet(client, curator, password, colle
         assert "No model version answers yet" in page.content.decode()
 
 
+def test_an_image_added_after_embedding_says_it_is_not_embedded_yet(
+    client, annotator, password, collection, embedded
+) -> None:
+    [late] = add_pictures(collection, [SIZE + 1])
+    client.login(username="annotator", password=password)
+    response = client.get(reverse("retrieval:similar", args=[collection.pk, late]))
+    assert response.status_code == 200
+    html = response.content.decode()
+    assert "no vector in the active model version yet" in html
+    assert "untrained network" in html
+
+
 def test_outsider_gets_404_on_every_search_page_and_the_api(
     client, outsider, password, collection, embedded
 ) -> None:
