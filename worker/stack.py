@@ -63,14 +63,6 @@ class Stack:
             self.say(f"redis     embedded Redis at {settings.REDIS_URL}")
         call_command("migrate", interactive=False, verbosity=0)
         login = ensure_admin()
-        admin = get_user_model().objects.filter(is_superuser=True).order_by("pk").first()
-        # The demo collection (retrieval's load_demo prints one line); "all" loads 70,000 images.
-        call_command(
-            "load_demo",
-            f"--size={os.environ.get('AUTORET_DEMO_SIZE') or 3000}",
-            *([f"--owner={admin.get_username()}"] if admin else []),
-            stdout=self.options.out,
-        )
         self.children["worker"] = self._spawn("worker", worker_command())
         self.children["web"] = self._spawn("web", self._web_command())
         url = f"http://{self.options.host}:{self.options.port}/"
@@ -82,7 +74,28 @@ class Stack:
         self.say("")
         self.say(f"AutoRet is running at {url}")
         self.say(login)
+        self.load_demo()
         self.say("Press Ctrl-C to stop.")
+
+    def load_demo(self) -> None:
+        """Import the Fashion-MNIST demo (AUTORET_DEMO_SIZE images, 0 for none, "all" for 70,000)
+        while the site already serves; the worker embeds it, so search appears within a minute."""
+        size = os.environ.get("AUTORET_DEMO_SIZE") or "3000"
+        if size == "0":
+            return
+        from retrieval.management.commands.load_demo import DEMO_NAME
+        from retrieval.models import Collection
+        from worker.tasks import embed_collection
+
+        admin = get_user_model().objects.filter(is_superuser=True).order_by("pk").first()
+        call_command(
+            "load_demo", f"--size={size}", "--no-embed",
+            *([f"--owner={admin.get_username()}"] if admin else []),
+            stdout=self.options.out,
+        )  # fmt: skip
+        demo = Collection.objects.get(name=DEMO_NAME)
+        # Idempotent: embeds only what has no vector yet (a load interrupted earlier included).
+        embed_collection.delay(demo.pk)
 
     def _web_command(self) -> list[str]:
         return [

@@ -27,7 +27,9 @@ def _free_port() -> int:
 
 def _env(data_dir: Path, port: int) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in {"DATABASE_URL", "REDIS_URL"}}
-    env.update(AUTORET_DATA_DIR=str(data_dir), PORT=str(port), PYTHONUNBUFFERED="1")
+    env.update(
+        AUTORET_DATA_DIR=str(data_dir), PORT=str(port), PYTHONUNBUFFERED="1", AUTORET_DEMO_SIZE="40"
+    )
     env.pop("DJANGO_SUPERUSER_PASSWORD", None)
     return env
 
@@ -93,6 +95,21 @@ def _processes_using(data_dir: Path) -> list[str]:
     return found
 
 
+def _wait_for_demo_embeddings(data_dir: Path, port: int, expected: int) -> None:
+    """The worker that runstack started embeds the demo collection and activates a version."""
+    count = (
+        "from retrieval.models import Collection\n"
+        "c = Collection.objects.get(name='Fashion-MNIST demo')\n"
+        "print(c.active_version.embeddings.count() if c.active_version else 0)"
+    )
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if _manage(data_dir, port, "shell", "--no-imports", "-c", count).strip() == str(expected):
+            return
+        time.sleep(2)
+    pytest.fail("the demo collection was not embedded by the worker")
+
+
 @pytest.fixture
 def data_dir(tmp_path: Path) -> Iterator[Path]:
     path = tmp_path / "data"
@@ -112,6 +129,9 @@ def test_runstack_survives_kill_9_with_data_and_stops_cleanly(data_dir: Path) ->
     assert status == 200 and "Log in" in login_page
     health = _wait_healthy(port)
     assert '"pgvector": "0.6.2"' in health
+
+    assert any("Fashion-MNIST demo: 40 images" in line for line in lines)
+    _wait_for_demo_embeddings(data_dir, port, expected=40)
 
     # manage.py reuses the running embedded database.
     _manage(
