@@ -264,30 +264,3 @@ def activate_if_first(collection: Collection, version: ModelVersion) -> bool:
         activate(version)
     collection.active_version = version
     return True
-
-
-def project_2d(vectors: np.ndarray) -> np.ndarray:
-    """PCA of N x D vectors onto their two main axes, scaled into [0, 1] x [0, 1] (N x 2)."""
-    if len(vectors) == 0:
-        return np.zeros((0, 2), dtype=np.float32)
-    centred = vectors - vectors.mean(axis=0, keepdims=True)
-    _, _, axes = np.linalg.svd(centred, full_matrices=False)
-    points = centred @ axes[:2].T
-    if points.shape[1] < 2:
-        points = np.pad(points, ((0, 0), (0, 2 - points.shape[1])))
-    low, high = points.min(axis=0), points.max(axis=0)
-    span = np.where(high > low, high - low, 1.0)
-    return ((points - low) / span).astype(np.float32)
-
-
-def version_label(version: ModelVersion | None) -> dict[str, Any]:
-    """How a page names the version answering it ("untrained network" said plainly)."""
-    if version is None:
-        return {"id": None, "number": None, "kind": None, "text": "no model version yet"}
-    kind = ModelVersion.Kind(version.kind)
-    return {
-        "id": version.pk,
-        "number": version.number,
-        "kind": version.kind,
-        "text": f"version {version.number}: {kind.label}",
-    }

@@ -12,6 +12,7 @@ import statistics
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import BadRequest
 from django.core.files.uploadedfile import UploadedFile
@@ -27,7 +28,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from retrieval import queries
-from retrieval.embedding import embed_upload, project_2d, version_label
+from retrieval.embedding import embed_upload
 from retrieval.imports import Limits, Rejected, check_image
 from retrieval.models import Collection, Image, ModelVersion
 from retrieval.permissions import get_collection_for_user
@@ -40,6 +41,33 @@ MAX_K = 200
 MAP_DEFAULT = 400
 MAP_MAX = 2000
 DUPLICATE_PAIRS = 200
+
+
+def project_2d(vectors: np.ndarray) -> np.ndarray:
+    """PCA of N x D vectors onto their two main axes, scaled into [0, 1] x [0, 1] (N x 2)."""
+    if len(vectors) == 0:
+        return np.zeros((0, 2), dtype=np.float32)
+    centred = vectors - vectors.mean(axis=0, keepdims=True)
+    _, _, axes = np.linalg.svd(centred, full_matrices=False)
+    points = centred @ axes[:2].T
+    if points.shape[1] < 2:
+        points = np.pad(points, ((0, 0), (0, 2 - points.shape[1])))
+    low, high = points.min(axis=0), points.max(axis=0)
+    span = np.where(high > low, high - low, 1.0)
+    return ((points - low) / span).astype(np.float32)
+
+
+def version_label(version: ModelVersion | None) -> dict[str, Any]:
+    """How a page names the version answering it ("untrained network" said plainly)."""
+    if version is None:
+        return {"id": None, "number": None, "kind": None, "text": "no model version yet"}
+    kind = ModelVersion.Kind(version.kind)
+    return {
+        "id": version.pk,
+        "number": version.number,
+        "kind": version.kind,
+        "text": f"version {version.number}: {kind.label}",
+    }
 
 
 class NoActiveVersion(Exception):
