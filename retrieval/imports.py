@@ -441,9 +441,19 @@ def _delete_unreferenced(names: list[str]) -> None:
 
 def embed_later(collection: Collection) -> None:
     """From web and API uploads: the worker embeds the new images once this request commits."""
+    transaction.on_commit(functools.partial(_enqueue_embedding, collection.pk))
+
+
+def _enqueue_embedding(collection_id: int) -> None:
+    # The images are stored whatever happens here: a broker outage must not turn a good upload
+    # into an error page. The embed task is idempotent and embeds every image without a vector,
+    # so the next upload's task picks these images up too.
     from worker.tasks import embed_collection
 
-    embed_collection.delay_on_commit(collection.pk)  # type: ignore[attr-defined]
+    try:
+        embed_collection.delay(collection_id)
+    except Exception:
+        logger.exception("collection %s: could not queue embedding (broker down?)", collection_id)
 
 
 def embed_now(collection: Collection) -> None:

@@ -113,3 +113,23 @@ def test_schema_describes_the_upload_and_the_page(client: Client, curator, passw
     assert set(report) == {"created", "duplicates", "rejected"}
     assert "cursor" in {p["name"] for p in images["get"]["parameters"]}
     assert "201" in schema["paths"]["/api/v1/collections/"]["post"]["responses"]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_upload_is_kept_when_the_broker_is_down(
+    client: Client, curator, collection, password: str, settings
+) -> None:
+    from config.celery_app import app
+
+    before = {k: app.conf[k] for k in ("broker_url", "broker_transport_options")}
+    broker = "redis+socket:///nonexistent/redis.sock"
+    settings.CELERY_BROKER_URL = broker
+    app.conf.update(broker_url=broker, broker_transport_options={"max_retries": 0})
+    try:
+        client.login(username=curator.username, password=password)
+        response = client.post(f"/api/v1/collections/{collection.pk}/images/", {"files": files(2)})
+    finally:
+        app.conf.update(before)
+    assert response.status_code == 201
+    assert len(response.json()["created"]) == 2
+    assert collection.images.count() == 2
