@@ -177,11 +177,9 @@ def vector_of(version: VersionRef, image_id: int) -> np.ndarray | None:
 
 def _maintenance_work_mem() -> str:
     """The configured build memory, capped at half the memory free now so a build never swaps."""
-    configured = str(getattr(settings, "AUTORET_INDEX_BUILD_MEMORY", "1GB"))
+    configured = settings.AUTORET_INDEX_BUILD_MEMORY  # validated in settings.py
     units = {"kB": 1 << 10, "MB": 1 << 20, "GB": 1 << 30}
     number, unit = configured[:-2], configured[-2:]
-    if unit not in units or not number.isdigit():
-        raise ValueError(f"AUTORET_INDEX_BUILD_MEMORY={configured!r}: write e.g. 512MB or 1GB")
     wanted = int(number) * units[unit]
     try:
         available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")

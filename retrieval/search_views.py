@@ -28,7 +28,6 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from retrieval import queries
-from retrieval.embedding import embed_upload
 from retrieval.imports import Limits, Rejected, check_image
 from retrieval.models import Collection, Image, ModelVersion
 from retrieval.permissions import get_collection_for_user
@@ -133,6 +132,9 @@ def similar_to_upload(
         raise Rejected(f"file is {upload.size} bytes, over the limit of {limits.max_file_bytes}")
     data = upload.read()
     check_image(upload.name or "query", data, limits)
+    # PyTorch loads on the first query by upload, not in every web process at start-up.
+    from retrieval.embedding import embed_upload
+
     vector = embed_upload(version, io.BytesIO(data))
     return version, queries.nearest(version, vector, k)
 

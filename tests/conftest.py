@@ -87,6 +87,7 @@ def service_env(redis_url: str, **extra: str) -> dict[str, str]:
         REDIS_URL=redis_url,
         AUTORET_DB_NAME=str(settings.DATABASES["default"]["NAME"]),
         AUTORET_HEARTBEAT_SECONDS="1",
+        AUTORET_MEDIA_ROOT=str(settings.MEDIA_ROOT),
         PYTHONUNBUFFERED="1",
         **extra,
     )

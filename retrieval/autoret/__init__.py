@@ -1,18 +1,50 @@
 """AutoRet: self-supervised spatial recurrent network for content-based image retrieval.
 
-Plain PyTorch; never imports Django. See docs/autoret-method.md for the method.
+Plain PyTorch; never imports Django. See docs/autoret.md for the method as implemented.
+
+The names below load lazily (PEP 562): the platform imports retrieval.autoret.constants from
+every Django process, and that must not pull PyTorch into web workers.
 """
 
 from __future__ import annotations
 
-from retrieval.autoret.checkpoint import CheckpointError, load_model, save_checkpoint
-from retrieval.autoret.data import DataError, ImageSet, load_dataset
-from retrieval.autoret.embed import embed_images
-from retrieval.autoret.evaluate import evaluate_retrieval, map_at_k, precision_at_k
-from retrieval.autoret.losses import autoembedder_loss, nt_xent_loss
-from retrieval.autoret.model import DEFAULT_EMBED_DIM, AutoRet, ModelConfig, create_model
-from retrieval.autoret.pairs import AugmentConfig, KnownPairs, PairSampler, augment
-from retrieval.autoret.train import Progress, TrainConfig, TrainResult, train
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "CheckpointError": "retrieval.autoret.checkpoint",
+    "load_model": "retrieval.autoret.checkpoint",
+    "save_checkpoint": "retrieval.autoret.checkpoint",
+    "DataError": "retrieval.autoret.data",
+    "ImageSet": "retrieval.autoret.data",
+    "load_dataset": "retrieval.autoret.data",
+    "embed_images": "retrieval.autoret.embed",
+    "evaluate_retrieval": "retrieval.autoret.evaluate",
+    "map_at_k": "retrieval.autoret.evaluate",
+    "precision_at_k": "retrieval.autoret.evaluate",
+    "autoembedder_loss": "retrieval.autoret.losses",
+    "nt_xent_loss": "retrieval.autoret.losses",
+    "DEFAULT_EMBED_DIM": "retrieval.autoret.model",
+    "AutoRet": "retrieval.autoret.model",
+    "ModelConfig": "retrieval.autoret.model",
+    "create_model": "retrieval.autoret.model",
+    "AugmentConfig": "retrieval.autoret.pairs",
+    "KnownPairs": "retrieval.autoret.pairs",
+    "PairSampler": "retrieval.autoret.pairs",
+    "augment": "retrieval.autoret.pairs",
+    "Progress": "retrieval.autoret.train",
+    "TrainConfig": "retrieval.autoret.train",
+    "TrainResult": "retrieval.autoret.train",
+    "train": "retrieval.autoret.train",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'retrieval.autoret' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)
+
 
 __all__ = [
     "DEFAULT_EMBED_DIM",

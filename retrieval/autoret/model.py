@@ -18,7 +18,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-DEFAULT_EMBED_DIM = 128
+from retrieval.autoret.constants import EMBED_DIM
+
+DEFAULT_EMBED_DIM = EMBED_DIM
 """Embedding size D of the default model; the platform's pgvector column has this width."""
 
 BackboneName = Literal["small", "resnet18", "efficientnet_lite0"]
