@@ -154,6 +154,7 @@ INSTALLED_APPS = [
     "rest_framework",
     "rest_framework.authtoken",
     "drf_spectacular",
+    "drf_spectacular_sidecar",
     "retrieval",
     "labeling",
     "worker",
@@ -291,6 +292,10 @@ SPECTACULAR_SETTINGS = {
     "DESCRIPTION": "Collections, search, pair labeling and training of the AutoRet platform.",
     "VERSION": "1",
     "SERVE_INCLUDE_SCHEMA": False,
+    # Swagger UI from the installed sidecar package, not a CDN.
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
 }
 
 # Celery: a Redis broker; task state lives in the Job table, so no result backend.

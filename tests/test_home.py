@@ -31,3 +31,32 @@ def test_openapi_schema_is_served(client: Client, curator, password: str) -> Non
     response = client.get("/api/schema/", HTTP_ACCEPT="application/json")
     assert response.status_code == 200
     assert response.json()["info"]["title"] == "AutoRet API"
+
+
+def test_user_changes_password_and_the_new_one_works(
+    client: Client, curator, password: str
+) -> None:
+    client.login(username=curator.username, password=password)
+    response = client.post(
+        "/accounts/password_change/",
+        {
+            "old_password": password,
+            "new_password1": "a-new-long-pass-7",
+            "new_password2": "a-new-long-pass-7",
+        },
+    )
+    assert response.status_code == 302
+    assert response["Location"] == "/accounts/password_change/done/"
+    client.logout()
+    assert client.login(username=curator.username, password="a-new-long-pass-7")
+
+
+def test_password_reset_by_mail_is_not_offered(client: Client) -> None:
+    assert client.get("/accounts/password_reset/").status_code == 404
+
+
+def test_api_docs_load_swagger_ui_from_this_server(client: Client, curator, password: str) -> None:
+    client.login(username=curator.username, password=password)
+    html = client.get("/api/docs/").content.decode()
+    assert "swagger-ui" in html
+    assert "cdn.jsdelivr" not in html and "unpkg.com" not in html
