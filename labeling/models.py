@@ -1,0 +1,192 @@
+"""Pair constraints: who answered what about which two images, and the pair queue.
+
+A `Pair` is an unordered image pair of one collection, stored normalized (a < b) so the two
+orders are one row. It is both the queue entry (strategy, lease) and the place where the
+resolved view lives (majority answer, agreement, contradiction flag, adjudication). A
+`Constraint` is one source's answer about a pair: one per annotator (a new answer replaces the
+old one, `ConstraintRevision` keeps every answer ever given), or one imported answer.
+"""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.db import models
+
+from retrieval.models import Collection, Image
+
+
+class Answer(models.TextChoices):
+    SAME = "same"
+    DIFFERENT = "different"
+    UNSURE = "unsure"
+
+
+class Source(models.TextChoices):
+    HUMAN = "human"
+    IMPORTED = "imported"
+    # Implied by union-find; counted on the fly (never stored: a group of n implies n(n-1)/2
+    # pairs) and written out only by exports that ask for them.
+    INFERRED = "inferred"
+
+
+class Strategy(models.TextChoices):
+    UNCERTAIN = "uncertain"
+    DISAGREEMENT = "disagreement"
+    DIVERSE = "diverse"
+    MERGE_GAIN = "merge-gain"
+    RANDOM = "random"
+    # A pair that entered through an answer or an import, never through mining.
+    NONE = ""
+
+
+DEFAULT_MIX: dict[str, float] = {
+    Strategy.UNCERTAIN: 0.4,
+    Strategy.MERGE_GAIN: 0.2,
+    Strategy.DIVERSE: 0.15,
+    Strategy.DISAGREEMENT: 0.15,
+    Strategy.RANDOM: 0.1,
+}
+
+
+def default_mix() -> dict[str, float]:
+    return {str(k): v for k, v in DEFAULT_MIX.items()}
+
+
+class LabelingSettings(models.Model):
+    """Per-collection knobs of the labeling loop; created on first use with the defaults."""
+
+    collection = models.OneToOneField(
+        Collection, on_delete=models.CASCADE, related_name="labeling_settings"
+    )
+    # Strategy name -> weight; the weights need not sum to 1.
+    strategy_mix = models.JSONField(default=default_mix)
+    lease_seconds = models.PositiveIntegerField(default=300)
+    batch_size = models.PositiveIntegerField(default=200)
+    # When the queue holds fewer unanswered pairs than this, a mining task is queued.
+    low_water = models.PositiveIntegerField(default=50)
+    # Claimed by a conditional UPDATE so at most one mining task is queued per collection.
+    mining_requested_at = models.DateTimeField(null=True, blank=True)
+
+
+class Pair(models.Model):
+    class Status(models.TextChoices):
+        QUEUED = "queued"
+        ANSWERED = "answered"
+        # Implied by other answers before anybody got to it: never shown.
+        RETIRED = "retired"
+
+    collection = models.ForeignKey(Collection, on_delete=models.CASCADE, related_name="pairs")
+    a = models.ForeignKey(Image, on_delete=models.CASCADE, related_name="+")
+    b = models.ForeignKey(Image, on_delete=models.CASCADE, related_name="+")
+    strategy = models.CharField(max_length=16, choices=Strategy.choices, blank=True)
+    score = models.FloatField(default=0.0)
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.QUEUED)
+    leased_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    lease_expires_at = models.DateTimeField(null=True, blank=True)
+    # Resolved view, recomputed from the constraints whenever one of them changes.
+    resolved = models.CharField(max_length=10, choices=Answer.choices, blank=True)
+    agreement = models.FloatField(null=True, blank=True)
+    answer_count = models.PositiveIntegerField(default=0)
+    # Contradicts what the other answers imply: kept out of inference and training until a
+    # curator adjudicates.
+    flagged = models.BooleanField(default=False)
+    adjudicated = models.CharField(max_length=10, choices=Answer.choices, blank=True)
+    adjudicated_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    # When the resolved answer last changed: contradictions are judged in this order (a newer
+    # answer that disagrees with what older ones imply is the one flagged).
+    answered_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["collection", "a", "b"], name="pair_unique"),
+            models.CheckConstraint(condition=models.Q(a__lt=models.F("b")), name="pair_normalized"),
+        ]
+        indexes = [
+            # The queue: the next queued pair of a collection in mining order.
+            models.Index(
+                fields=["collection", "id"],
+                name="pair_queue",
+                condition=models.Q(status="queued"),
+            ),
+            models.Index(
+                fields=["collection"], name="pair_flagged", condition=models.Q(flagged=True)
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"pair {self.a_id}-{self.b_id}"
+
+    @property
+    def final_answer(self) -> str:
+        """What inference and training use: the curator's ruling, else the majority."""
+        return self.adjudicated or self.resolved
+
+
+class Constraint(models.Model):
+    pair = models.ForeignKey(Pair, on_delete=models.CASCADE, related_name="constraints")
+    answer = models.CharField(max_length=10, choices=Answer.choices)
+    source = models.CharField(max_length=10, choices=Source.choices, default=Source.HUMAN)
+    # Null for imported answers whose annotator has no account here; `annotator_name` keeps the
+    # name an export wrote.
+    annotator = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    annotator_name = models.CharField(max_length=150, blank=True)
+    idempotency_key = models.CharField(max_length=64, blank=True)
+    created_at = models.DateTimeField()
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["pair", "annotator"],
+                name="constraint_one_per_annotator",
+                condition=models.Q(annotator__isnull=False),
+            ),
+            models.UniqueConstraint(
+                fields=["pair", "annotator_name"],
+                name="constraint_one_per_imported_name",
+                condition=models.Q(annotator__isnull=True),
+            ),
+        ]
+
+
+class ConstraintRevision(models.Model):
+    """Every answer ever stored, and every undo (answer blank): the history behind Constraint."""
+
+    pair = models.ForeignKey(Pair, on_delete=models.CASCADE, related_name="revisions")
+    annotator = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    answer = models.CharField(max_length=10, choices=Answer.choices, blank=True)
+    source = models.CharField(max_length=10, choices=Source.choices, default=Source.HUMAN)
+    idempotency_key = models.CharField(max_length=64, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            # The idempotency guarantee: a retried request finds its own revision and stops.
+            models.UniqueConstraint(
+                fields=["annotator", "idempotency_key"],
+                name="revision_idempotent",
+                condition=~models.Q(idempotency_key=""),
+            )
+        ]
+
+
+class Group(models.Model):
+    """A name a curator gave a must-link group, pinned to one member image (groups merge and
+    split as answers change; the name follows the image)."""
+
+    collection = models.ForeignKey(Collection, on_delete=models.CASCADE, related_name="groups")
+    anchor = models.OneToOneField(Image, on_delete=models.CASCADE, related_name="+")
+    name = models.CharField(max_length=100)
+    named_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    named_at = models.DateTimeField(auto_now=True)
