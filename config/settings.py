@@ -311,9 +311,17 @@ CELERY_TASK_IGNORE_RESULT = True
 CELERY_TASK_DEFAULT_QUEUE = "default"
 # Longer than the longest task: training and embedding run in resumable slices well below this.
 CELERY_BROKER_TRANSPORT_OPTIONS = {
-    "visibility_timeout": env_int("CELERY_VISIBILITY_TIMEOUT", 3600, minimum=60)
+    # Short values only make sense in tests that kill workers; see docs/training.md.
+    "visibility_timeout": env_int("CELERY_VISIBILITY_TIMEOUT", 3600, minimum=5)
 }
 CELERY_WORKER_HEARTBEAT_SECONDS = env_int("AUTORET_HEARTBEAT_SECONDS", 10, minimum=1)
+# Training and embedding jobs (docs/training.md): each task run trains for at most a slice, then
+# checkpoints and re-enqueues itself, so no task outlives the visibility timeout and a killed
+# worker loses at most a checkpoint interval.
+AUTORET_TRAIN_MINUTES = env_int("AUTORET_TRAIN_MINUTES", 10, minimum=1)
+AUTORET_TRAIN_SLICE_SECONDS = env_int("AUTORET_TRAIN_SLICE_SECONDS", 300, minimum=1)
+AUTORET_CHECKPOINT_SECONDS = env_int("AUTORET_CHECKPOINT_SECONDS", 30, minimum=1)
+AUTORET_EMBED_BATCH = env_int("AUTORET_EMBED_BATCH", 4096, minimum=1)
 CELERY_TASK_ALWAYS_EAGER = False
 
 LOGGING = {

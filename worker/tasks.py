@@ -1,23 +1,23 @@
-"""Celery tasks: thin wrappers that take ids and call plain functions (CONVENTIONS.md)."""
+"""Celery tasks: thin wrappers that take ids and call plain functions (CONVENTIONS.md).
+
+PyTorch is imported inside the task bodies: web processes import this module to enqueue, and
+they never load PyTorch.
+"""
 
 from __future__ import annotations
 
 import logging
 
-from celery import shared_task
+from celery import Task, shared_task
+from django.conf import settings
 
-from retrieval import embedding
 from retrieval.models import Collection
 
 log = logging.getLogger(__name__)
 
-# Images per task run: about ten seconds on two CPU cores at 32 px, far inside the broker's
-# visibility timeout, so a redelivered task never overlaps a running one for long.
-EMBED_BATCH = 4096
-
 
 @shared_task(acks_late=True, reject_on_worker_lost=True, ignore_result=True)
-def embed_collection(collection_id: int, after_id: int = 0, batch: int = EMBED_BATCH) -> None:
+def embed_collection(collection_id: int, after_id: int = 0, batch: int | None = None) -> None:
     """Embeds the collection's images that have no vector yet, `batch` per run.
 
     Idempotent: only images without a vector in the target version are picked, and a doubled
@@ -25,11 +25,35 @@ def embed_collection(collection_id: int, after_id: int = 0, batch: int = EMBED_B
     upload is harmless. Each run re-enqueues itself with its cursor until the walk is done; the
     last run builds the index and activates the collection's first version.
     """
+    from retrieval import embedding
+    from worker.actions import heavy_queue
+
     collection = Collection.objects.filter(pk=collection_id).first()
     if collection is None:
         return  # deleted since the upload: nothing to do
-    result = embedding.embed_new_images(collection, after_id=after_id, limit=batch)
+    size = batch or settings.AUTORET_EMBED_BATCH
+    result = embedding.embed_new_images(collection, after_id=after_id, limit=size)
     for image_id, error in result.failed:
         log.warning("collection %s: image %s skipped: %s", collection_id, image_id, error)
     if result.next_after is not None:
-        embed_collection.delay(collection_id, result.next_after, batch)
+        embed_collection.apply_async((collection_id, result.next_after, batch), queue=heavy_queue())
+
+
+@shared_task(bind=True, acks_late=True, reject_on_worker_lost=True, ignore_result=True)
+def advance_job(self: Task, job_id: int, after_id: int = 0) -> None:
+    """Runs one slice of a job (a training slice or one embedding batch) and queues the next.
+
+    The job is claimed with a conditional UPDATE keyed on this task's id: a redelivered message
+    (same id, after a worker died) goes on from the last checkpoint or the first image without a
+    vector; a finished, cancelled or otherwise held job makes the run a no-op.
+    """
+    from worker import pipeline
+    from worker.actions import heavy_queue
+
+    job = pipeline.claim(job_id, self.request.id or f"local-{job_id}")
+    if job is None:
+        return
+    next_after = pipeline.advance(job, after_id)
+    if next_after is not None:
+        pipeline.release(job)
+        advance_job.apply_async((job_id, next_after), queue=heavy_queue())
