@@ -27,7 +27,9 @@ urlpatterns = [
     ),
     path("admin/", admin.site.urls),
     path("api/v1/", include("retrieval.api_urls")),
+    path("api/v1/", include("labeling.api_urls")),
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
     path("", include("retrieval.urls")),
+    path("", include("labeling.urls")),
 ]

@@ -375,3 +375,46 @@ def sample_for_map(
         len(rows), EMBED_DIM
     )
     return ids, vectors
+
+
+def neighbour_lists(
+    version: VersionRef, image_ids: Sequence[int], k: int, ef_search: int = DEFAULT_EF_SEARCH
+) -> list[tuple[int, int, float]]:
+    """Each image's k nearest other images in `version`, as (image_id, neighbour_id, distance).
+
+    One statement for the whole batch (a LATERAL top-k per image), so mining a few hundred
+    images' neighbour lists costs one round trip instead of one per image.
+    """
+    if not image_ids or k <= 0:
+        return []
+    scope = _version_filter(_version_id(version))
+    with transaction.atomic(), _cursor() as cursor:
+        cursor.execute(f"SET LOCAL hnsw.ef_search = {min(max(int(ef_search), k + 1), 1000)}")
+        cursor.execute(
+            f"SELECT e.image_id, n.image_id, n.distance FROM {TABLE} e CROSS JOIN LATERAL ("
+            f"  SELECT o.image_id, o.vector <-> e.vector AS distance FROM {TABLE} o"
+            f"  WHERE o.{scope} ORDER BY o.vector <-> e.vector LIMIT %s"
+            f") n WHERE e.{scope} AND e.image_id = ANY(%s) AND n.image_id <> e.image_id "
+            "ORDER BY e.image_id, n.distance",
+            [k + 1, [int(i) for i in image_ids]],
+        )
+        return [(int(a), int(b), float(d)) for a, b, d in cursor.fetchall()]
+
+
+def pair_distances(
+    version: VersionRef, pairs: Sequence[tuple[int, int]]
+) -> dict[tuple[int, int], float]:
+    """L2 distances of image pairs in `version`; pairs with an image not embedded there are left
+    out of the result."""
+    if not pairs:
+        return {}
+    scope = _version_filter(_version_id(version))
+    with _cursor() as cursor:
+        cursor.execute(
+            f"SELECT p.a, p.b, x.vector <-> y.vector "
+            f"FROM unnest(%s::bigint[], %s::bigint[]) AS p(a, b) "
+            f"JOIN {TABLE} x ON x.{scope} AND x.image_id = p.a "
+            f"JOIN {TABLE} y ON y.{scope} AND y.image_id = p.b",
+            [[int(a) for a, _ in pairs], [int(b) for _, b in pairs]],
+        )
+        return {(int(a), int(b)): float(d) for a, b, d in cursor.fetchall()}

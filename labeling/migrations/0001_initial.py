@@ -7,112 +7,347 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     initial = True
 
     dependencies = [
-        ('retrieval', '0002_collections_images_embeddings'),
+        ("retrieval", "0002_collections_images_embeddings"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
     operations = [
         migrations.CreateModel(
-            name='Group',
+            name="Group",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('name', models.CharField(max_length=100)),
-                ('named_at', models.DateTimeField(auto_now=True)),
-                ('anchor', models.OneToOneField(on_delete=django.db.models.deletion.CASCADE, related_name='+', to='retrieval.image')),
-                ('collection', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='groups', to='retrieval.collection')),
-                ('named_by', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to=settings.AUTH_USER_MODEL)),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("name", models.CharField(max_length=100)),
+                ("named_at", models.DateTimeField(auto_now=True)),
+                (
+                    "anchor",
+                    models.OneToOneField(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="+",
+                        to="retrieval.image",
+                    ),
+                ),
+                (
+                    "collection",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="groups",
+                        to="retrieval.collection",
+                    ),
+                ),
+                (
+                    "named_by",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        related_name="+",
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
             ],
         ),
         migrations.CreateModel(
-            name='LabelingSettings',
+            name="LabelingSettings",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('strategy_mix', models.JSONField(default=labeling.models.default_mix)),
-                ('lease_seconds', models.PositiveIntegerField(default=300)),
-                ('batch_size', models.PositiveIntegerField(default=200)),
-                ('low_water', models.PositiveIntegerField(default=50)),
-                ('mining_requested_at', models.DateTimeField(blank=True, null=True)),
-                ('collection', models.OneToOneField(on_delete=django.db.models.deletion.CASCADE, related_name='labeling_settings', to='retrieval.collection')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("strategy_mix", models.JSONField(default=labeling.models.default_mix)),
+                ("lease_seconds", models.PositiveIntegerField(default=300)),
+                ("batch_size", models.PositiveIntegerField(default=200)),
+                ("low_water", models.PositiveIntegerField(default=50)),
+                ("mining_requested_at", models.DateTimeField(blank=True, null=True)),
+                (
+                    "collection",
+                    models.OneToOneField(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="labeling_settings",
+                        to="retrieval.collection",
+                    ),
+                ),
             ],
         ),
         migrations.CreateModel(
-            name='Pair',
+            name="Pair",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('strategy', models.CharField(blank=True, choices=[('uncertain', 'Uncertain'), ('disagreement', 'Disagreement'), ('diverse', 'Diverse'), ('merge-gain', 'Merge Gain'), ('random', 'Random'), ('', 'None')], max_length=16)),
-                ('score', models.FloatField(default=0.0)),
-                ('status', models.CharField(choices=[('queued', 'Queued'), ('answered', 'Answered'), ('retired', 'Retired')], default='queued', max_length=10)),
-                ('lease_expires_at', models.DateTimeField(blank=True, null=True)),
-                ('resolved', models.CharField(blank=True, choices=[('same', 'Same'), ('different', 'Different'), ('unsure', 'Unsure')], max_length=10)),
-                ('agreement', models.FloatField(blank=True, null=True)),
-                ('answer_count', models.PositiveIntegerField(default=0)),
-                ('flagged', models.BooleanField(default=False)),
-                ('adjudicated', models.CharField(blank=True, choices=[('same', 'Same'), ('different', 'Different'), ('unsure', 'Unsure')], max_length=10)),
-                ('answered_at', models.DateTimeField(blank=True, null=True)),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('a', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='+', to='retrieval.image')),
-                ('adjudicated_by', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to=settings.AUTH_USER_MODEL)),
-                ('b', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='+', to='retrieval.image')),
-                ('collection', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='pairs', to='retrieval.collection')),
-                ('leased_by', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to=settings.AUTH_USER_MODEL)),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                (
+                    "strategy",
+                    models.CharField(
+                        blank=True,
+                        choices=[
+                            ("uncertain", "Uncertain"),
+                            ("disagreement", "Disagreement"),
+                            ("diverse", "Diverse"),
+                            ("merge-gain", "Merge Gain"),
+                            ("random", "Random"),
+                            ("", "None"),
+                        ],
+                        max_length=16,
+                    ),
+                ),
+                ("score", models.FloatField(default=0.0)),
+                (
+                    "status",
+                    models.CharField(
+                        choices=[
+                            ("queued", "Queued"),
+                            ("answered", "Answered"),
+                            ("retired", "Retired"),
+                        ],
+                        default="queued",
+                        max_length=10,
+                    ),
+                ),
+                ("lease_expires_at", models.DateTimeField(blank=True, null=True)),
+                (
+                    "resolved",
+                    models.CharField(
+                        blank=True,
+                        choices=[
+                            ("same", "Same"),
+                            ("different", "Different"),
+                            ("unsure", "Unsure"),
+                        ],
+                        max_length=10,
+                    ),
+                ),
+                ("agreement", models.FloatField(blank=True, null=True)),
+                ("answer_count", models.PositiveIntegerField(default=0)),
+                ("flagged", models.BooleanField(default=False)),
+                (
+                    "adjudicated",
+                    models.CharField(
+                        blank=True,
+                        choices=[
+                            ("same", "Same"),
+                            ("different", "Different"),
+                            ("unsure", "Unsure"),
+                        ],
+                        max_length=10,
+                    ),
+                ),
+                ("answered_at", models.DateTimeField(blank=True, null=True)),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
+                (
+                    "a",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="+",
+                        to="retrieval.image",
+                    ),
+                ),
+                (
+                    "adjudicated_by",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        related_name="+",
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
+                (
+                    "b",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="+",
+                        to="retrieval.image",
+                    ),
+                ),
+                (
+                    "collection",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="pairs",
+                        to="retrieval.collection",
+                    ),
+                ),
+                (
+                    "leased_by",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        related_name="+",
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
             ],
         ),
         migrations.CreateModel(
-            name='ConstraintRevision',
+            name="ConstraintRevision",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('answer', models.CharField(blank=True, choices=[('same', 'Same'), ('different', 'Different'), ('unsure', 'Unsure')], max_length=10)),
-                ('source', models.CharField(choices=[('human', 'Human'), ('imported', 'Imported'), ('inferred', 'Inferred')], default='human', max_length=10)),
-                ('idempotency_key', models.CharField(blank=True, max_length=64)),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('annotator', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to=settings.AUTH_USER_MODEL)),
-                ('pair', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='revisions', to='labeling.pair')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                (
+                    "answer",
+                    models.CharField(
+                        blank=True,
+                        choices=[
+                            ("same", "Same"),
+                            ("different", "Different"),
+                            ("unsure", "Unsure"),
+                        ],
+                        max_length=10,
+                    ),
+                ),
+                (
+                    "source",
+                    models.CharField(
+                        choices=[
+                            ("human", "Human"),
+                            ("imported", "Imported"),
+                            ("inferred", "Inferred"),
+                        ],
+                        default="human",
+                        max_length=10,
+                    ),
+                ),
+                ("idempotency_key", models.CharField(blank=True, max_length=64)),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
+                (
+                    "annotator",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        related_name="+",
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
+                (
+                    "pair",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="revisions",
+                        to="labeling.pair",
+                    ),
+                ),
             ],
         ),
         migrations.CreateModel(
-            name='Constraint',
+            name="Constraint",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('answer', models.CharField(choices=[('same', 'Same'), ('different', 'Different'), ('unsure', 'Unsure')], max_length=10)),
-                ('source', models.CharField(choices=[('human', 'Human'), ('imported', 'Imported'), ('inferred', 'Inferred')], default='human', max_length=10)),
-                ('annotator_name', models.CharField(blank=True, max_length=150)),
-                ('idempotency_key', models.CharField(blank=True, max_length=64)),
-                ('created_at', models.DateTimeField()),
-                ('updated_at', models.DateTimeField(auto_now=True)),
-                ('annotator', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to=settings.AUTH_USER_MODEL)),
-                ('pair', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='constraints', to='labeling.pair')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                (
+                    "answer",
+                    models.CharField(
+                        choices=[
+                            ("same", "Same"),
+                            ("different", "Different"),
+                            ("unsure", "Unsure"),
+                        ],
+                        max_length=10,
+                    ),
+                ),
+                (
+                    "source",
+                    models.CharField(
+                        choices=[
+                            ("human", "Human"),
+                            ("imported", "Imported"),
+                            ("inferred", "Inferred"),
+                        ],
+                        default="human",
+                        max_length=10,
+                    ),
+                ),
+                ("annotator_name", models.CharField(blank=True, max_length=150)),
+                ("idempotency_key", models.CharField(blank=True, max_length=64)),
+                ("created_at", models.DateTimeField()),
+                ("updated_at", models.DateTimeField(auto_now=True)),
+                (
+                    "annotator",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        related_name="+",
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
+                (
+                    "pair",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="constraints",
+                        to="labeling.pair",
+                    ),
+                ),
             ],
         ),
         migrations.AddIndex(
-            model_name='pair',
-            index=models.Index(condition=models.Q(('status', 'queued')), fields=['collection', 'id'], name='pair_queue'),
+            model_name="pair",
+            index=models.Index(
+                condition=models.Q(("status", "queued")),
+                fields=["collection", "id"],
+                name="pair_queue",
+            ),
         ),
         migrations.AddIndex(
-            model_name='pair',
-            index=models.Index(condition=models.Q(('flagged', True)), fields=['collection'], name='pair_flagged'),
+            model_name="pair",
+            index=models.Index(
+                condition=models.Q(("flagged", True)), fields=["collection"], name="pair_flagged"
+            ),
         ),
         migrations.AddConstraint(
-            model_name='pair',
-            constraint=models.UniqueConstraint(fields=('collection', 'a', 'b'), name='pair_unique'),
+            model_name="pair",
+            constraint=models.UniqueConstraint(fields=("collection", "a", "b"), name="pair_unique"),
         ),
         migrations.AddConstraint(
-            model_name='pair',
-            constraint=models.CheckConstraint(condition=models.Q(('a__lt', models.F('b'))), name='pair_normalized'),
+            model_name="pair",
+            constraint=models.CheckConstraint(
+                condition=models.Q(("a__lt", models.F("b"))), name="pair_normalized"
+            ),
         ),
         migrations.AddConstraint(
-            model_name='constraintrevision',
-            constraint=models.UniqueConstraint(condition=models.Q(('idempotency_key', ''), _negated=True), fields=('annotator', 'idempotency_key'), name='revision_idempotent'),
+            model_name="constraintrevision",
+            constraint=models.UniqueConstraint(
+                condition=models.Q(("idempotency_key", ""), _negated=True),
+                fields=("annotator", "idempotency_key"),
+                name="revision_idempotent",
+            ),
         ),
         migrations.AddConstraint(
-            model_name='constraint',
-            constraint=models.UniqueConstraint(condition=models.Q(('annotator__isnull', False)), fields=('pair', 'annotator'), name='constraint_one_per_annotator'),
+            model_name="constraint",
+            constraint=models.UniqueConstraint(
+                condition=models.Q(("annotator__isnull", False)),
+                fields=("pair", "annotator"),
+                name="constraint_one_per_annotator",
+            ),
         ),
         migrations.AddConstraint(
-            model_name='constraint',
-            constraint=models.UniqueConstraint(condition=models.Q(('annotator__isnull', True)), fields=('pair', 'annotator_name'), name='constraint_one_per_imported_name'),
+            model_name="constraint",
+            constraint=models.UniqueConstraint(
+                condition=models.Q(("annotator__isnull", True)),
+                fields=("pair", "annotator_name"),
+                name="constraint_one_per_imported_name",
+            ),
         ),
     ]

@@ -1,0 +1,338 @@
+"""The labeling loop's work across models: answers, undo, the leased queue, adjudication,
+group names.
+
+Every change to a pair's answers runs under a per-collection advisory lock: the contradiction
+flags depend on the order answers arrived in, and two concurrent answers must not each judge
+themselves against a state that misses the other.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
+from django.db import connection, transaction
+from django.db.models import Q
+from django.utils import timezone
+
+from labeling.inference import infer, replay, resolved_pairs
+from labeling.models import (
+    Answer,
+    Constraint,
+    ConstraintRevision,
+    Group,
+    LabelingSettings,
+    Pair,
+    Source,
+)
+from labeling.strategies import mine, settings_for
+from retrieval.models import Collection, Image
+
+log = logging.getLogger(__name__)
+
+User = AbstractBaseUser | AnonymousUser
+
+
+class SameImage(ValueError):
+    """A pair needs two different images."""
+
+
+def normalize(a: int, b: int) -> tuple[int, int]:
+    """The stored order of an unordered pair: smaller id first."""
+    if a == b:
+        raise SameImage("a pair needs two different images")
+    return (a, b) if a < b else (b, a)
+
+
+def _lock_collection(collection_id: int) -> None:
+    # Transaction-scoped: released at commit or rollback, never leaked by an error.
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_advisory_xact_lock(%s, %s)", [0x4C41, collection_id])
+
+
+def pair_for(collection: Collection, a: int, b: int) -> Pair:
+    """The pair of two images of the collection, created (as an unqueued answer) if new."""
+    a, b = normalize(a, b)
+    if Image.objects.filter(collection=collection, pk__in=[a, b]).count() != 2:
+        raise Image.DoesNotExist("both images must belong to the collection")
+    pair, _ = Pair.objects.get_or_create(
+        collection=collection, a_id=a, b_id=b, defaults={"status": Pair.Status.ANSWERED}
+    )
+    return pair
+
+
+def majority(answers: Iterable[str]) -> tuple[str, float | None, int]:
+    """(majority answer, agreement, count). A tie has no majority and resolves to unsure;
+    agreement is the share of answers that agree with the majority."""
+    counts = Counter(answers)
+    total = sum(counts.values())
+    if not total:
+        return "", None, 0
+    ranked = counts.most_common()
+    top, top_count = ranked[0]
+    if len(ranked) > 1 and ranked[1][1] == top_count:
+        return Answer.UNSURE, top_count / total, total
+    return top, top_count / total, total
+
+
+def _resolve(pair: Pair) -> None:
+    answers = list(pair.constraints.values_list("answer", flat=True))
+    resolved, agreement, count = majority(answers)
+    if resolved != pair.resolved:
+        pair.answered_at = timezone.now()
+    pair.resolved, pair.agreement, pair.answer_count = resolved, agreement, count
+    if count:
+        pair.status = Pair.Status.ANSWERED
+
+
+def refresh_flags(collection_id: int) -> int:
+    """Re-judges every resolved pair in answer order and stores the flags; returns how many
+    pairs are flagged. Caller holds the collection lock."""
+    ordered = resolved_pairs(collection_id)
+    inference = replay(pair for pair, _ in ordered)
+    contradicting = {p.pair_id for p in inference.contradictions}
+    was = {p.pair_id for p, flagged in ordered if flagged}
+    if contradicting != was:
+        Pair.objects.filter(pk__in=contradicting - was).update(flagged=True)
+        Pair.objects.filter(pk__in=was - contradicting).update(flagged=False)
+    # Pairs whose answer went to unsure or away keep no stale flag.
+    Pair.objects.filter(collection_id=collection_id, flagged=True).exclude(
+        pk__in=contradicting
+    ).update(flagged=False)
+    return len(contradicting)
+
+
+def _after_answer(collection_id: int) -> None:
+    """Tells the training side that an answer arrived (it may start a retraining job)."""
+    from worker.actions import after_answer
+
+    try:
+        after_answer(Collection.objects.get(pk=collection_id))
+    except Exception:
+        # Runs after commit: the answer is stored, and a failing training trigger must not turn
+        # it into an error the page would retry.
+        log.exception("after_answer failed for collection %s", collection_id)
+
+
+@dataclass(frozen=True)
+class Stored:
+    constraint: Constraint
+    created: bool  # False when the idempotency key had been seen: nothing changed
+
+
+def record_answer(
+    pair: Pair,
+    user: AbstractBaseUser,
+    answer: str,
+    idempotency_key: str = "",
+    source: str = Source.HUMAN,
+    when: datetime | None = None,
+) -> Stored:
+    """Stores `user`'s answer about `pair`, replacing their earlier one (kept as history).
+
+    The same idempotency key from the same user stores nothing the second time.
+    """
+    if answer not in Answer.values:
+        raise ValueError(f"answer must be one of {', '.join(Answer.values)}")
+    with transaction.atomic():
+        _lock_collection(pair.collection_id)
+        if idempotency_key:
+            seen = ConstraintRevision.objects.filter(
+                annotator=user, idempotency_key=idempotency_key
+            ).first()
+            if seen is not None:
+                existing = Constraint.objects.filter(pair_id=seen.pair_id, annotator=user).first()
+                if existing is None:
+                    # The answer was undone since; replaying the key must not bring it back.
+                    existing = Constraint(pair_id=seen.pair_id, annotator=user, answer=seen.answer)
+                return Stored(existing, created=False)
+        pair = Pair.objects.select_for_update().get(pk=pair.pk)
+        ConstraintRevision.objects.create(
+            pair=pair, annotator=user, answer=answer, source=source, idempotency_key=idempotency_key
+        )
+        constraint, _ = Constraint.objects.update_or_create(
+            pair=pair,
+            annotator=user,
+            defaults={
+                "answer": answer,
+                "source": source,
+                "idempotency_key": idempotency_key,
+                "created_at": when or timezone.now(),
+            },
+        )
+        _resolve(pair)
+        pair.leased_by, pair.lease_expires_at = None, None
+        pair.save()
+        refresh_flags(pair.collection_id)
+        transaction.on_commit(lambda: _after_answer(pair.collection_id))
+    return Stored(constraint, created=True)
+
+
+def undo_answer(pair: Pair, user: AbstractBaseUser) -> bool:
+    """Withdraws `user`'s answer about `pair` (history keeps it) and gives the pair back to them
+    leased, so the page can show it again. False if they had no answer there."""
+    with transaction.atomic():
+        _lock_collection(pair.collection_id)
+        pair = Pair.objects.select_for_update().get(pk=pair.pk)
+        deleted, _ = Constraint.objects.filter(pair=pair, annotator=user).delete()
+        if not deleted:
+            return False
+        ConstraintRevision.objects.create(pair=pair, annotator=user, answer="")
+        _resolve(pair)
+        if not pair.answer_count:
+            pair.status = Pair.Status.QUEUED
+            pair.answered_at = timezone.now()
+            pair.leased_by = user  # type: ignore[assignment]
+            pair.lease_expires_at = timezone.now() + timedelta(
+                seconds=settings_for(pair.collection_id).lease_seconds
+            )
+        pair.save()
+        refresh_flags(pair.collection_id)
+    return True
+
+
+def _request_mining(collection: Collection, labeling: LabelingSettings) -> None:
+    """Queues one mining task when the queue runs low (at most one per collection per minute:
+    the conditional UPDATE is the claim)."""
+    from labeling.tasks import mine_pairs
+
+    now = timezone.now()
+    claimed = (
+        LabelingSettings.objects.filter(pk=labeling.pk)
+        .filter(
+            Q(mining_requested_at__isnull=True)
+            | Q(mining_requested_at__lt=now - timedelta(minutes=1))
+        )
+        .update(mining_requested_at=now)
+    )
+    if claimed:
+        mine_pairs.delay_on_commit(collection.pk)
+
+
+def _open_pairs(collection: Collection, now: datetime):
+    return Pair.objects.filter(collection=collection, status=Pair.Status.QUEUED).filter(
+        Q(lease_expires_at__isnull=True) | Q(lease_expires_at__lt=now)
+    )
+
+
+def next_pair(
+    collection: Collection, user: AbstractBaseUser, exclude: Iterable[int] = ()
+) -> Pair | None:
+    """The next pair for `user`, leased to them; None when nothing is left to ask.
+
+    A pair they already hold (a reloaded page) comes back first, except those in `exclude` (the
+    pair the page shows while preloading the next). New pairs are claimed with FOR UPDATE SKIP
+    LOCKED, so two annotators asking at once never get the same one; a pair that other answers
+    came to imply meanwhile is retired instead of shown.
+    """
+    excluded = [int(x) for x in exclude]
+    labeling = settings_for(collection)
+    now = timezone.now()
+    lease = timedelta(seconds=labeling.lease_seconds)
+    held = (
+        Pair.objects.filter(
+            collection=collection,
+            status=Pair.Status.QUEUED,
+            leased_by=user,
+            lease_expires_at__gt=now,
+        )
+        .exclude(pk__in=excluded)
+        .order_by("id")
+        .first()
+    )
+    if held is not None:
+        Pair.objects.filter(pk=held.pk).update(lease_expires_at=now + lease)
+        held.lease_expires_at = now + lease
+        return held
+    inference = infer(collection)
+    for attempt in range(2):
+        with transaction.atomic():
+            candidates = list(
+                _open_pairs(collection, now)
+                .exclude(pk__in=excluded)
+                .select_for_update(skip_locked=True)
+                .order_by("id")[:20]
+            )
+            implied = [p.pk for p in candidates if inference.implied(p.a_id, p.b_id) is not None]
+            if implied:
+                Pair.objects.filter(pk__in=implied).update(status=Pair.Status.RETIRED)
+            chosen = next((p for p in candidates if p.pk not in implied), None)
+            if chosen is not None:
+                chosen.leased_by = user  # type: ignore[assignment]
+                chosen.lease_expires_at = now + lease
+                chosen.save(update_fields=["leased_by", "lease_expires_at"])
+        if chosen is not None:
+            if _open_pairs(collection, now).count() < labeling.low_water:
+                _request_mining(collection, labeling)
+            return chosen
+        # An empty queue: mine a small batch now rather than show an idle annotator nothing.
+        if (
+            attempt == 0
+            and not _open_pairs(collection, now).exists()
+            and not mine(collection, n=min(labeling.batch_size, 50))
+        ):
+            return None
+    return None
+
+
+def adjudicate(pair: Pair, curator: AbstractBaseUser, answer: str) -> None:
+    """A curator's ruling on a pair: it overrides the majority and clears the flag."""
+    if answer not in (Answer.SAME, Answer.DIFFERENT, Answer.UNSURE):
+        raise ValueError("a ruling is same, different or unsure")
+    with transaction.atomic():
+        _lock_collection(pair.collection_id)
+        pair = Pair.objects.select_for_update().get(pk=pair.pk)
+        pair.adjudicated = answer
+        pair.adjudicated_by = curator  # type: ignore[assignment]
+        pair.answered_at = timezone.now()
+        pair.status = Pair.Status.ANSWERED
+        pair.flagged = False
+        pair.save()
+        refresh_flags(pair.collection_id)
+
+
+def name_group(collection: Collection, image: Image, name: str, user: AbstractBaseUser) -> Group:
+    """Names the group `image` belongs to; the name moves to this image as the group's anchor."""
+    inference = infer(collection)
+    root = inference.find(image.pk)
+    members = [x for x in inference.parent if inference.find(x) == root] or [image.pk]
+    with transaction.atomic():
+        Group.objects.filter(collection=collection, anchor_id__in=members).delete()
+        return Group.objects.create(
+            collection=collection, anchor=image, name=name.strip(), named_by=user
+        )
+
+
+def counters(collection: Collection, user: AbstractBaseUser) -> dict[str, int]:
+    """What the labeling page shows: my answers, everybody's, implied pairs, open conflicts."""
+    inference = infer(collection)
+    return {
+        "mine": Constraint.objects.filter(pair__collection=collection, annotator=user).count(),
+        "answered": Pair.objects.filter(collection=collection, answer_count__gt=0).count(),
+        "implied": inference.implied_count(),
+        "flagged": Pair.objects.filter(collection=collection, flagged=True).count(),
+    }
+
+
+def mark_many(
+    collection: Collection,
+    user: AbstractBaseUser,
+    query_id: int,
+    image_ids: Iterable[int],
+    answer: str,
+) -> int:
+    """One-to-many: `user` answers (query, image) for every image at once; returns how many."""
+    ids = {int(i) for i in image_ids} - {int(query_id)}
+    if (
+        Image.objects.filter(collection=collection, pk__in=ids | {int(query_id)}).count()
+        != len(ids) + 1
+    ):
+        raise Image.DoesNotExist("every image must belong to the collection")
+    with transaction.atomic():
+        for image_id in sorted(ids):
+            record_answer(pair_for(collection, query_id, image_id), user, answer)
+    return len(ids)

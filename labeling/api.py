@@ -1,0 +1,237 @@
+"""JSON API of the labeling loop (/api/v1/): the pair queue, answers, undo, one-to-many marks,
+adjudication, and constraint export/import. Roles are checked as in the pages: outsiders 404,
+annotators answer, curators adjudicate and exchange files."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib.auth.models import AbstractBaseUser
+from django.http import Http404, StreamingHttpResponse
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
+from rest_framework import serializers, status
+from rest_framework.decorators import api_view, parser_classes
+from rest_framework.exceptions import ValidationError
+from rest_framework.parsers import JSONParser, MultiPartParser
+from rest_framework.request import Request
+from rest_framework.response import Response
+
+from labeling import actions, exchange
+from labeling.models import Answer, Pair
+from retrieval.models import Collection, Image
+from retrieval.permissions import Role, get_collection_for_user
+
+
+def _pair_for_user(request: Request, pair_id: int, min_role: int = Role.ANNOTATOR) -> Pair:
+    pair = Pair.objects.select_related("a", "b").filter(pk=pair_id).first()
+    if pair is None:
+        raise Http404("No such pair")
+    get_collection_for_user(request.user, pair.collection_id, min_role)
+    return pair
+
+
+def _user(request: Request) -> AbstractBaseUser:
+    return request.user  # type: ignore[return-value]  # IsAuthenticated: never anonymous here
+
+
+def pair_payload(request: Request | Any, pair: Pair) -> dict[str, Any]:
+    def image(img: Image) -> dict[str, Any]:
+        return {"id": img.pk, "url": request.build_absolute_uri(img.file.url)}
+
+    return {
+        "pair_id": pair.pk,
+        "a": image(pair.a),
+        "b": image(pair.b),
+        "strategy": pair.strategy,
+        "lease_expires_at": pair.lease_expires_at.isoformat() if pair.lease_expires_at else None,
+    }
+
+
+ImageRef = inline_serializer(
+    "PairImage", {"id": serializers.IntegerField(), "url": serializers.URLField()}
+)
+PairSerializer = inline_serializer(
+    "LeasedPair",
+    {
+        "pair_id": serializers.IntegerField(),
+        "a": ImageRef,
+        "b": ImageRef,
+        "strategy": serializers.CharField(),
+        "lease_expires_at": serializers.DateTimeField(),
+    },
+)
+
+
+class AnswerSerializer(serializers.Serializer):
+    answer = serializers.ChoiceField(choices=Answer.values)
+    idempotency_key = serializers.CharField(max_length=64, required=False, allow_blank=True)
+
+
+@extend_schema(
+    parameters=[
+        OpenApiParameter(
+            "exclude", str, description="Comma-separated pair ids the page already shows."
+        )
+    ],
+    responses={200: PairSerializer, 204: None},
+    summary="Lease the next pair to answer (204 when nothing is left)",
+)
+@api_view(["GET"])
+def next_pair(request: Request, pk: int) -> Response:
+    collection = get_collection_for_user(request.user, pk)
+    raw = request.query_params.get("exclude", "")
+    try:
+        exclude = [int(x) for x in raw.split(",") if x.strip()]
+    except ValueError:
+        raise ValidationError({"exclude": "comma-separated pair ids"}) from None
+    collection = Collection.objects.select_related("active_version").get(pk=collection.pk)
+    pair = actions.next_pair(collection, _user(request), exclude)
+    if pair is None:
+        return Response(status=status.HTTP_204_NO_CONTENT)
+    pair = Pair.objects.select_related("a", "b").get(pk=pair.pk)
+    return Response(pair_payload(request, pair))
+
+
+@extend_schema(
+    request=AnswerSerializer,
+    responses={201: OpenApiTypes.OBJECT, 200: OpenApiTypes.OBJECT},
+    summary="Answer a pair (the same idempotency key twice stores one answer)",
+)
+@api_view(["POST"])
+@parser_classes([JSONParser])
+def answer(request: Request, pair_id: int) -> Response:
+    pair = _pair_for_user(request, pair_id)
+    serializer = AnswerSerializer(data=request.data)
+    serializer.is_valid(raise_exception=True)
+    stored = actions.record_answer(
+        pair,
+        _user(request),
+        serializer.validated_data["answer"],
+        serializer.validated_data.get("idempotency_key", ""),
+    )
+    return Response(
+        {"pair_id": pair.pk, "answer": stored.constraint.answer, "stored": stored.created},
+        status=status.HTTP_201_CREATED if stored.created else status.HTTP_200_OK,
+    )
+
+
+@extend_schema(request=None, responses={200: PairSerializer}, summary="Undo my answer to a pair")
+@api_view(["POST"])
+def undo(request: Request, pair_id: int) -> Response:
+    pair = _pair_for_user(request, pair_id)
+    if not actions.undo_answer(pair, _user(request)):
+        raise Http404("You have no answer on this pair")
+    pair.refresh_from_db()
+    return Response(pair_payload(request, pair))
+
+
+@extend_schema(
+    responses={200: OpenApiTypes.OBJECT}, summary="Counters: my answers, answered, implied, flagged"
+)
+@api_view(["GET"])
+def counters(request: Request, pk: int) -> Response:
+    collection = get_collection_for_user(request.user, pk)
+    return Response(actions.counters(collection, _user(request)))
+
+
+class MarkSerializer(serializers.Serializer):
+    query = serializers.IntegerField()
+    answer = serializers.ChoiceField(choices=[Answer.SAME, Answer.DIFFERENT])
+    images = serializers.ListField(child=serializers.IntegerField(), min_length=1, max_length=200)
+
+
+@extend_schema(
+    request=MarkSerializer,
+    responses={200: OpenApiTypes.OBJECT},
+    summary="One-to-many: mark many images same or different as the query image",
+)
+@api_view(["POST"])
+@parser_classes([JSONParser])
+def mark(request: Request, pk: int) -> Response:
+    collection = get_collection_for_user(request.user, pk)
+    serializer = MarkSerializer(data=request.data)
+    serializer.is_valid(raise_exception=True)
+    try:
+        stored = actions.mark_many(
+            collection,
+            _user(request),
+            serializer.validated_data["query"],
+            serializer.validated_data["images"],
+            serializer.validated_data["answer"],
+        )
+    except Image.DoesNotExist:
+        raise ValidationError({"images": "every image must belong to this collection"}) from None
+    return Response({"stored": stored})
+
+
+class RulingSerializer(serializers.Serializer):
+    answer = serializers.ChoiceField(choices=Answer.values)
+
+
+@extend_schema(request=RulingSerializer, responses={200: OpenApiTypes.OBJECT}, summary="Adjudicate")
+@api_view(["POST"])
+@parser_classes([JSONParser])
+def adjudicate(request: Request, pair_id: int) -> Response:
+    pair = _pair_for_user(request, pair_id, Role.CURATOR)
+    serializer = RulingSerializer(data=request.data)
+    serializer.is_valid(raise_exception=True)
+    actions.adjudicate(pair, _user(request), serializer.validated_data["answer"])
+    return Response({"pair_id": pair.pk, "adjudicated": serializer.validated_data["answer"]})
+
+
+@extend_schema(
+    parameters=[OpenApiParameter("format", str, enum=["csv", "jsonl"])],
+    responses={200: OpenApiTypes.STR},
+    summary="Export the constraints (CSV or JSONL)",
+)
+@api_view(["GET"])
+def export_constraints(request: Request, pk: int) -> StreamingHttpResponse:
+    collection = get_collection_for_user(request.user, pk, Role.CURATOR)
+    fmt = request.query_params.get("format", "csv")
+    if fmt not in ("csv", "jsonl"):
+        raise ValidationError({"format": "csv or jsonl"})
+    body = exchange.export_csv(collection) if fmt == "csv" else exchange.export_jsonl(collection)
+    content_type = "text/csv" if fmt == "csv" else "application/x-ndjson"
+    response = StreamingHttpResponse(body, content_type=f"{content_type}; charset=utf-8")
+    response["Content-Disposition"] = f'attachment; filename="constraints-{pk}.{fmt}"'
+    return response
+
+
+@extend_schema(responses={200: OpenApiTypes.STR}, summary="Export the must-link groups (CSV)")
+@api_view(["GET"])
+def export_groups(request: Request, pk: int) -> StreamingHttpResponse:
+    collection = get_collection_for_user(request.user, pk, Role.CURATOR)
+    response = StreamingHttpResponse(
+        [exchange.export_groups_csv(collection)], content_type="text/csv"
+    )
+    response["Content-Disposition"] = f'attachment; filename="groups-{pk}.csv"'
+    return response
+
+
+@extend_schema(
+    request={
+        "multipart/form-data": inline_serializer(
+            "ConstraintFile", {"file": serializers.FileField()}
+        )
+    },
+    responses={201: OpenApiTypes.OBJECT, 400: OpenApiTypes.OBJECT},
+    summary="Import constraints from CSV or JSONL (all or nothing, errors by line)",
+)
+@api_view(["POST"])
+@parser_classes([MultiPartParser])
+def import_constraints(request: Request, pk: int) -> Response:
+    collection = get_collection_for_user(request.user, pk, Role.CURATOR)
+    upload = request.FILES.get("file")
+    if upload is None:
+        raise ValidationError({"file": "a CSV or JSONL file"})
+    fmt = "jsonl" if (upload.name or "").lower().endswith((".jsonl", ".ndjson")) else "csv"
+    try:
+        text = upload.read().decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise ValidationError({"file": "not UTF-8 text"}) from None
+    try:
+        stored = exchange.import_constraints(collection, text, fmt)
+    except exchange.ImportFailed as failed:
+        return Response({"errors": failed.errors}, status=status.HTTP_400_BAD_REQUEST)
+    return Response({"stored": stored}, status=status.HTTP_201_CREATED)

@@ -1,0 +1,219 @@
+"""Constraints and groups in and out: CSV and JSONL exports, and imports that store nothing when
+any line is wrong (every error names its line)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime
+
+from django.db import transaction
+from django.utils import timezone
+from django.utils.dateparse import parse_datetime
+
+from labeling.actions import _lock_collection, _resolve, normalize, refresh_flags
+from labeling.inference import infer
+from labeling.models import Answer, Constraint, ConstraintRevision, Group, Pair, Source
+from retrieval.models import Collection, Image
+
+FIELDS = ["a_id", "b_id", "a_name", "b_name", "answer", "annotator", "time", "source"]
+GROUP_FIELDS = ["group", "name", "image_id", "original_name"]
+MAX_ERRORS = 50
+
+
+def constraint_rows(collection: Collection) -> Iterator[dict[str, str | int]]:
+    constraints = (
+        Constraint.objects.filter(pair__collection=collection)
+        .select_related("pair__a", "pair__b", "annotator")
+        .order_by("pair_id", "id")
+    )
+    for c in constraints.iterator(chunk_size=2000):
+        yield {
+            "a_id": c.pair.a_id,
+            "b_id": c.pair.b_id,
+            "a_name": c.pair.a.original_name,
+            "b_name": c.pair.b.original_name,
+            "answer": c.answer,
+            "annotator": c.annotator.get_username() if c.annotator else c.annotator_name,
+            "time": c.created_at.isoformat(),
+            "source": c.source,
+        }
+
+
+def export_csv(collection: Collection) -> Iterator[str]:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=FIELDS)
+    writer.writeheader()
+    for row in constraint_rows(collection):
+        writer.writerow(row)
+        yield buffer.getvalue()
+        buffer.seek(0)
+        buffer.truncate()
+    yield buffer.getvalue()
+
+
+def export_jsonl(collection: Collection) -> Iterator[str]:
+    for row in constraint_rows(collection):
+        yield json.dumps(row) + "\n"
+
+
+def group_rows(collection: Collection) -> list[dict[str, str | int]]:
+    """One row per image in a must-link group of two or more; `name` is the curator's label."""
+    groups = infer(collection).groups()
+    names = dict(Group.objects.filter(collection=collection).values_list("anchor_id", "name"))
+    images = dict(
+        Image.objects.filter(pk__in=[i for m in groups.values() for i in m]).values_list(
+            "pk", "original_name"
+        )
+    )
+    rows: list[dict[str, str | int]] = []
+    for number, members in enumerate(sorted(groups.values(), key=lambda m: (-len(m), m[0])), 1):
+        name = next((names[i] for i in members if i in names), "")
+        for image_id in members:
+            rows.append(
+                {
+                    "group": number,
+                    "name": name,
+                    "image_id": image_id,
+                    "original_name": images.get(image_id, ""),
+                }
+            )
+    return rows
+
+
+def export_groups_csv(collection: Collection) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=GROUP_FIELDS)
+    writer.writeheader()
+    writer.writerows(group_rows(collection))
+    return buffer.getvalue()
+
+
+class ImportFailed(ValueError):
+    def __init__(self, errors: list[str]):
+        super().__init__("; ".join(errors))
+        self.errors = errors
+
+
+@dataclass(frozen=True)
+class Row:
+    line: int
+    a: int
+    b: int
+    answer: str
+    annotator: str
+    time: datetime
+
+
+def _records(text: str, fmt: str) -> Iterator[tuple[int, dict[str, object] | str]]:
+    """(line number, record or error message) for every non-blank line of the file."""
+    if fmt == "jsonl":
+        for number, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as error:
+                yield number, f"not JSON ({error.msg})"
+                continue
+            yield number, record if isinstance(record, dict) else "not a JSON object"
+        return
+    reader = csv.DictReader(io.StringIO(text))
+    missing = {"answer"} - set(reader.fieldnames or [])
+    if missing:
+        yield 1, "the header needs an answer column and a_id/b_id or a_name/b_name"
+        return
+    for record in reader:
+        yield reader.line_num, dict(record)
+
+
+def _image(
+    record: dict[str, object], side: str, ids: set[int], names: dict[str, int | None]
+) -> int | str:
+    raw = record.get(f"{side}_id")
+    if raw not in (None, ""):
+        try:
+            image_id = int(str(raw))
+        except ValueError:
+            return f"{side}_id {raw!r} is not a number"
+        if image_id in ids:
+            return image_id
+    name = str(record.get(f"{side}_name") or "")
+    if name:
+        found = names.get(name, 0)
+        if found is None:
+            return f"{side}_name {name!r} names several images of this collection"
+        if found:
+            return found
+    return f"image {side} ({raw or name!r}) is not in this collection"
+
+
+def parse(collection: Collection, text: str, fmt: str) -> list[Row]:
+    """Validated rows, or ImportFailed with every error ("line N: ...", at most MAX_ERRORS)."""
+    ids = set(Image.objects.filter(collection=collection).values_list("pk", flat=True))
+    names: dict[str, int | None] = {}
+    for pk, name in Image.objects.filter(collection=collection).values_list("pk", "original_name"):
+        # None marks a name two images share: it cannot identify either.
+        names[name] = None if name in names else pk
+    rows: list[Row] = []
+    errors: list[str] = []
+    for line, record in _records(text, fmt):
+        if len(errors) >= MAX_ERRORS:
+            break
+        if isinstance(record, str):
+            errors.append(f"line {line}: {record}")
+            continue
+        a, b = _image(record, "a", ids, names), _image(record, "b", ids, names)
+        answer = str(record.get("answer") or "")
+        problems = [x for x in (a, b) if isinstance(x, str)]
+        if answer not in Answer.values:
+            problems.append(f"answer {answer!r} is not one of {', '.join(Answer.values)}")
+        time = timezone.now()
+        if record.get("time"):
+            parsed = parse_datetime(str(record["time"]))
+            if parsed is None:
+                problems.append(f"time {record['time']!r} is not an ISO 8601 date and time")
+            else:
+                time = parsed if timezone.is_aware(parsed) else timezone.make_aware(parsed)
+        if not problems and a == b:
+            problems.append("a and b are the same image")
+        if problems:
+            errors.append(f"line {line}: " + "; ".join(problems))
+            continue
+        assert isinstance(a, int) and isinstance(b, int)
+        rows.append(Row(line, a, b, answer, str(record.get("annotator") or "imported"), time))
+    if errors:
+        raise ImportFailed(errors)
+    return rows
+
+
+def import_constraints(collection: Collection, text: str, fmt: str) -> int:
+    """Stores the file's constraints as imported answers (one per pair and annotator name, so
+    importing the same file twice changes nothing); all or nothing. Returns rows stored."""
+    if fmt not in ("csv", "jsonl"):
+        raise ImportFailed([f"unknown format {fmt!r}: csv or jsonl"])
+    rows = parse(collection, text, fmt)
+    with transaction.atomic():
+        _lock_collection(collection.pk)
+        touched: dict[int, Pair] = {}
+        for row in rows:
+            a, b = normalize(row.a, row.b)
+            pair, _ = Pair.objects.get_or_create(
+                collection=collection, a_id=a, b_id=b, defaults={"status": Pair.Status.ANSWERED}
+            )
+            Constraint.objects.update_or_create(
+                pair=pair,
+                annotator=None,
+                annotator_name=row.annotator,
+                defaults={"answer": row.answer, "source": Source.IMPORTED, "created_at": row.time},
+            )
+            ConstraintRevision.objects.create(pair=pair, answer=row.answer, source=Source.IMPORTED)
+            touched[pair.pk] = pair
+        for pair in touched.values():
+            _resolve(pair)
+            pair.save()
+        refresh_flags(collection.pk)
+    return len(rows)

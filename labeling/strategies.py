@@ -1,0 +1,278 @@
+"""Which pairs to ask about next: the active-learning strategies and the mining that fills the
+queue from the collection's active embeddings.
+
+Every strategy proposes pairs through `MiningContext.accept`, which refuses a pair that is
+already in the queue, answered, or implied by the groups and cannot-links: an annotator's time
+goes only to answers that add information.
+"""
+
+from __future__ import annotations
+
+import random
+import statistics
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from labeling.inference import Inference, infer
+from labeling.models import DEFAULT_MIX, LabelingSettings, Pair, Strategy
+from retrieval import queries
+from retrieval.models import Collection, Embedding, ModelVersion
+
+# Neighbours looked at per sampled image: close enough to hold the boundary cases, few enough
+# that one LATERAL query over a few hundred images stays well under a second.
+NEIGHBOURS = 10
+MAX_SAMPLE = 400
+CLUSTERS = 16
+DEFAULT_ALPHA = 10.0  # retrieval/autoret/train.py TrainConfig.alpha
+
+
+@dataclass(frozen=True)
+class Candidate:
+    a: int
+    b: int
+    score: float
+
+
+def alpha_of(version: ModelVersion) -> float:
+    """The cannot-link target distance the version was trained with (TrainConfig.alpha)."""
+    config = version.config or {}
+    train = config.get("train") if isinstance(config.get("train"), dict) else {}
+    value = train.get("alpha", config.get("alpha", DEFAULT_ALPHA))
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return DEFAULT_ALPHA
+
+
+@dataclass
+class MiningContext:
+    collection: Collection
+    version: ModelVersion
+    inference: Inference
+    taken: set[tuple[int, int]]
+    rng: random.Random = field(default_factory=random.Random)
+
+    @classmethod
+    def build(cls, collection: Collection, version: ModelVersion, seed: int | None = None):
+        taken = set(Pair.objects.filter(collection=collection).values_list("a_id", "b_id"))
+        return cls(collection, version, infer(collection), taken, random.Random(seed))
+
+    def accept(self, a: int, b: int) -> bool:
+        """Claims (a, b) for this mining round unless it is known, queued or implied."""
+        if a == b:
+            return False
+        key = (min(a, b), max(a, b))
+        if key in self.taken or self.inference.implied(*key) is not None:
+            return False
+        self.taken.add(key)
+        return True
+
+    def sample(self, n: int) -> list[int]:
+        ids = Embedding.objects.filter(version=self.version).order_by("?")
+        return list(ids.values_list("image_id", flat=True)[: max(1, n)])
+
+    def boundary(self, distances: list[float]) -> float:
+        """The decision boundary alpha/2 for a trained version. An untrained network's distances
+        have no trained scale, so the median neighbour distance stands in for it."""
+        if self.version.kind == ModelVersion.Kind.TRAINED or not distances:
+            return alpha_of(self.version) / 2
+        return statistics.median(distances)
+
+    def take(self, candidates: list[Candidate], n: int) -> list[Candidate]:
+        chosen: list[Candidate] = []
+        for candidate in candidates:
+            if len(chosen) >= n:
+                break
+            if self.accept(candidate.a, candidate.b):
+                chosen.append(candidate)
+        return chosen
+
+
+def _sample_size(n: int) -> int:
+    return min(MAX_SAMPLE, max(20, n * 2))
+
+
+def uncertain(ctx: MiningContext, n: int) -> list[Candidate]:
+    """Neighbour pairs whose distance is nearest the decision boundary alpha/2."""
+    rows = queries.neighbour_lists(ctx.version, ctx.sample(_sample_size(n)), NEIGHBOURS)
+    boundary = ctx.boundary([d for _, _, d in rows])
+    ranked = sorted(rows, key=lambda row: abs(row[2] - boundary))
+    return ctx.take([Candidate(a, b, -abs(d - boundary)) for a, b, d in ranked], n)
+
+
+def disagreement(ctx: MiningContext, n: int) -> list[Candidate]:
+    """Neighbour pairs whose distance moved most between the previous ready version and this one,
+    each measured in its version's own scale (its median neighbour distance)."""
+    previous = (
+        ModelVersion.objects.filter(
+            collection=ctx.collection,
+            status=ModelVersion.Status.READY,
+            number__lt=ctx.version.number,
+        )
+        .order_by("-number")
+        .first()
+    )
+    if previous is None:
+        return []
+    rows = queries.neighbour_lists(ctx.version, ctx.sample(_sample_size(n)), NEIGHBOURS)
+    now = {(min(a, b), max(a, b)): d for a, b, d in rows}
+    before = queries.pair_distances(previous, list(now))
+    if not before:
+        return []
+    scale_now = statistics.median(now.values()) or 1.0
+    scale_before = statistics.median(before.values()) or 1.0
+    moved = [
+        Candidate(a, b, abs(now[(a, b)] / scale_now - d / scale_before))
+        for (a, b), d in before.items()
+    ]
+    return ctx.take(sorted(moved, key=lambda c: -c.score), n)
+
+
+def _kmeans(vectors: np.ndarray, k: int, rng: random.Random, steps: int = 10) -> np.ndarray:
+    """Cluster index per row (Lloyd's algorithm from random rows); good enough to spread pairs."""
+    centres = vectors[rng.sample(range(len(vectors)), k)]
+    labels = np.zeros(len(vectors), dtype=np.int64)
+    for _ in range(steps):
+        labels = ((vectors[:, None, :] - centres[None, :, :]) ** 2).sum(-1).argmin(1)
+        for c in range(k):
+            members = vectors[labels == c]
+            if len(members):
+                centres[c] = members.mean(0)
+    return labels
+
+
+def diverse(ctx: MiningContext, n: int) -> list[Candidate]:
+    """Boundary pairs spread over clusters of the embedding space, one cluster at a time, so a
+    batch never spends itself on a single dense region."""
+    ids, vectors = queries.sample_for_map(ctx.version, 2000)
+    if len(ids) < 2:
+        return []
+    k = min(CLUSTERS, len(ids))
+    labels = _kmeans(vectors, k, ctx.rng)
+    per_cluster = max(1, -(-n // k))
+    by_cluster: dict[int, list[int]] = {}
+    for image_id, label in zip(ids, labels.tolist(), strict=True):
+        by_cluster.setdefault(label, []).append(image_id)
+    seeds = {
+        image_id: cluster
+        for cluster, members in by_cluster.items()
+        for image_id in ctx.rng.sample(members, min(len(members), per_cluster * 2))
+    }
+    rows = queries.neighbour_lists(ctx.version, list(seeds), NEIGHBOURS)
+    boundary = ctx.boundary([d for _, _, d in rows])
+    queues: dict[int, list[Candidate]] = {}
+    for a, b, _ in sorted(rows, key=lambda row: abs(row[2] - boundary)):
+        queues.setdefault(seeds[a], []).append(Candidate(a, b, float(seeds[a])))
+    chosen: list[Candidate] = []
+    while len(chosen) < n and any(queues.values()):
+        for cluster in list(queues):
+            while queues[cluster]:
+                candidate = queues[cluster].pop(0)
+                if ctx.accept(candidate.a, candidate.b):
+                    chosen.append(candidate)
+                    break
+            if len(chosen) >= n:
+                break
+    return chosen
+
+
+def merge_gain(ctx: MiningContext, n: int) -> list[Candidate]:
+    """Near pairs across two groups, largest product of group sizes first: one "same" answer
+    implies size(A) x size(B) pairs."""
+    groups = sorted(ctx.inference.groups().values(), key=len, reverse=True)[:50]
+    if not groups:
+        return []
+    seeds = [image_id for members in groups for image_id in members[:5]]
+    rows = queries.neighbour_lists(ctx.version, seeds, NEIGHBOURS * 2)
+    inference = ctx.inference
+    scored = [
+        Candidate(a, b, float(inference.group_size(a) * inference.group_size(b)))
+        for a, b, _ in rows
+        if inference.find(a) != inference.find(b)
+    ]
+    # sorted() is stable: among equal gains the nearer neighbour (rows are by distance) wins.
+    return ctx.take(sorted(scored, key=lambda c: -c.score), n)
+
+
+def random_pairs(ctx: MiningContext, n: int) -> list[Candidate]:
+    """The baseline: uniformly drawn image pairs."""
+    ids = ctx.sample(max(4, n * 4))
+    candidates = [Candidate(ids[i], ids[i + 1], 0.0) for i in range(0, len(ids) - 1, 2)]
+    chosen = ctx.take(candidates, n)
+    attempts = 0
+    while len(chosen) < n and len(ids) > 1 and attempts < n * 10:
+        attempts += 1
+        a, b = ctx.rng.sample(ids, 2)
+        if ctx.accept(a, b):
+            chosen.append(Candidate(a, b, 0.0))
+    return chosen
+
+
+STRATEGIES: dict[str, Callable[[MiningContext, int], list[Candidate]]] = {
+    Strategy.UNCERTAIN: uncertain,
+    Strategy.DISAGREEMENT: disagreement,
+    Strategy.DIVERSE: diverse,
+    Strategy.MERGE_GAIN: merge_gain,
+    Strategy.RANDOM: random_pairs,
+}
+
+
+def quotas(mix: dict[str, float], n: int) -> dict[str, int]:
+    """n split over the mix's strategies by weight (largest remainder); unknown names ignored."""
+    weights = {k: max(0.0, float(v)) for k, v in mix.items() if k in STRATEGIES}
+    total = sum(weights.values()) or 1.0
+    if not any(weights.values()):
+        weights, total = {str(k): v for k, v in DEFAULT_MIX.items()}, 1.0
+    exact = {k: n * w / total for k, w in weights.items()}
+    counts = {k: int(v) for k, v in exact.items()}
+    for k in sorted(exact, key=lambda k: counts[k] - exact[k])[: n - sum(counts.values())]:
+        counts[k] += 1
+    return counts
+
+
+def settings_for(collection: Collection | int) -> LabelingSettings:
+    collection_id = collection.pk if isinstance(collection, Collection) else int(collection)
+    obj, _ = LabelingSettings.objects.get_or_create(collection_id=collection_id)
+    return obj
+
+
+def mine(collection: Collection, n: int | None = None, seed: int | None = None) -> int:
+    """Adds up to n new pairs to the collection's queue by its strategy mix; returns how many.
+
+    A strategy that finds fewer pairs than its share (no previous version for `disagreement`, no
+    groups yet for `merge-gain`) leaves its share to `uncertain`, then `random`. Pairs are
+    queued interleaved by weight, so the head of the queue already follows the mix.
+    """
+    version = collection.active_version
+    if version is None:
+        return 0
+    labeling = settings_for(collection)
+    n = labeling.batch_size if n is None else n
+    ctx = MiningContext.build(collection, version, seed)
+    picked: dict[str, list[Candidate]] = {}
+    for name, quota in quotas(labeling.strategy_mix, n).items():
+        if quota:
+            picked[name] = STRATEGIES[name](ctx, quota)
+    for fallback in (Strategy.UNCERTAIN, Strategy.RANDOM):
+        missing = n - sum(len(v) for v in picked.values())
+        if missing > 0:
+            picked.setdefault(fallback, []).extend(STRATEGIES[fallback](ctx, missing))
+    ordered = sorted(
+        ((rank / max(1, len(cands)), name, c) for name, cands in picked.items()
+         for rank, c in enumerate(cands)),
+        key=lambda item: (item[0], item[1]),
+    )  # fmt: skip
+    pairs = [
+        Pair(
+            collection=collection,
+            a_id=min(c.a, c.b),
+            b_id=max(c.a, c.b),
+            strategy=name,
+            score=c.score,
+        )
+        for _, name, c in ordered
+    ]
+    created = Pair.objects.bulk_create(pairs, ignore_conflicts=True)
+    return len(created)

@@ -1,0 +1,13 @@
+"""Pages of the labeling app: label, groups (with the adjudication queue)."""
+
+from __future__ import annotations
+
+from django.urls import path
+
+from labeling import views
+
+app_name = "labeling"
+urlpatterns = [
+    path("collections/<int:pk>/label/", views.label, name="label"),
+    path("collections/<int:pk>/groups/", views.groups, name="groups"),
+]
