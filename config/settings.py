@@ -258,7 +258,7 @@ if not re.fullmatch(r"\d+(kB|MB|GB)", AUTORET_INDEX_BUILD_MEMORY):
     raise ImproperlyConfigured(
         f"AUTORET_INDEX_BUILD_MEMORY={AUTORET_INDEX_BUILD_MEMORY!r} is not a size like 512MB or 1GB"
     )
-MODELS_DIR = DATA_DIR / "models"
+MODELS_DIR = env_path("AUTORET_MODELS_DIR", DATA_DIR / "models")
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
     "staticfiles": {

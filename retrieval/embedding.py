@@ -40,9 +40,11 @@ INITIAL_SEED = 0
 BATCH_SIZE = 256
 
 Progress = Callable[[int], None]
+# Asked between batches; True stops the walk (a cancelled job), leaving `next_after` to go on.
+ShouldStop = Callable[[], bool]
 
 
-def _channels_for(collection: Collection) -> int:
+def channels_for(collection: Collection) -> int:
     """1 when the collection's first images are all greyscale (Fashion-MNIST), else 3."""
     for image in collection.images.order_by("id")[:16]:
         try:
@@ -66,7 +68,7 @@ def ensure_initial_version(collection: Collection) -> ModelVersion:
         existing = locked.versions.order_by("-number").first()
         if existing is not None:
             return existing
-        channels = _channels_for(locked)
+        channels = channels_for(locked)
         config = ModelConfig(image_size=INITIAL_IMAGE_SIZE, in_channels=channels)
         return ModelVersion.objects.create(
             collection=locked,
@@ -117,6 +119,26 @@ def pictures_to_tensor(
     return _stack([_pixels(p, size, channels) for p in pictures], size, channels)
 
 
+def load_pixels(
+    images: Iterable[Image], size: int, channels: int
+) -> tuple[list[int], np.ndarray, list[tuple[int, str]]]:
+    """(ids, uint8 N x C x size x size, failed) of stored images; unreadable files are listed in
+    `failed` with their error instead of stopping the rest (training data, a batch)."""
+    ids: list[int] = []
+    arrays: list[np.ndarray] = []
+    failed: list[tuple[int, str]] = []
+    for image in images:
+        try:
+            with image.file.open("rb") as handle, PILImage.open(handle) as picture:
+                arrays.append(_pixels(picture, size, channels))
+                ids.append(image.pk)
+        except (OSError, ValueError, PILImage.DecompressionBombError) as error:
+            log.warning("image %s cannot be read: %s", image.pk, error)
+            failed.append((image.pk, str(error)))
+    pixels = np.stack(arrays) if arrays else np.empty((0, channels, size, size), dtype=np.uint8)
+    return ids, pixels, failed
+
+
 def _input_shape(model: AutoRet) -> tuple[int, int]:
     size = model.config.image_size
     if size is None:
@@ -163,18 +185,24 @@ def embed_new_images(
     batch_size: int = BATCH_SIZE,
     progress: Progress | None = None,
     progress_bar: bool = False,
+    version: ModelVersion | None = None,
+    stop: ShouldStop | None = None,
 ) -> BatchResult:
     """Embeds the collection's images that have no vector in its target version yet.
 
-    The target is the active version (images added since it was embedded), else the initial
+    The target is `version` (a newly trained one, filled while search still answers from the
+    active one), else the active version (images added since it was embedded), else the initial
     untrained version. Walks images by id from `after_id`, at most `limit` of them (None: all);
     `next_after` is where the next call goes on. An image whose file cannot be read is logged
     and skipped (listed in `failed`), so one bad file never blocks the rest. When the walk
-    reaches the end the index is built and a version that is not active yet is activated.
+    reaches the end the index is built and, when the collection has no active version yet, the
+    version is activated (a trained version is activated by its job, after its evaluation).
+    `stop()` is asked before each batch; when it says True the walk ends unfinished.
     `progress(n)` is called with the number of images handled by each batch (an increment, as
     tqdm's `update` takes it); `progress_bar` shows a tqdm bar on stderr (commands).
     """
-    version = _target_version(collection)
+    if version is None:
+        version = _target_version(collection)
     model = load_network(version)
     result = BatchResult(version_id=version.pk)
     missing = (
@@ -187,7 +215,7 @@ def embed_new_images(
         total = missing.count() if limit is None else min(limit, missing.count())
         bar = tqdm(total=total, unit="img", desc=f"embedding {collection}")
     try:
-        _walk(version, model, missing, result, after_id, limit, batch_size, progress, bar)
+        _walk(version, model, missing, result, after_id, limit, batch_size, progress, bar, stop)
     finally:
         if bar is not None:
             bar.close()
@@ -207,28 +235,24 @@ def _walk(
     batch_size: int,
     progress: Progress | None,
     bar: tqdm[Any] | None,
+    stop: ShouldStop | None = None,
 ) -> BatchResult:
     """The batch loop of `embed_new_images`: embeds and stores; `finished` at the end."""
     size, channels = _input_shape(model)
     cursor = after_id
     budget = limit
     while budget is None or budget > 0:
+        if stop is not None and stop():
+            result.next_after = cursor
+            return result
         take = batch_size if budget is None else min(batch_size, budget)
         batch = list(missing.filter(pk__gt=cursor)[:take])
         if not batch:
             break
-        ids: list[int] = []
-        arrays: list[np.ndarray] = []
-        for image in batch:
-            try:
-                with image.file.open("rb") as handle, PILImage.open(handle) as picture:
-                    arrays.append(_pixels(picture, size, channels))
-                    ids.append(image.pk)
-            except (OSError, ValueError, PILImage.DecompressionBombError) as error:
-                log.warning("image %s cannot be embedded: %s", image.pk, error)
-                result.failed.append((image.pk, str(error)))
+        ids, pixels, failed = load_pixels(batch, size, channels)
+        result.failed.extend(failed)
         if ids:
-            vectors = embed_images(model, _stack(arrays, size, channels), batch_size)
+            vectors = embed_images(model, torch.from_numpy(pixels), batch_size)
             result.embedded += queries.copy_embeddings(version, ids, vectors)
         cursor = batch[-1].pk
         if budget is not None:

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import uuid
 from dataclasses import dataclass
 
 from django.conf import settings
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.db import IntegrityError, transaction
 from django.db.models import Max
 from django.utils import timezone
@@ -73,7 +74,7 @@ def default_minutes(collection: Collection) -> float:
 
 def start_training(
     collection: Collection,
-    user: AbstractBaseUser | None,
+    user: User | None,
     minutes: float | None = None,
     *,
     run_here: bool = False,
@@ -100,7 +101,9 @@ def start_training(
                 kind=ModelVersion.Kind.TRAINED,
                 status=ModelVersion.Status.TRAINING,
                 created_by=user,
-                checkpoint=f"collection-{locked.pk}/v{number}",
+                # Unique even when a database is recreated with the same ids (tests, a restore):
+                # a stale checkpoint under the same name would be resumed as if it were this one.
+                checkpoint=f"collection-{locked.pk}/v{number}-{uuid.uuid4().hex[:8]}",
             )
             job = Job.objects.create(
                 kind=Job.Kind.TRAIN,
@@ -117,7 +120,7 @@ def start_training(
     return job
 
 
-def start_embedding(collection: Collection, user: AbstractBaseUser | None = None) -> Job:
+def start_embedding(collection: Collection, user: User | None = None) -> Job:
     """A job that embeds the images that have no vector in the collection's active version."""
     return Job.objects.create(
         kind=Job.Kind.EMBED,

@@ -1,0 +1,109 @@
+"""Training jobs as plain function calls: slices, resume, cancel, activation, rollback, deletion."""
+
+from __future__ import annotations
+
+import pytest
+
+from retrieval import embedding, queries
+from retrieval.models import Collection, Embedding, ModelVersion
+from tests.retrieval.test_search_embedding import add_pictures
+from worker import actions, pipeline
+from worker.models import Job, TrainingPolicy
+
+
+@pytest.fixture(autouse=True)
+def small_jobs(settings, tmp_path) -> None:
+    settings.MEDIA_ROOT = tmp_path / "media"
+    settings.MODELS_DIR = tmp_path / "models"
+    settings.AUTORET_EMBED_BATCH = 8
+    settings.AUTORET_CHECKPOINT_SECONDS = 1
+
+
+@pytest.fixture
+def searchable(collection: Collection) -> Collection:
+    """A small collection embedded by its untrained version, with two imported labels."""
+    add_pictures(collection, range(0, 12), label="a")
+    add_pictures(collection, range(12, 24), label="b")
+    embedding.embed_new_images(collection)
+    collection.refresh_from_db()
+    return collection
+
+
+def run_to_end(job: Job) -> Job:
+    return pipeline.run_here(job, progress_bar=False)
+
+
+@pytest.mark.django_db
+def test_training_embeds_evaluates_and_activates_the_new_version(searchable, admin) -> None:
+    old = searchable.active_version
+    job = actions.start_training(searchable, admin, minutes=0.03, run_here=True)
+    job = run_to_end(job)
+    assert job.status == Job.Status.DONE, job.error
+    assert job.progress == 1.0
+    assert job.metrics["loss"], "the loss history is recorded"
+    searchable.refresh_from_db()
+    new = searchable.active_version
+    assert new is not None and new.pk != old.pk and new.kind == ModelVersion.Kind.TRAINED
+    assert new.status == ModelVersion.Status.READY
+    assert Embedding.objects.filter(version=new).count() == 24
+    assert "map@100" in new.metrics["evaluation"]
+    assert new.metrics["training"]["steps"] > 0
+
+
+@pytest.mark.django_db
+def test_a_second_start_is_refused_while_one_runs(searchable, admin) -> None:
+    actions.start_training(searchable, admin, minutes=0.03, run_here=True)
+    with pytest.raises(actions.TrainingAlreadyRunning, match="already running"):
+        actions.start_training(searchable, admin, minutes=0.03, run_here=True)
+    assert Job.objects.filter(collection=searchable, kind=Job.Kind.TRAIN).count() == 1
+
+
+@pytest.mark.django_db
+def test_slices_resume_from_the_checkpoint_step(searchable, admin, settings) -> None:
+    settings.AUTORET_TRAIN_SLICE_SECONDS = 1
+    job = run_to_end(actions.start_training(searchable, admin, minutes=0.06, run_here=True))
+    assert job.status == Job.Status.DONE, job.error
+    slices = job.metrics["slices"]
+    assert len(slices) >= 2
+    for later in slices[1:]:
+        assert later["from_step"] > 0
+        if later["first_step"] is not None:
+            assert later["from_step"] < later["first_step"] <= later["from_step"] + 5
+
+
+@pytest.mark.django_db
+def test_a_cancelled_job_stops_and_search_keeps_the_old_version(searchable, admin) -> None:
+    old = searchable.active_version_id
+    job = actions.start_training(searchable, admin, minutes=5, run_here=True)
+    actions.cancel_job(job)
+    job = run_to_end(job)
+    assert job.status == Job.Status.CANCELLED
+    searchable.refresh_from_db()
+    assert searchable.active_version_id == old
+    assert ModelVersion.objects.get(pk=job.version_id).status == ModelVersion.Status.FAILED
+
+
+@pytest.mark.django_db
+def test_rollback_then_delete_the_newer_versions_embeddings(searchable, admin) -> None:
+    old = searchable.active_version
+    run_to_end(actions.start_training(searchable, admin, minutes=0.02, run_here=True))
+    searchable.refresh_from_db()
+    new = searchable.active_version
+    with pytest.raises(actions.VersionNotAllowed):
+        actions.delete_embeddings(new)
+    actions.activate_version(old)
+    searchable.refresh_from_db()
+    assert searchable.active_version_id == old.pk
+    assert actions.delete_embeddings(new) == 24
+    new.refresh_from_db()
+    assert new.status == ModelVersion.Status.DELETED
+    assert not queries.has_index(new)
+    with pytest.raises(actions.VersionNotAllowed):
+        actions.activate_version(new)
+
+
+@pytest.mark.django_db
+def test_no_retraining_before_enough_new_answers(searchable) -> None:
+    TrainingPolicy.objects.create(collection=searchable, retrain_after_answers=2, minutes=0.02)
+    actions.after_answer(searchable)
+    assert not Job.objects.filter(collection=searchable).exists()

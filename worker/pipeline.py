@@ -1,0 +1,419 @@
+"""The work behind a job, one short step at a time: train a slice, embed a batch, finish.
+
+A training job goes through phases stored on its row: `training` (slices of at most
+AUTORET_TRAIN_SLICE_SECONDS, each resuming from the checkpoint the previous one left), then
+`embedding` (batches of AUTORET_EMBED_BATCH images into the new version, never the active one),
+then `evaluating` and `activating`, done in the run that embeds the last image. Every step is
+idempotent: a redelivered step resumes from the last checkpoint or from the first image without a
+vector. See docs/training.md.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from django.conf import settings
+from django.db.models import F, Q
+from django.db.models.functions import Coalesce
+from django.utils import timezone
+
+from labeling.training import known_constraints
+from retrieval import embedding, queries
+from retrieval.autoret.checkpoint import CheckpointError, read_info
+from retrieval.autoret.data import ImageSet
+from retrieval.autoret.evaluate import evaluate_retrieval
+from retrieval.autoret.model import AutoRet, ModelConfig
+from retrieval.autoret.pairs import KnownPairs
+from retrieval.autoret.train import Progress, TrainConfig, train
+from retrieval.models import Embedding, Image, ModelVersion
+from worker.models import LOG_TAIL_LINES, Job
+
+log = logging.getLogger(__name__)
+
+# Shares of the progress bar: training dominates the wall time, embedding follows.
+TRAIN_SHARE = 0.8
+EMBED_SHARE = 0.19
+# Progress is written at most this often (a GPU reports many steps a second).
+WRITE_EVERY_S = 1.0
+DATA_FILE = "data.npz"
+# Held-out evaluation on imported labels: this share of labelled images are queries, the rest
+# the database they search.
+QUERY_SHARE = 0.2
+MAX_QUERIES = 1000
+
+
+def claim(job_id: int, lease: str) -> Job | None:
+    """The job if it still has work and nobody else holds it; None makes the task a no-op."""
+    now = timezone.now()
+    claimed = (
+        Job.objects.filter(pk=job_id, status__in=Job.ACTIVE)
+        .filter(Q(lease="") | Q(lease=lease))
+        .update(
+            status=Job.Status.RUNNING,
+            lease=lease,
+            heartbeat_at=now,
+            started_at=Coalesce(F("started_at"), now),
+        )
+    )
+    if not claimed:
+        return None
+    return Job.objects.select_related("collection", "version").get(pk=job_id)
+
+
+def release(job: Job) -> None:
+    """Lets the next queued step claim the job (called before it is enqueued)."""
+    Job.objects.filter(pk=job.pk, lease=job.lease).update(lease="")
+
+
+def note(job: Job, line: str, **fields: Any) -> None:
+    """Appends a log line and saves `fields` on the job."""
+    stamp = timezone.now().strftime("%H:%M:%S")
+    lines = [*job.log_tail.splitlines(), f"{stamp} {line}"][-LOG_TAIL_LINES:]
+    job.log_tail = "\n".join(lines)
+    for name, value in fields.items():
+        setattr(job, name, value)
+    job.heartbeat_at = timezone.now()
+    job.save(update_fields=["log_tail", "heartbeat_at", *fields])
+    log.info("job %s: %s", job.pk, line)
+
+
+def _cancel_requested(job: Job) -> bool:
+    return Job.objects.filter(pk=job.pk, cancel_requested=True).exists()
+
+
+def advance(job: Job, after_id: int = 0, progress_bar: bool = False) -> int | None:
+    """Does one step of `job`. Returns the cursor for the next step, or None when the job ended
+    (done, cancelled or failed: recorded on the row, never raised, so nothing retries forever)."""
+    try:
+        if _cancel_requested(job):
+            _end_cancelled(job)
+            return None
+        if job.kind == Job.Kind.TRAIN and job.phase in ("", "queued", "training"):
+            outcome = _train_slice(job, progress_bar)
+            if outcome == "cancelled":
+                _end_cancelled(job)
+                return None
+            if outcome == "done":
+                ModelVersion.objects.filter(jobs=job).update(status=ModelVersion.Status.EMBEDDING)
+                note(job, "training finished; embedding the collection", phase="embedding")
+            return 0
+        return _embed_step(job, after_id, progress_bar)
+    except Exception as error:
+        log.exception("job %s failed", job.pk)
+        _end_failed(job, error)
+        return None
+
+
+def run_here(job: Job, progress_bar: bool = True) -> Job:
+    """Runs a job to its end in this process (the management commands), through the same steps
+    the worker takes."""
+    lease = f"cli-{os.getpid()}"
+    after: int | None = 0
+    while after is not None:
+        claimed = claim(job.pk, lease)
+        if claimed is None:
+            break
+        after = advance(claimed, after, progress_bar)
+    Job.objects.filter(pk=job.pk, lease=lease).update(lease="")
+    job.refresh_from_db()
+    return job
+
+
+# Training ------------------------------------------------------------------------------------
+
+
+def _out_dir(version: ModelVersion) -> Path:
+    return Path(settings.MODELS_DIR) / version.checkpoint
+
+
+def _model_config(version: ModelVersion) -> ModelConfig:
+    if "model" not in version.config:
+        channels = embedding.channels_for(version.collection)
+        config = ModelConfig(image_size=embedding.INITIAL_IMAGE_SIZE, in_channels=channels)
+        version.config = {**version.config, "model": config.to_dict()}
+        ModelVersion.objects.filter(pk=version.pk).update(config=version.config)
+    return ModelConfig.from_dict(version.config["model"])
+
+
+def _training_data(
+    job: Job, config: ModelConfig, out_dir: Path
+) -> tuple[ImageSet, KnownPairs | None]:
+    """The images and known pairs of the first slice, frozen into out_dir/data.npz so every later
+    slice (and a resumed one) trains on exactly the same rows, whatever was uploaded since."""
+    path = out_dir / DATA_FILE
+    if not path.is_file():
+        size = config.image_size or embedding.INITIAL_IMAGE_SIZE
+        images = Image.objects.filter(collection=job.collection).order_by("pk")
+        ids, pixels, failed = embedding.load_pixels(images, size, config.in_channels)
+        if not ids:
+            raise ValueError("the collection has no readable images to train on")
+        row = {image_id: i for i, image_id in enumerate(ids)}
+        must, cannot = known_constraints(job.collection)
+        must_rows = [(row[a], row[b]) for a, b in must if a in row and b in row]
+        cannot_rows = [(row[a], row[b]) for a, b in cannot if a in row and b in row]
+        out_dir.mkdir(parents=True, exist_ok=True)
+        # np.savez appends .npz to names without it, so the temporary name keeps that suffix.
+        temporary = out_dir / f"{DATA_FILE}.tmp.npz"
+        np.savez(
+            temporary,
+            ids=np.asarray(ids, dtype=np.int64),
+            pixels=pixels,
+            must=np.asarray(must_rows, dtype=np.int64).reshape(-1, 2),
+            cannot=np.asarray(cannot_rows, dtype=np.int64).reshape(-1, 2),
+        )
+        os.replace(temporary, path)
+        note(job, f"training data: {len(ids)} images, {len(failed)} unreadable skipped")
+    with np.load(path) as stored:
+        pixels, must_array, cannot_array = stored["pixels"], stored["must"], stored["cannot"]
+    data = ImageSet.from_arrays(pixels.transpose(0, 2, 3, 1))
+    known = None
+    if len(must_array) or len(cannot_array):
+        known = KnownPairs.from_constraints(
+            len(data),
+            [tuple(p) for p in must_array.tolist()],
+            [tuple(p) for p in cannot_array.tolist()],
+        )
+    return data, known
+
+
+def _train_config(job: Job, progress_bar: bool) -> TrainConfig:
+    return TrainConfig(
+        minutes=float(job.options.get("minutes", settings.AUTORET_TRAIN_MINUTES)),
+        device="cuda" if torch.cuda.is_available() else "cpu",
+        checkpoint_every_s=float(settings.AUTORET_CHECKPOINT_SECONDS),
+        seed=job.version.number if job.version else 0,
+        log_every=5,
+        progress_bar=progress_bar,
+    )
+
+
+def _train_slice(job: Job, progress_bar: bool) -> str:
+    """Trains for at most one slice from the last checkpoint: "more", "done" or "cancelled"."""
+    version = job.version
+    if version is None:
+        raise ValueError("a training job needs its model version")
+    out_dir = _out_dir(version)
+    config = _model_config(version)
+    data, known = _training_data(job, config, out_dir)
+    cfg = _train_config(job, progress_bar)
+    try:
+        info = read_info(out_dir)
+    except CheckpointError:
+        info = {"step": 0, "loss_history": []}
+    from_step = int(info["step"])
+    # The curve restarts from what the checkpoint saw: steps after it are trained again.
+    history = [{"step": h["step"], "loss": h["loss"]} for h in info.get("loss_history", [])]
+    slices = [*job.metrics.get("slices", []), {"from_step": from_step, "first_step": None}]
+    job.metrics = {
+        **job.metrics,
+        "loss": history,
+        "slices": slices,
+        "known_pairs": known.counts() if known is not None else {},
+    }
+    job.options = {**job.options, "device": cfg.device}
+    where = f"from step {from_step}" if from_step else "from scratch"
+    note(job, f"training slice {len(slices)} {where} on {cfg.device}", phase="training")
+    job.save(update_fields=["metrics", "options"])
+
+    torch.manual_seed(cfg.seed)
+    model = AutoRet(config)
+    slice_end = time.monotonic() + settings.AUTORET_TRAIN_SLICE_SECONDS
+    stop: dict[str, str] = {}
+    last_write = 0.0
+
+    def callback(p: Progress) -> bool:
+        nonlocal last_write
+        history.append({"step": p.step, "loss": p.loss})
+        if slices[-1]["first_step"] is None:
+            slices[-1]["first_step"] = p.step
+        now = time.monotonic()
+        if now >= slice_end:
+            stop["why"] = "slice"
+        elif now - last_write < WRITE_EVERY_S and p.fraction_done < 1.0:
+            return True
+        last_write = now
+        Job.objects.filter(pk=job.pk).update(
+            progress=TRAIN_SHARE * p.fraction_done,
+            eta_s=p.eta_s,
+            metrics={**job.metrics, "loss": history, "slices": slices},
+            heartbeat_at=timezone.now(),
+        )
+        if _cancel_requested(job):
+            stop["why"] = "cancelled"
+        return not stop
+
+    result = train(model, data, cfg, out_dir, known, callback, resume=True)
+    job.metrics = {**job.metrics, "loss": history, "slices": slices}
+    job.save(update_fields=["metrics"])
+    if stop.get("why") == "cancelled":
+        return "cancelled"
+    if stop.get("why") == "slice":
+        note(job, f"slice ended at step {result.steps}; checkpoint saved, next slice queued")
+        return "more"
+    summary = {
+        "steps": result.steps,
+        "epochs": round(result.epochs, 3),
+        "images_seen": result.images_seen,
+        "elapsed_s": round(result.elapsed_s, 1),
+        "images_per_s": round(result.images_per_s, 1),
+        "final_loss": result.final_loss,
+        "known_pairs": result.known_pairs or {},
+        "device": cfg.device,
+    }
+    version.config = {**version.config, "train": cfg.to_dict(), "images": len(data)}
+    version.metrics = {**version.metrics, "training": summary, "loss": history}
+    version.save(update_fields=["config", "metrics"])
+    note(job, f"trained {result.steps} steps, final loss {result.final_loss:.4g}", progress=0.8)
+    return "done"
+
+
+# Embedding, evaluation, activation -----------------------------------------------------------
+
+
+def _embed_step(job: Job, after_id: int, progress_bar: bool) -> int | None:
+    collection = job.collection
+    version = job.version
+    if version is None:
+        version = embedding.ensure_initial_version(collection)
+        job.version = version
+        job.save(update_fields=["version"])
+    total = max(collection.images.count(), 1)
+    started = time.monotonic()
+    result = embedding.embed_new_images(
+        collection,
+        after_id=after_id,
+        limit=settings.AUTORET_EMBED_BATCH,
+        version=version,
+        stop=lambda: _cancel_requested(job),
+        progress_bar=progress_bar,
+    )
+    done = Embedding.objects.filter(version=version).count()
+    rate = result.embedded / max(time.monotonic() - started, 1e-6)
+    base = TRAIN_SHARE if job.kind == Job.Kind.TRAIN else 0.0
+    share = EMBED_SHARE if job.kind == Job.Kind.TRAIN else 0.99
+    note(
+        job,
+        f"embedded {done}/{total} images"
+        + (f", {len(result.failed)} unreadable skipped" if result.failed else ""),
+        phase="embedding",
+        progress=base + share * min(done / total, 1.0),
+        eta_s=(total - done) / rate if rate > 0 else None,
+    )
+    if not result.finished:
+        if _cancel_requested(job):
+            _end_cancelled(job)
+            return None
+        return result.next_after
+    if job.kind == Job.Kind.TRAIN:
+        _finish_training(job, version)
+    else:
+        _end(job, Job.Status.DONE, "done", "embedding finished")
+    return None
+
+
+def _finish_training(job: Job, version: ModelVersion) -> None:
+    # embed_new_images built the index when the walk ended; the switch comes last, so search
+    # answers from the old version until this one is complete and measured.
+    note(job, "evaluating", phase="evaluating")
+    version.metrics = {**version.metrics, "evaluation": evaluate_version(version)}
+    version.save(update_fields=["metrics"])
+    previous = job.collection.active_version
+    if previous is not None and "evaluation" not in previous.metrics:
+        previous.metrics = {**previous.metrics, "evaluation": evaluate_version(previous)}
+        previous.save(update_fields=["metrics"])
+    if _cancel_requested(job):
+        _end_cancelled(job)
+        return
+    note(job, "activating", phase="activating")
+    from worker.actions import activate_version
+
+    version.refresh_from_db()
+    version.status = ModelVersion.Status.READY
+    ModelVersion.objects.filter(pk=version.pk).update(status=ModelVersion.Status.READY)
+    activate_version(version)
+    job.metrics = {**job.metrics, "evaluation": version.metrics["evaluation"]}
+    job.save(update_fields=["metrics"])
+    _end(job, Job.Status.DONE, "done", f"version {version.number} is active")
+
+
+def evaluate_version(version: ModelVersion) -> dict[str, Any]:
+    """mAP@100 on imported labels (held out: a seeded fifth of the labelled images query the
+    rest) and constraint agreement (answered pairs on the right side of alpha/2)."""
+    metrics: dict[str, Any] = {}
+    labelled = dict(
+        Image.objects.filter(collection_id=version.collection_id)
+        .exclude(label="")
+        .values_list("pk", "label")
+    )
+    if len(set(labelled.values())) >= 2:
+        rows = list(
+            Embedding.objects.filter(version=version, image_id__in=list(labelled)).values_list(
+                "image_id", "vector"
+            )
+        )
+        if len(rows) >= 10:
+            ids = [image_id for image_id, _ in rows]
+            vectors = np.stack([np.asarray(vector, dtype=np.float32) for _, vector in rows])
+            names = sorted({labelled[i] for i in ids})
+            labels = np.asarray([names.index(labelled[i]) for i in ids])
+            order = np.random.default_rng(0).permutation(len(ids))
+            n_queries = min(MAX_QUERIES, max(1, int(len(ids) * QUERY_SHARE)))
+            q, db = order[:n_queries], order[n_queries:]
+            result = evaluate_retrieval(
+                vectors[q], labels[q], vectors[db], labels[db], k=100, precision_k=10
+            )
+            metrics["map@100"] = round(result["map"], 4)
+            metrics["p@10"] = round(result["precision"], 4)
+            metrics["label_queries"] = result["queries"]
+    must, cannot = known_constraints(version.collection_id)
+    if must or cannot:
+        alpha = float(version.config.get("train", {}).get("alpha", TrainConfig.alpha))
+        distances = queries.pair_distances(version, [*must, *cannot])
+        right = sum(1 for p in must if p in distances and distances[p] < alpha / 2) + sum(
+            1 for p in cannot if p in distances and distances[p] > alpha / 2
+        )
+        if distances:
+            metrics["constraint_agreement"] = round(right / len(distances), 4)
+            metrics["answered_pairs"] = len(distances)
+    return metrics
+
+
+# Endings -------------------------------------------------------------------------------------
+
+
+def _end(job: Job, status: str, phase: str, line: str) -> None:
+    done = status == Job.Status.DONE
+    note(
+        job,
+        line,
+        status=status,
+        phase=phase,
+        finished_at=timezone.now(),
+        lease="",
+        eta_s=None,
+        progress=1.0 if done else job.progress,
+    )
+
+
+def _end_cancelled(job: Job) -> None:
+    if job.version_id is not None and job.kind == Job.Kind.TRAIN:
+        ModelVersion.objects.filter(pk=job.version_id).exclude(
+            status=ModelVersion.Status.READY
+        ).update(status=ModelVersion.Status.FAILED)
+    _end(job, Job.Status.CANCELLED, "cancelled", "cancelled")
+
+
+def _end_failed(job: Job, error: Exception) -> None:
+    if job.version_id is not None and job.kind == Job.Kind.TRAIN:
+        ModelVersion.objects.filter(pk=job.version_id).exclude(
+            status=ModelVersion.Status.READY
+        ).update(status=ModelVersion.Status.FAILED)
+    job.error = f"{type(error).__name__}: {error}"
+    job.save(update_fields=["error"])
+    _end(job, Job.Status.FAILED, "failed", f"failed: {job.error}")
