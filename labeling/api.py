@@ -181,16 +181,17 @@ def adjudicate(request: Request, pair_id: int) -> Response:
 
 
 @extend_schema(
-    parameters=[OpenApiParameter("format", str, enum=["csv", "jsonl"])],
+    parameters=[OpenApiParameter("fmt", str, enum=["csv", "jsonl"])],
     responses={200: OpenApiTypes.STR},
     summary="Export the constraints (CSV or JSONL)",
 )
 @api_view(["GET"])
 def export_constraints(request: Request, pk: int) -> StreamingHttpResponse:
     collection = get_collection_for_user(request.user, pk, Role.CURATOR)
-    fmt = request.query_params.get("format", "csv")
+    # Not `format`: DRF reads that one for renderer negotiation.
+    fmt = request.query_params.get("fmt", "csv")
     if fmt not in ("csv", "jsonl"):
-        raise ValidationError({"format": "csv or jsonl"})
+        raise ValidationError({"fmt": "csv or jsonl"})
     body = exchange.export_csv(collection) if fmt == "csv" else exchange.export_jsonl(collection)
     content_type = "text/csv" if fmt == "csv" else "application/x-ndjson"
     response = StreamingHttpResponse(body, content_type=f"{content_type}; charset=utf-8")

@@ -1,0 +1,126 @@
+"""Constraints and groups out and back in: CSV and JSONL round trips, line-numbered errors,
+nothing stored from a file with any bad line."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from django.core.files.uploadedfile import SimpleUploadedFile
+from rest_framework.test import APIClient
+
+from labeling import actions
+from labeling.models import Answer, Constraint, Group, Pair, Source
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def curator_client(curator) -> APIClient:
+    client = APIClient()
+    client.force_authenticate(curator)
+    return client
+
+
+@pytest.fixture
+def answered(collection, images, annotator, curator):
+    x = images
+    for a, b, value, user in [
+        (x[0], x[1], Answer.SAME, annotator),
+        (x[1], x[2], Answer.SAME, annotator),
+        (x[2], x[3], Answer.DIFFERENT, curator),
+        (x[4], x[5], Answer.UNSURE, annotator),
+    ]:
+        actions.record_answer(actions.pair_for(collection, a.pk, b.pk), user, value)
+    return x
+
+
+def export(client, collection, fmt: str) -> str:
+    response = client.get(f"/api/v1/collections/{collection.pk}/constraints/export/?fmt={fmt}")
+    assert response.status_code == 200
+    return b"".join(response.streaming_content).decode()
+
+
+def upload(client, collection, name: str, text: str):
+    return client.post(
+        f"/api/v1/collections/{collection.pk}/constraints/import/",
+        {"file": SimpleUploadedFile(name, text.encode())},
+        format="multipart",
+    )
+
+
+def comparable(rows):
+    return sorted((r["a_id"], r["b_id"], r["answer"], r["annotator"], r["time"]) for r in rows)
+
+
+@pytest.mark.parametrize("fmt", ["csv", "jsonl"])
+def test_export_import_round_trip(fmt, curator_client, collection, answered):
+    exported = export(curator_client, collection, fmt)
+    before = comparable(_parse(exported, fmt))
+    assert len(before) == 4
+    Pair.objects.all().delete()
+    response = upload(curator_client, collection, f"c.{fmt}", exported)
+    assert response.status_code == 201, response.content
+    assert response.json() == {"stored": 4}
+    assert set(Constraint.objects.values_list("source", flat=True)) == {Source.IMPORTED}
+    assert comparable(_parse(export(curator_client, collection, fmt), fmt)) == before
+    # Importing the same file again changes nothing.
+    upload(curator_client, collection, f"c.{fmt}", exported)
+    assert Constraint.objects.count() == 4
+
+
+def _parse(text: str, fmt: str) -> list[dict]:
+    import csv
+    import io
+
+    if fmt == "jsonl":
+        return [json.loads(line) for line in text.splitlines() if line]
+    return [
+        {**row, "a_id": int(row["a_id"]), "b_id": int(row["b_id"])}
+        for row in csv.DictReader(io.StringIO(text))
+    ]
+
+
+def test_export_names_images_annotator_time_and_source(curator_client, collection, answered):
+    rows = _parse(export(curator_client, collection, "jsonl"), "jsonl")
+    first = next(r for r in rows if r["a_id"] == answered[0].pk)
+    assert first["a_name"] == "img000.png" and first["b_name"] == "img001.png"
+    assert first["annotator"] == "annotator"
+    assert first["source"] == Source.HUMAN
+    assert first["time"]
+
+
+def test_import_by_names_into_the_same_images(curator_client, collection, images):
+    text = "a_name,b_name,answer\nimg000.png,img007.png,same\n"
+    assert upload(curator_client, collection, "c.csv", text).status_code == 201
+    pair = Pair.objects.get()
+    assert (pair.a_id, pair.b_id, pair.resolved) == (images[0].pk, images[7].pk, Answer.SAME)
+
+
+def test_import_with_a_bad_line_stores_nothing_and_names_the_lines(
+    curator_client, collection, images
+):
+    text = (
+        "a_id,b_id,answer\n"
+        f"{images[0].pk},{images[1].pk},same\n"
+        f"{images[0].pk},999999,same\n"
+        f"{images[2].pk},{images[3].pk},perhaps\n"
+    )
+    response = upload(curator_client, collection, "c.csv", text)
+    assert response.status_code == 400
+    errors = response.json()["errors"]
+    assert errors[0].startswith("line 3:") and "not in this collection" in errors[0]
+    assert errors[1].startswith("line 4:") and "perhaps" in errors[1]
+    assert not Pair.objects.exists()
+    jsonl = '{"a_id": 1, "b_id": 2, "answer": "same"}\nnot json\n'
+    response = upload(curator_client, collection, "c.jsonl", jsonl)
+    assert [e.split(":")[0] for e in response.json()["errors"]] == ["line 1", "line 2"]
+
+
+def test_groups_export_carries_the_curators_name(curator_client, collection, answered, curator):
+    actions.name_group(collection, answered[2], "sneakers", curator)
+    assert Group.objects.get().name == "sneakers"
+    response = curator_client.get(f"/api/v1/collections/{collection.pk}/groups/export/")
+    lines = b"".join(response.streaming_content).decode().splitlines()
+    assert lines[0] == "group,name,image_id,original_name"
+    assert lines[1:] == [f"1,sneakers,{answered[i].pk},img00{i}.png" for i in range(3)]
