@@ -36,3 +36,39 @@ def nt_xent_loss(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.2) -
     logits.fill_diagonal_(float("-inf"))
     partner = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)]).to(z.device)
     return F.cross_entropy(logits, partner)
+
+
+def batch_all_autoembedder_loss(
+    e: torch.Tensor, same: torch.Tensor, alpha: float, can_weight: float = 0.5
+) -> torch.Tensor:
+    """The AutoEmbedder loss over every pair of a batch (ours; autoret-method.md sections 1-2).
+
+    e: N x D embeddings (N = 2B: two augmented views of B images). same: bool N x N, symmetric,
+    True where a pair is can-link (views of one image, or of images known to match); every other
+    off-diagonal pair is cannot-link. Each unordered pair i < j gets the clamped-distance MSE of
+    `autoembedder_loss`; the can-link and cannot-link means are weighted can_weight and
+    1 - can_weight, so the spec's 50/50 balance holds although cannot-link pairs outnumber
+    can-link ones about B to 1. A half with no pairs drops out and the other gets full weight.
+    Returns a scalar.
+    """
+    e = e.float()  # bf16 would round small can-link distances to zero (as in autoembedder_loss)
+    n = e.shape[0]
+    upper = torch.triu(torch.ones(n, n, dtype=torch.bool, device=e.device), diagonal=1)
+    can = same & upper
+    cannot = ~same & upper
+    norms = e.pow(2).sum(1)
+    # Squared distances from one matrix product: N x N instead of an N x N x D difference tensor.
+    sq = (norms[:, None] + norms[None, :] - 2.0 * e @ e.T).clamp(min=0.0)
+    # Can-link target 0: (min(d, alpha) - 0)^2 = min(d^2, alpha^2), no square root whose gradient
+    # blows up as two views meet.
+    can_terms = sq[can].clamp(max=alpha * alpha)
+    # The clamp keeps the square root's gradient finite; pairs that close get no push from it.
+    d = sq[cannot].clamp(min=1e-12).sqrt()
+    cannot_terms = (d.clamp(max=alpha) - alpha).pow(2)
+    halves = [(can_terms, can_weight), (cannot_terms, 1.0 - can_weight)]
+    present = [(terms, w) for terms, w in halves if terms.numel() > 0]
+    total_weight = sum(w for _, w in present)
+    loss = e.new_zeros(())
+    for terms, w in present:
+        loss = loss + (w / total_weight) * terms.mean()
+    return loss

@@ -229,6 +229,18 @@ class KnownPairs:
             "conflicts": self.conflicts,
         }
 
+    def component_of(self, index: torch.Tensor) -> torch.Tensor:
+        """Known component of each image in `index` (LongTensor B): its id, or -1 when unknown.
+
+        Two images with the same id >= 0 are a known can-link pair (batch-all pairing uses this).
+        """
+        if not hasattr(self, "_component"):
+            component = torch.full((self.n_images,), -1, dtype=torch.long)
+            ids = torch.arange(len(self.sizes)).repeat_interleave(self.sizes)
+            component[self.members] = ids
+            self._component = component
+        return self._component[index.cpu()]
+
     def _member(self, component: torch.Tensor, rank: torch.Tensor) -> torch.Tensor:
         return self.members[self.offsets[component] + rank]
 
@@ -311,6 +323,31 @@ class PairSampler:
         whole = math.floor(expected)
         return whole + int(torch.rand((), generator=self.generator).item() < expected - whole)
 
+    def sample_images(self) -> ImageBatch:
+        """B = `batch_pairs` images for batch-all pairing (ours).
+
+        The known pairs a sampled batch would use are drawn at half the rate and contribute both
+        of their images, so known images take up to `known_fraction` of the batch, as known pairs
+        do in `sample`; the rest are random images.
+        """
+        g, n = self.generator, self.n_images
+        k_can, k_cannot = self._round(self.known_can / 2), self._round(self.known_cannot / 2)
+        parts: list[torch.Tensor] = []
+        if k_can:
+            assert self.known is not None
+            parts.extend(self.known.sample_must(k_can, g))
+        if k_cannot:
+            assert self.known is not None
+            parts.extend(self.known.sample_cannot(k_cannot, g))
+        n_known = min(2 * (k_can + k_cannot), self.batch_pairs)
+        parts.append(torch.randint(n, (self.batch_pairs - n_known,), generator=g))
+        # Rounding both kinds up may overshoot an odd batch by an image or two.
+        index = torch.cat(parts)[: self.batch_pairs]
+        component = (
+            self.known.component_of(index) if self.known is not None else torch.full_like(index, -1)
+        )
+        return ImageBatch(index, component, n_known)
+
     def sample(self) -> PairBatch:
         """One batch of `batch_pairs` index pairs on the CPU."""
         g, n = self.generator, self.n_images
@@ -335,3 +372,22 @@ class PairSampler:
         seconds.append(other)
         is_cannot = torch.arange(self.batch_pairs) >= self.n_can
         return PairBatch(torch.cat(firsts), torch.cat(seconds), is_cannot, k_can + k_cannot)
+
+
+@dataclass
+class ImageBatch:
+    """B images for batch-all pairing: index is LongTensor B, component LongTensor B (the known
+    component of each image, -1 when unknown); n_known counts images drawn from known pairs."""
+
+    index: torch.Tensor
+    component: torch.Tensor
+    n_known: int
+
+    def same(self) -> torch.Tensor:
+        """Bool 2B x 2B can-link matrix over two views of the batch (views 0..B-1, then B..2B-1):
+        the same image, or images of one known component. Everything else is cannot-link."""
+        index = torch.cat([self.index, self.index])
+        component = torch.cat([self.component, self.component])
+        same_image = index[:, None] == index[None, :]
+        same_component = (component[:, None] == component[None, :]) & (component[:, None] >= 0)
+        return same_image | same_component

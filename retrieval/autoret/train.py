@@ -14,14 +14,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from tqdm import tqdm
 
 from retrieval.autoret.checkpoint import INFO_FILE, load_training_state, save_checkpoint
 from retrieval.autoret.data import DataError, ImageSet, resize
-from retrieval.autoret.losses import autoembedder_loss
+from retrieval.autoret.losses import autoembedder_loss, batch_all_autoembedder_loss, nt_xent_loss
 from retrieval.autoret.model import AutoRet
 from retrieval.autoret.pairs import AugmentConfig, KnownPairs, PairSampler, augment
 
@@ -35,6 +35,12 @@ class TrainConfig:
     batch_size: pairs per step. The budget is `epochs`, `minutes` or both (whichever ends first);
     with neither, one epoch. augment_both: augment every image of every pair (ours); False is the
     paper's literal reading, where only the copy in a self-supervised can-link pair is augmented.
+    pairing: "sampled" (faithful) draws B index pairs per step, half can-link, half cannot-link;
+    "batch-all" (ours) draws B images, augments each twice and applies the loss to every pair of
+    the 2B views (B can-link, about 2B^2 cannot-link, the two halves weighted 50/50; images of one
+    known component are can-link too). Both put 2B images through the network per step.
+    loss: "autoembedder" (the method) or "nt-xent" (the SimCLR-style peer, with `temperature`;
+    needs batch-all pairing and no known pairs).
     """
 
     alpha: float = 10.0
@@ -48,6 +54,9 @@ class TrainConfig:
     max_known_repeats: float = 10.0
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     augment_both: bool = True
+    pairing: Literal["sampled", "batch-all"] = "sampled"
+    loss: Literal["autoembedder", "nt-xent"] = "autoembedder"
+    temperature: float = 0.2
     seed: int = 0
     device: str = "cpu"
     amp: bool = True
@@ -55,6 +64,14 @@ class TrainConfig:
     checkpoint_every_s: float = 300.0
     log_every: int = 10
     progress_bar: bool = True
+
+    def __post_init__(self) -> None:
+        if self.pairing not in ("sampled", "batch-all"):
+            raise ValueError(f"pairing must be sampled or batch-all, got {self.pairing!r}")
+        if self.loss not in ("autoembedder", "nt-xent"):
+            raise ValueError(f"loss must be autoembedder or nt-xent, got {self.loss!r}")
+        if self.loss == "nt-xent" and self.pairing != "batch-all":
+            raise ValueError("the nt-xent loss contrasts two views of each image: use batch-all")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -114,6 +131,8 @@ def train(
         if data.labels is None:
             raise DataError("a labels fraction needs a data set with labels")
         known = KnownPairs.from_labels(data.labels, cfg.labels_fraction, seed=cfg.seed)
+    if known is not None and cfg.loss == "nt-xent":
+        raise ValueError("the nt-xent loss has no use for known pairs")
 
     images = data.images
     if model.config.image_size is not None:
@@ -175,8 +194,15 @@ def train(
     while (total_steps is None or step < total_steps) and (
         budget_s is None or elapsed() < budget_s
     ):
-        batch = sampler.sample()
-        index = torch.cat([batch.first, batch.second]).to(device, non_blocking=True)
+        same: torch.Tensor | None = None
+        if cfg.pairing == "batch-all":
+            image_batch = sampler.sample_images()
+            first = second = image_batch.index
+            same = image_batch.same().to(device, non_blocking=True)
+        else:
+            batch = sampler.sample()
+            first, second, is_cannot = batch.first, batch.second, batch.is_cannot
+        index = torch.cat([first, second]).to(device, non_blocking=True)
         x = images[index].float().div_(255.0)
         if cfg.augment_both:
             x = augment(x, augment_rng, cfg.augment)
@@ -186,7 +212,12 @@ def train(
         x = x.contiguous(memory_format=memory_format)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=on_cuda and cfg.amp):
             e = model(x)
-        loss = autoembedder_loss(e[:pairs], e[pairs:], batch.is_cannot.to(device), cfg.alpha)
+        if cfg.loss == "nt-xent":
+            loss = nt_xent_loss(e[:pairs], e[pairs:], cfg.temperature)
+        elif same is not None:
+            loss = batch_all_autoembedder_loss(e, same, cfg.alpha)
+        else:
+            loss = autoembedder_loss(e[:pairs], e[pairs:], is_cannot.to(device), cfg.alpha)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

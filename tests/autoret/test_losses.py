@@ -4,7 +4,7 @@ import math
 
 import torch
 
-from retrieval.autoret.losses import autoembedder_loss, nt_xent_loss
+from retrieval.autoret.losses import autoembedder_loss, batch_all_autoembedder_loss, nt_xent_loss
 
 
 def _slow_autoembedder_loss(
@@ -69,3 +69,56 @@ def test_nt_xent_equals_slow_reference() -> None:
         sims = [math.exp(float(views[i] @ views[j]) / tau) for j in range(n) if j != i]
         total += -math.log(math.exp(float(views[i] @ views[partner]) / tau) / sum(sims))
     assert math.isclose(nt_xent_loss(z1, z2, tau).item(), total / n, rel_tol=1e-5)
+
+
+def _slow_batch_all_loss(e: torch.Tensor, same: torch.Tensor, alpha: float) -> float:
+    can, cannot = [], []
+    rows = e.tolist()
+    for i in range(len(rows)):
+        for j in range(i + 1, len(rows)):
+            d = math.sqrt(sum((x - y) ** 2 for x, y in zip(rows[i], rows[j], strict=True)))
+            p = min(d, alpha)
+            if same[i, j]:
+                can.append(p**2)
+            else:
+                cannot.append((p - alpha) ** 2)
+    return 0.5 * sum(can) / len(can) + 0.5 * sum(cannot) / len(cannot)
+
+
+def test_batch_all_loss_equals_slow_reference_with_halves_weighted_equally() -> None:
+    g = torch.Generator().manual_seed(3)
+    for alpha in (1.0, 10.0, 100.0):
+        e = torch.randn(12, 5, generator=g) * alpha / 3
+        index = torch.tensor([0, 1, 2, 3, 4, 4])  # a repeated image is can-link with itself
+        index = torch.cat([index, index])
+        component = torch.tensor([0, 0, -1, 1, -1, -1] * 2)  # images 0 and 1 are known to match
+        same = (index[:, None] == index[None]) | (
+            (component[:, None] == component[None]) & (component[:, None] >= 0)
+        )
+        expected = _slow_batch_all_loss(e, same, alpha)
+        actual = batch_all_autoembedder_loss(e, same, alpha).item()
+        assert math.isclose(actual, expected, rel_tol=1e-4), (alpha, actual, expected)
+
+
+def test_batch_all_loss_gives_finite_gradients_to_every_view_even_when_views_coincide() -> None:
+    e = torch.randn(8, 4)
+    e[4:] = e[:4]  # two identical views of each image: zero can-link distances
+    e.requires_grad_(True)
+    same = torch.eye(4, dtype=torch.bool).repeat(2, 2)
+    loss = batch_all_autoembedder_loss(e, same, alpha=10.0)
+    loss.backward()
+    assert torch.isfinite(loss) and e.grad is not None
+    assert torch.isfinite(e.grad).all() and (e.grad.abs().sum(1) > 0).all()
+
+
+def test_batch_all_loss_pulls_views_together_and_pushes_other_images_apart() -> None:
+    e = torch.tensor([[0.0, 0.0], [3.0, 0.0], [1.0, 0.0], [3.0, 1.0]], requires_grad=True)
+    same = torch.eye(2, dtype=torch.bool).repeat(2, 2)  # views 0/2 and 1/3
+    batch_all_autoembedder_loss(e, same, alpha=10.0).backward()
+    assert e.grad is not None
+    # Descent moves view 2 left (towards its partner view 0, away from image 1's views), view 1
+    # right (away from image 0's views) and up (towards its partner view 3).
+    assert e.grad[2, 0] > 0 and e.grad[1, 0] < 0 and e.grad[1, 1] < 0
+    # all cannot-link pairs far beyond alpha: only the can-link half remains
+    far = torch.tensor([[0.0, 0.0], [50.0, 0.0], [0.0, 1.0], [50.0, 1.0]])
+    assert batch_all_autoembedder_loss(far, same, alpha=10.0).item() == 0.5 * 1.0
