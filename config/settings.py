@@ -296,6 +296,11 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
+    # Several models have a `kind`; each choice set gets its own readable schema name.
+    "ENUM_NAME_OVERRIDES": {
+        "JobKindEnum": "worker.models.Job.Kind",
+        "ModelVersionKindEnum": "retrieval.models.ModelVersion.Kind",
+    },
 }
 
 # Celery: a Redis broker; task state lives in the Job table, so no result backend.

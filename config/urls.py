@@ -6,6 +6,7 @@ from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from retrieval import views as retrieval_views
+from worker import urls as worker_urls
 from worker import views as worker_views
 
 urlpatterns = [
@@ -27,9 +28,11 @@ urlpatterns = [
     ),
     path("admin/", admin.site.urls),
     path("api/v1/", include("retrieval.api_urls")),
+    path("api/v1/", include((worker_urls.api_urlpatterns, "worker_api"))),
     path("api/v1/", include("labeling.api_urls")),
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
     path("", include("retrieval.urls")),
+    path("", include("worker.urls")),
     path("", include("labeling.urls")),
 ]

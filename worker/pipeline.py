@@ -368,8 +368,8 @@ def evaluate_version(version: ModelVersion) -> dict[str, Any]:
             result = evaluate_retrieval(
                 vectors[q], labels[q], vectors[db], labels[db], k=100, precision_k=10
             )
-            metrics["map@100"] = round(result["map"], 4)
-            metrics["p@10"] = round(result["precision"], 4)
+            metrics["map_at_100"] = round(result["map"], 4)
+            metrics["p_at_10"] = round(result["precision"], 4)
             metrics["label_queries"] = result["queries"]
     must, cannot = known_constraints(version.collection_id)
     if must or cannot:

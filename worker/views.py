@@ -1,10 +1,31 @@
+"""Health, and the models and jobs pages: train, watch, cancel, activate, roll back, free space.
+
+Members of a collection see its models and jobs; starting, cancelling, activating and deleting
+need its admin role (retrieval.permissions).
+"""
+
 from __future__ import annotations
 
-from django.http import HttpRequest, JsonResponse
-from django.views.decorators.cache import never_cache
-from django.views.decorators.http import require_GET
+from typing import Any
 
+from django import forms
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.contrib.auth.models import User
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.views.decorators.cache import never_cache
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
+
+from retrieval.models import Collection, ModelVersion
+from retrieval.permissions import Role, get_collection_for_user, role_in, visible_collections
+from worker import actions
 from worker.health import system_health
+from worker.models import Job, TrainingPolicy
+
+# Points drawn in a loss curve: enough for its shape, few enough for a light page.
+CURVE_POINTS = 200
+CURVE_WIDTH, CURVE_HEIGHT = 600, 160
 
 
 @never_cache
@@ -13,3 +34,193 @@ def healthz(request: HttpRequest) -> JsonResponse:
     """200 only when the database, Redis and at least one worker are up; 503 otherwise."""
     report = system_health()
     return JsonResponse(report, status=200 if report["ok"] else 503)
+
+
+class TrainForm(forms.Form):
+    minutes = forms.FloatField(min_value=0.01, max_value=24 * 60, required=False)
+
+
+class PolicyForm(forms.Form):
+    retrain_after_answers = forms.IntegerField(
+        min_value=1, required=False, label="Retrain automatically after this many new answers"
+    )
+    minutes = forms.FloatField(
+        min_value=0.01, max_value=24 * 60, required=False, label="Training minutes"
+    )
+
+
+def loss_curve(history: list[dict[str, float]]) -> dict[str, Any] | None:
+    """An SVG polyline of the loss against the step, scaled into CURVE_WIDTH x CURVE_HEIGHT."""
+    if len(history) < 2:
+        return None
+    stride = max(1, len(history) // CURVE_POINTS)
+    points = history[::stride]
+    if points[-1] is not history[-1]:
+        points.append(history[-1])
+    steps = [p["step"] for p in points]
+    losses = [p["loss"] for p in points]
+    low, high = min(losses), max(losses)
+    first, last = steps[0], steps[-1]
+    span_x = max(last - first, 1)
+    span_y = max(high - low, 1e-12)
+    xy = " ".join(
+        f"{(s - first) / span_x * CURVE_WIDTH:.1f},{(1 - (v - low) / span_y) * CURVE_HEIGHT:.1f}"
+        for s, v in zip(steps, losses, strict=True)
+    )
+    return {
+        "points": xy,
+        "width": CURVE_WIDTH,
+        "height": CURVE_HEIGHT,
+        "low": low,
+        "high": high,
+        "first_step": first,
+        "last_step": last,
+    }
+
+
+def _get_job_for_user(request: HttpRequest, pk: int, min_role: int = Role.ANNOTATOR) -> Job:
+    job = get_object_or_404(Job.objects.select_related("collection", "version"), pk=pk)
+    get_collection_for_user(request.user, job.collection_id, min_role)
+    return job
+
+
+def _get_version_for_user(
+    request: HttpRequest, pk: int, min_role: int = Role.ADMIN
+) -> ModelVersion:
+    version = get_object_or_404(ModelVersion, pk=pk)
+    get_collection_for_user(request.user, version.collection_id, min_role)
+    return version
+
+
+def _models_page(
+    request: HttpRequest,
+    collection: Collection,
+    train_form: TrainForm | None = None,
+    status: int = 200,
+) -> HttpResponse:
+    rows = actions.version_rows(collection)
+    policy = TrainingPolicy.objects.filter(collection=collection).first()
+    latest_trained = next((r.version for r in rows if r.version.metrics.get("loss")), None)
+    context = {
+        "collection": collection,
+        "rows": rows,
+        "running": actions.active_training(collection),
+        "is_admin": role_in(request.user, collection) == Role.ADMIN,
+        "train_form": train_form or TrainForm(),
+        "policy_form": PolicyForm(
+            initial={
+                "retrain_after_answers": policy.retrain_after_answers if policy else None,
+                "minutes": policy.minutes if policy else None,
+            }
+        ),
+        "default_minutes": actions.default_minutes(collection),
+        "curve": loss_curve(latest_trained.metrics["loss"]) if latest_trained else None,
+        "curve_version": latest_trained,
+        "jobs": Job.objects.filter(collection=collection)[:10],
+    }
+    return render(request, "worker/models.html", context, status=status)
+
+
+@login_required
+@require_GET
+def models_page(request: HttpRequest, pk: int) -> HttpResponse:
+    collection = get_collection_for_user(request.user, pk)
+    return _models_page(request, collection)
+
+
+@login_required
+@require_POST
+def train(request: HttpRequest, pk: int) -> HttpResponse:
+    collection = get_collection_for_user(request.user, pk, Role.ADMIN)
+    form = TrainForm(request.POST)
+    if not form.is_valid():
+        return _models_page(request, collection, form, status=400)
+    user: User = request.user  # type: ignore[assignment]  # login_required: never anonymous
+    try:
+        job = actions.start_training(collection, user, form.cleaned_data["minutes"])
+    except actions.TrainingAlreadyRunning as refused:
+        messages.error(request, str(refused))
+        return _models_page(request, collection, form, status=409)
+    return redirect("worker:job_detail", pk=job.pk)
+
+
+@login_required
+@require_POST
+def training_policy(request: HttpRequest, pk: int) -> HttpResponse:
+    collection = get_collection_for_user(request.user, pk, Role.ADMIN)
+    form = PolicyForm(request.POST)
+    if not form.is_valid():
+        messages.error(request, "The retraining settings need positive numbers.")
+        return _models_page(request, collection, status=400)
+    actions.set_policy(
+        collection, form.cleaned_data["retrain_after_answers"], form.cleaned_data["minutes"]
+    )
+    messages.success(request, "Retraining settings saved.")
+    return redirect("worker:models", pk=collection.pk)
+
+
+@login_required
+@require_GET
+def job_list(request: HttpRequest) -> HttpResponse:
+    jobs = Job.objects.filter(collection__in=visible_collections(request.user)).select_related(
+        "collection", "version", "requested_by"
+    )[:100]
+    return render(request, "worker/job_list.html", {"jobs": jobs})
+
+
+@login_required
+@require_GET
+def job_detail(request: HttpRequest, pk: int) -> HttpResponse:
+    job = _get_job_for_user(request, pk)
+    context = {
+        "job": job,
+        "curve": loss_curve(job.loss_history),
+        "is_admin": role_in(request.user, job.collection) == Role.ADMIN,
+    }
+    template = "worker/job_detail.html"
+    if request.htmx:  # type: ignore[attr-defined]  # django-htmx's middleware sets it
+        template += "#progress"
+    return render(request, template, context)
+
+
+@login_required
+@require_POST
+def job_cancel(request: HttpRequest, pk: int) -> HttpResponse:
+    job = _get_job_for_user(request, pk, Role.ADMIN)
+    actions.cancel_job(job)
+    messages.info(request, "Cancel requested: the job stops within seconds.")
+    return redirect("worker:job_detail", pk=job.pk)
+
+
+@login_required
+@require_POST
+def version_activate(request: HttpRequest, pk: int) -> HttpResponse:
+    version = _get_version_for_user(request, pk)
+    try:
+        actions.activate_version(version)
+    except actions.VersionNotAllowed as refused:
+        messages.error(request, str(refused))
+    else:
+        messages.success(request, f"Search now answers from version {version.number}.")
+    return redirect("worker:models", pk=version.collection_id)
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def version_delete_embeddings(request: HttpRequest, pk: int) -> HttpResponse:
+    """GET asks for confirmation; POST with confirm=yes deletes."""
+    version = _get_version_for_user(request, pk)
+    if request.method == "POST" and request.POST.get("confirm") == "yes":
+        try:
+            deleted = actions.delete_embeddings(version)
+        except actions.VersionNotAllowed as refused:
+            messages.error(request, str(refused))
+        else:
+            messages.success(request, f"Deleted {deleted} embeddings of version {version.number}.")
+        return redirect("worker:models", pk=version.collection_id)
+    count = version.embeddings.count()
+    return render(
+        request,
+        "worker/delete_embeddings.html",
+        {"version": version, "count": count, "collection": version.collection},
+    )

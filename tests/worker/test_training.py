@@ -46,7 +46,7 @@ def test_training_embeds_evaluates_and_activates_the_new_version(searchable, adm
     assert new is not None and new.pk != old.pk and new.kind == ModelVersion.Kind.TRAINED
     assert new.status == ModelVersion.Status.READY
     assert Embedding.objects.filter(version=new).count() == 24
-    assert "map@100" in new.metrics["evaluation"]
+    assert "map_at_100" in new.metrics["evaluation"]
     assert new.metrics["training"]["steps"] > 0
 
 

@@ -1,0 +1,142 @@
+"""JSON API for training jobs and model versions (/api/v1/); roles are checked as in the pages."""
+
+from __future__ import annotations
+
+from django.shortcuts import get_object_or_404
+from drf_spectacular.utils import extend_schema, inline_serializer
+from rest_framework import serializers, status
+from rest_framework.decorators import api_view
+from rest_framework.exceptions import ValidationError
+from rest_framework.request import Request
+from rest_framework.response import Response
+
+from retrieval.models import ModelVersion
+from retrieval.permissions import Role, get_collection_for_user
+from worker import actions
+from worker.models import Job
+
+
+class JobSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = Job
+        fields = [
+            "id",
+            "kind",
+            "collection",
+            "version",
+            "status",
+            "phase",
+            "progress",
+            "eta_s",
+            "metrics",
+            "error",
+            "cancel_requested",
+            "log_tail",
+            "created_at",
+            "started_at",
+            "finished_at",
+        ]
+
+
+class VersionSerializer(serializers.ModelSerializer):
+    active = serializers.SerializerMethodField()
+
+    class Meta:
+        model = ModelVersion
+        fields = [
+            "id",
+            "number",
+            "kind",
+            "status",
+            "active",
+            "metrics",
+            "created_at",
+            "activated_at",
+        ]
+
+    def get_active(self, version: ModelVersion) -> bool:
+        return bool(version.collection.active_version_id == version.pk)
+
+
+class TrainRequest(serializers.Serializer):
+    minutes = serializers.FloatField(
+        required=False,
+        min_value=0.01,
+        max_value=24 * 60,
+        help_text="Training budget; the collection's setting or AUTORET_TRAIN_MINUTES if left out.",
+    )
+
+
+JobCreated = inline_serializer("JobCreated", {"job_id": serializers.IntegerField()})
+Refusal = inline_serializer(
+    "Refusal", {"detail": serializers.CharField(), "job_id": serializers.IntegerField()}
+)
+
+
+@extend_schema(
+    request=TrainRequest,
+    responses={202: JobCreated, 409: Refusal},
+    summary="Start training a new version (admin role); 409 while one runs",
+)
+@api_view(["POST"])
+def train(request: Request, pk: int) -> Response:
+    collection = get_collection_for_user(request.user, pk, Role.ADMIN)
+    body = TrainRequest(data=request.data)
+    body.is_valid(raise_exception=True)
+    try:
+        job = actions.start_training(
+            collection,
+            request.user,  # type: ignore[arg-type]  # authenticated: never anonymous
+            body.validated_data.get("minutes"),
+        )
+    except actions.TrainingAlreadyRunning as refused:
+        return Response(
+            {"detail": str(refused), "job_id": refused.job.pk if refused.job else None},
+            status=status.HTTP_409_CONFLICT,
+        )
+    return Response({"job_id": job.pk}, status=status.HTTP_202_ACCEPTED)
+
+
+@extend_schema(responses=JobSerializer, summary="A job's status, progress, metrics and error")
+@api_view(["GET"])
+def job(request: Request, pk: int) -> Response:
+    found = get_object_or_404(Job, pk=pk)
+    get_collection_for_user(request.user, found.collection_id)
+    return Response(JobSerializer(found).data)
+
+
+@extend_schema(request=None, responses=JobSerializer, summary="Ask a job to stop (admin role)")
+@api_view(["POST"])
+def job_cancel(request: Request, pk: int) -> Response:
+    found = get_object_or_404(Job, pk=pk)
+    get_collection_for_user(request.user, found.collection_id, Role.ADMIN)
+    actions.cancel_job(found)
+    return Response(JobSerializer(found).data, status=status.HTTP_202_ACCEPTED)
+
+
+@extend_schema(
+    responses=VersionSerializer(many=True), summary="The collection's model versions, newest first"
+)
+@api_view(["GET"])
+def models(request: Request, pk: int) -> Response:
+    collection = get_collection_for_user(request.user, pk)
+    versions = collection.versions.select_related("collection").order_by("-number")
+    return Response(VersionSerializer(versions, many=True).data)
+
+
+@extend_schema(
+    request=None,
+    responses=VersionSerializer,
+    summary="Switch search to a ready version (admin role); also a rollback",
+)
+@api_view(["POST"])
+def activate(request: Request, pk: int) -> Response:
+    version = get_object_or_404(ModelVersion.objects.select_related("collection"), pk=pk)
+    get_collection_for_user(request.user, version.collection_id, Role.ADMIN)
+    try:
+        actions.activate_version(version)
+    except actions.VersionNotAllowed as refused:
+        raise ValidationError({"detail": str(refused)}) from None
+    version.refresh_from_db()
+    version.collection.refresh_from_db()
+    return Response(VersionSerializer(version).data)
