@@ -156,3 +156,30 @@ def test_self_supervised_sampler_pairs_only_distinct_images_as_cannot_link() -> 
     assert batch.n_known == 0
     assert (batch.first[100:] != batch.second[100:]).all()
     assert torch.equal(batch.first[:100], batch.second[:100])
+
+
+def test_batch_all_images_take_the_known_share_and_mark_known_matches_can_link() -> None:
+    labels = torch.arange(400) % 4
+    known = KnownPairs.from_labels(labels, 0.5, seed=0)
+    sampler = PairSampler(400, 16, known, known_fraction=0.5, max_known_repeats=1e9, seed=0)
+    batch = sampler.sample_images()
+    assert batch.index.shape == (16,) and batch.n_known == 8
+    known_part = batch.index[: batch.n_known]
+    assert (batch.component[: batch.n_known] >= 0).all()
+    same = batch.same()
+    assert same.shape == (32, 32) and torch.equal(same, same.T) and same.diagonal().all()
+    for i, j in itertools.product(range(32), repeat=2):
+        a, b = int(batch.index[i % 16]), int(batch.index[j % 16])
+        both_known = batch.component[i % 16] >= 0 and batch.component[j % 16] >= 0
+        expected = a == b or bool(both_known and labels[a] == labels[b])
+        assert bool(same[i, j]) == expected, (i, j)
+    distinct = known_part[:, None] != known_part[None, :]
+    assert (
+        same[: batch.n_known, : batch.n_known] & distinct
+    ).any()  # known must-links across images
+
+
+def test_self_supervised_batch_all_images_are_can_link_only_with_their_own_views() -> None:
+    batch = PairSampler(1000, 8, seed=1).sample_images()
+    assert batch.n_known == 0 and (batch.component == -1).all()
+    assert torch.equal(batch.same(), torch.eye(8, dtype=torch.bool).repeat(2, 2))

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
@@ -118,3 +119,30 @@ def test_short_training_on_fashion_mnist_lowers_the_loss_and_beats_the_untrained
     assert sum(losses[-4:]) / 4 < 0.7 * sum(losses[:2]) / 2
     trained = score()
     assert trained > untrained + 0.02, (untrained, trained)
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {"pairing": "batch-all"},
+        {"pairing": "batch-all", "labels_fraction": 0.5},
+        {"pairing": "batch-all", "loss": "nt-xent"},
+    ],
+)
+def test_batch_all_and_nt_xent_training_is_finite_and_reproducible(
+    random_images: ImageSet, settings: dict[str, object]
+) -> None:
+    cfg = TrainConfig(batch_size=8, epochs=1, progress_bar=False, log_every=2, **settings)  # type: ignore[arg-type]
+    a, b = tiny_model(), tiny_model()
+    ra = train(a, random_images, cfg)
+    train(b, random_images, cfg)
+    assert ra.images_seen == 6 * 16 and all(math.isfinite(h["loss"]) for h in ra.loss_history)
+    assert _same_weights(a, b)
+
+
+def test_nt_xent_needs_batch_all_pairing_and_no_known_pairs(random_images: ImageSet) -> None:
+    with pytest.raises(ValueError, match="use batch-all"):
+        TrainConfig(loss="nt-xent")
+    cfg = TrainConfig(loss="nt-xent", pairing="batch-all", labels_fraction=0.5, progress_bar=False)
+    with pytest.raises(ValueError, match="no use for known pairs"):
+        train(tiny_model(), random_images, cfg)
