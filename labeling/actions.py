@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
+from django.contrib.auth.models import User
 from django.db import connection, transaction
 from django.db.models import Q
 from django.utils import timezone
@@ -33,8 +33,6 @@ from labeling.strategies import mine, settings_for
 from retrieval.models import Collection, Image
 
 log = logging.getLogger(__name__)
-
-User = AbstractBaseUser | AnonymousUser
 
 
 class SameImage(ValueError):
@@ -126,7 +124,7 @@ class Stored:
 
 def record_answer(
     pair: Pair,
-    user: AbstractBaseUser,
+    user: User,
     answer: str,
     idempotency_key: str = "",
     source: str = Source.HUMAN,
@@ -172,7 +170,7 @@ def record_answer(
     return Stored(constraint, created=True)
 
 
-def undo_answer(pair: Pair, user: AbstractBaseUser) -> bool:
+def undo_answer(pair: Pair, user: User) -> bool:
     """Withdraws `user`'s answer about `pair` (history keeps it) and gives the pair back to them
     leased, so the page can show it again. False if they had no answer there."""
     with transaction.atomic():
@@ -186,7 +184,7 @@ def undo_answer(pair: Pair, user: AbstractBaseUser) -> bool:
         if not pair.answer_count:
             pair.status = Pair.Status.QUEUED
             pair.answered_at = timezone.now()
-            pair.leased_by = user  # type: ignore[assignment]
+            pair.leased_by = user
             pair.lease_expires_at = timezone.now() + timedelta(
                 seconds=settings_for(pair.collection_id).lease_seconds
             )
@@ -198,8 +196,6 @@ def undo_answer(pair: Pair, user: AbstractBaseUser) -> bool:
 def _request_mining(collection: Collection, labeling: LabelingSettings) -> None:
     """Queues one mining task when the queue runs low (at most one per collection per minute:
     the conditional UPDATE is the claim)."""
-    from labeling.tasks import mine_pairs
-
     now = timezone.now()
     claimed = (
         LabelingSettings.objects.filter(pk=labeling.pk)
@@ -210,7 +206,20 @@ def _request_mining(collection: Collection, labeling: LabelingSettings) -> None:
         .update(mining_requested_at=now)
     )
     if claimed:
-        mine_pairs.delay_on_commit(collection.pk)
+        # After commit: the task must see the claim, and a rolled-back request queues nothing.
+        transaction.on_commit(lambda: _queue_mining(labeling.pk, collection.pk))
+
+
+def _queue_mining(settings_id: int, collection_id: int) -> None:
+    from labeling.tasks import mine_pairs
+
+    try:
+        mine_pairs.delay(collection_id)
+    except Exception:
+        # A broker outage must not fail the annotator's request: the queue still has pairs,
+        # and releasing the claim lets a later request try again.
+        log.exception("could not queue mining for collection %s", collection_id)
+        LabelingSettings.objects.filter(pk=settings_id).update(mining_requested_at=None)
 
 
 def _open_pairs(collection: Collection, now: datetime):
@@ -219,9 +228,7 @@ def _open_pairs(collection: Collection, now: datetime):
     )
 
 
-def next_pair(
-    collection: Collection, user: AbstractBaseUser, exclude: Iterable[int] = ()
-) -> Pair | None:
+def next_pair(collection: Collection, user: User, exclude: Iterable[int] = ()) -> Pair | None:
     """The next pair for `user`, leased to them; None when nothing is left to ask.
 
     A pair they already hold (a reloaded page) comes back first, except those in `exclude` (the
@@ -262,7 +269,7 @@ def next_pair(
                 Pair.objects.filter(pk__in=implied).update(status=Pair.Status.RETIRED)
             chosen = next((p for p in candidates if p.pk not in implied), None)
             if chosen is not None:
-                chosen.leased_by = user  # type: ignore[assignment]
+                chosen.leased_by = user
                 chosen.lease_expires_at = now + lease
                 chosen.save(update_fields=["leased_by", "lease_expires_at"])
         if chosen is not None:
@@ -279,7 +286,7 @@ def next_pair(
     return None
 
 
-def adjudicate(pair: Pair, curator: AbstractBaseUser, answer: str) -> None:
+def adjudicate(pair: Pair, curator: User, answer: str) -> None:
     """A curator's ruling on a pair: it overrides the majority and clears the flag."""
     if answer not in (Answer.SAME, Answer.DIFFERENT, Answer.UNSURE):
         raise ValueError("a ruling is same, different or unsure")
@@ -287,7 +294,7 @@ def adjudicate(pair: Pair, curator: AbstractBaseUser, answer: str) -> None:
         _lock_collection(pair.collection_id)
         pair = Pair.objects.select_for_update().get(pk=pair.pk)
         pair.adjudicated = answer
-        pair.adjudicated_by = curator  # type: ignore[assignment]
+        pair.adjudicated_by = curator
         pair.answered_at = timezone.now()
         pair.status = Pair.Status.ANSWERED
         pair.flagged = False
@@ -295,7 +302,7 @@ def adjudicate(pair: Pair, curator: AbstractBaseUser, answer: str) -> None:
         refresh_flags(pair.collection_id)
 
 
-def name_group(collection: Collection, image: Image, name: str, user: AbstractBaseUser) -> Group:
+def name_group(collection: Collection, image: Image, name: str, user: User) -> Group:
     """Names the group `image` belongs to; the name moves to this image as the group's anchor."""
     inference = infer(collection)
     root = inference.find(image.pk)
@@ -307,7 +314,7 @@ def name_group(collection: Collection, image: Image, name: str, user: AbstractBa
         )
 
 
-def counters(collection: Collection, user: AbstractBaseUser) -> dict[str, int]:
+def counters(collection: Collection, user: User) -> dict[str, int]:
     """What the labeling page shows: my answers, everybody's, implied pairs, open conflicts."""
     inference = infer(collection)
     return {
@@ -320,7 +327,7 @@ def counters(collection: Collection, user: AbstractBaseUser) -> dict[str, int]:
 
 def mark_many(
     collection: Collection,
-    user: AbstractBaseUser,
+    user: User,
     query_id: int,
     image_ids: Iterable[int],
     answer: str,

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.http import Http404, StreamingHttpResponse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
@@ -31,7 +31,7 @@ def _pair_for_user(request: Request, pair_id: int, min_role: int = Role.ANNOTATO
     return pair
 
 
-def _user(request: Request) -> AbstractBaseUser:
+def _user(request: Request) -> User:
     return request.user  # type: ignore[return-value]  # IsAuthenticated: never anonymous here
 
 

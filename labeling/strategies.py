@@ -38,8 +38,8 @@ class Candidate:
 def alpha_of(version: ModelVersion) -> float:
     """The cannot-link target distance the version was trained with (TrainConfig.alpha)."""
     config = version.config or {}
-    train = config.get("train") if isinstance(config.get("train"), dict) else {}
-    value = train.get("alpha", config.get("alpha", DEFAULT_ALPHA))
+    train = config.get("train")
+    value = (train if isinstance(train, dict) else config).get("alpha", DEFAULT_ALPHA)
     try:
         return float(value)
     except (TypeError, ValueError):

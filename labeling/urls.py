@@ -1,4 +1,4 @@
-"""Pages of the labeling app: label, groups (with the adjudication queue)."""
+"""Pages of the labeling app: label, groups (with the adjudication queue), one-to-many marks."""
 
 from __future__ import annotations
 
@@ -10,4 +10,5 @@ app_name = "labeling"
 urlpatterns = [
     path("collections/<int:pk>/label/", views.label, name="label"),
     path("collections/<int:pk>/groups/", views.groups, name="groups"),
+    path("collections/<int:pk>/mark/", views.mark, name="mark"),
 ]

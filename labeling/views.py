@@ -1,17 +1,119 @@
-"""Labeling pages; the answering itself goes through the JSON API (labeling/api.py)."""
+"""Labeling pages: label (answers go through the JSON API, labeling/api.py), groups with the
+adjudication queue, and the one-to-many form of the similar-images grid."""
 
 from __future__ import annotations
 
+from django.contrib import messages
 from django.contrib.auth.decorators import login_required
+from django.contrib.auth.models import User
+from django.core.exceptions import BadRequest
 from django.http import HttpRequest, HttpResponse
-from django.shortcuts import render
+from django.shortcuts import get_object_or_404, redirect, render
+from django.utils.http import url_has_allowed_host_and_scheme
+from django.views.decorators.http import require_http_methods, require_POST
+
+from labeling import actions
+from labeling.inference import infer
+from labeling.models import Answer, Constraint, Group, Pair
+from retrieval.models import Image
+from retrieval.permissions import Role, get_collection_for_user, role_in
+
+GROUPS_SHOWN = 100
+SAMPLES = 8
+
+
+def _user(request: HttpRequest) -> User:
+    return request.user  # type: ignore[return-value]  # login_required: never anonymous here
 
 
 @login_required
 def label(request: HttpRequest, pk: int) -> HttpResponse:
-    raise NotImplementedError
+    collection = get_collection_for_user(request.user, pk)
+    context = {"collection": collection, "counters": actions.counters(collection, _user(request))}
+    if request.htmx:  # type: ignore[attr-defined]  # django-htmx's middleware sets it
+        return render(request, "labeling/label.html#counters", context)
+    return render(request, "labeling/label.html", context)
 
 
 @login_required
+@require_http_methods(["GET", "POST"])
 def groups(request: HttpRequest, pk: int) -> HttpResponse:
-    raise NotImplementedError
+    collection = get_collection_for_user(request.user, pk)
+    is_curator = (role_in(request.user, collection) or 0) >= Role.CURATOR
+    if request.method == "POST":
+        get_collection_for_user(request.user, pk, Role.CURATOR)
+        if "pair" in request.POST:
+            pair = get_object_or_404(Pair, pk=request.POST["pair"], collection=collection)
+            ruling = request.POST.get("answer", "")
+            if ruling not in Answer.values:
+                raise BadRequest("a ruling is same, different or unsure")
+            actions.adjudicate(pair, _user(request), ruling)
+            messages.success(request, f"Ruled {ruling} on pair {pair.a_id}-{pair.b_id}.")
+        else:
+            image = get_object_or_404(Image, pk=request.POST.get("image"), collection=collection)
+            name = request.POST.get("name", "").strip()[:100]
+            if not name:
+                raise BadRequest("a group name cannot be empty")
+            actions.name_group(collection, image, name, _user(request))
+            messages.success(request, f"Named the group of {image.original_name} “{name}”.")
+        return redirect("labeling:groups", pk=collection.pk)
+    inference = infer(collection)
+    found = sorted(inference.groups().values(), key=lambda m: (-len(m), m[0]))[:GROUPS_SHOWN]
+    sample_ids = [i for members in found for i in members[:SAMPLES]]
+    images = Image.objects.in_bulk(sample_ids)
+    names = dict(Group.objects.filter(collection=collection).values_list("anchor_id", "name"))
+    rows = [
+        {
+            "size": len(members),
+            "anchor": members[0],
+            "name": next((names[i] for i in members if i in names), ""),
+            "samples": [images[i] for i in members[:SAMPLES] if i in images],
+        }
+        for members in found
+    ]
+    flagged = list(
+        Pair.objects.filter(collection=collection, flagged=True)
+        .select_related("a", "b")
+        .order_by("answered_at")[:50]
+    )
+    answers: dict[int, list[str]] = {}
+    for c in Constraint.objects.filter(pair__in=flagged).select_related("annotator"):
+        who = c.annotator.get_username() if c.annotator else c.annotator_name
+        answers.setdefault(c.pair_id, []).append(f"{who}: {c.answer}")
+    conflicts = [{"pair": p, "answers": answers.get(p.pk, [])} for p in flagged]
+    context = {
+        "collection": collection,
+        "groups": rows,
+        "group_count": len(inference.groups()),
+        "conflicts": conflicts,
+        "is_curator": is_curator,
+        "implied": inference.implied_count(),
+    }
+    return render(request, "labeling/groups.html", context)
+
+
+@login_required
+@require_POST
+def mark(request: HttpRequest, pk: int) -> HttpResponse:
+    """One-to-many from the similar-images grid: the selected images get the same answer."""
+    collection = get_collection_for_user(request.user, pk)
+    answer = request.POST.get("answer", "")
+    if answer not in (Answer.SAME, Answer.DIFFERENT):
+        raise BadRequest("mark them same or different")
+    try:
+        query = int(request.POST.get("query", ""))
+        chosen = [int(x) for x in request.POST.getlist("images")]
+    except ValueError:
+        raise BadRequest("image ids are numbers") from None
+    if chosen:
+        try:
+            stored = actions.mark_many(collection, _user(request), query, chosen, answer)
+        except Image.DoesNotExist:
+            raise BadRequest("every image must belong to this collection") from None
+        messages.success(request, f"Marked {stored} images {answer} as the query.")
+    else:
+        messages.info(request, "Select some images first.")
+    back = request.POST.get("next", "")
+    if url_has_allowed_host_and_scheme(back, {request.get_host()}):
+        return redirect(back)
+    return redirect("retrieval:similar", pk=collection.pk, image_pk=query)

@@ -42,7 +42,7 @@ def test_next_pair_leases_a_mined_pair(collection, images, annotator):
     assert body["a"]["url"].startswith("http://testserver/media/")
     pair = Pair.objects.get(pk=body["pair_id"])
     assert pair.leased_by == annotator
-    assert pair.lease_expires_at > timezone.now()
+    assert pair.lease_expires_at is not None and pair.lease_expires_at > timezone.now()
 
 
 def test_two_annotators_never_get_the_same_pair(collection, images, annotator, curator):

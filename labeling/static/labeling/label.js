@@ -1,0 +1,181 @@
+// The labeling loop in the browser: show a pair, keep the next one loaded, send answers through
+// an outbox that retries until the server has them (an idempotency key makes a retry harmless),
+// and undo the last answer. Keys: J same, K different, S unsure, U or Backspace undo.
+"use strict";
+(() => {
+  const root = document.getElementById("labeler");
+  if (!root) return;
+  const nextUrl = root.dataset.nextUrl;
+  const answerUrl = (id) => root.dataset.answerUrl.replace("/0/", `/${id}/`);
+  const undoUrl = (id) => root.dataset.undoUrl.replace("/0/", `/${id}/`);
+  const csrf = JSON.parse(document.body.getAttribute("hx-headers") || "{}")["X-CSRFToken"];
+  const imageA = document.getElementById("image-a");
+  const imageB = document.getElementById("image-b");
+  const status = document.getElementById("label-status");
+  const pendingNote = document.getElementById("pending");
+  const buttons = root.querySelectorAll("button");
+  const OUTBOX = `autoret-outbox-${nextUrl}`;
+
+  let current = null; // the pair on screen
+  let upcoming = null; // a promise of the next pair (or null when none is left)
+  const answered = []; // pairs answered on this page, most recent last, for undo
+  let outbox = JSON.parse(localStorage.getItem(OUTBOX) || "[]");
+  let sending = false;
+
+  const saveOutbox = () => localStorage.setItem(OUTBOX, JSON.stringify(outbox));
+  const newKey = () =>
+    crypto.randomUUID ? crypto.randomUUID() : `${Date.now()}-${Math.random().toString(16).slice(2)}`;
+  const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
+  async function request(url, options = {}) {
+    const headers = { "X-CSRFToken": csrf, Accept: "application/json", ...(options.headers || {}) };
+    return fetch(url, { credentials: "same-origin", ...options, headers });
+  }
+
+  function showPending() {
+    pendingNote.hidden = outbox.length === 0;
+    pendingNote.textContent = `${outbox.length} answer(s) waiting to be sent; retrying…`;
+  }
+
+  // Sends the outbox in order. Network errors and 5xx are retried with back-off forever (the
+  // answer stays in localStorage meanwhile); a 4xx is the server refusing it for good.
+  async function flush() {
+    if (sending) return;
+    sending = true;
+    let delay = 500;
+    while (outbox.length) {
+      const item = outbox[0];
+      let response = null;
+      try {
+        response = await request(answerUrl(item.pair_id), {
+          method: "POST",
+          headers: { "Content-Type": "application/json" },
+          body: JSON.stringify({ answer: item.answer, idempotency_key: item.key }),
+        });
+      } catch (error) {
+        response = null;
+      }
+      if (response && (response.ok || (response.status >= 400 && response.status < 500))) {
+        if (!response.ok) status.textContent = `An answer was refused (${response.status}).`;
+        outbox.shift();
+        saveOutbox();
+        delay = 500;
+        document.body.dispatchEvent(new Event("answered"));
+      } else {
+        showPending();
+        await sleep(delay);
+        delay = Math.min(delay * 2, 10000);
+      }
+      showPending();
+    }
+    sending = false;
+  }
+
+  // The next pair, leased to this annotator, its images fetched before they are shown.
+  async function fetchNext() {
+    const exclude = [current && current.pair_id, ...outbox.map((item) => item.pair_id)]
+      .filter(Boolean)
+      .join(",");
+    for (let delay = 500; ; delay = Math.min(delay * 2, 10000)) {
+      try {
+        const response = await request(`${nextUrl}?exclude=${exclude}`);
+        if (response.status === 204) return null;
+        if (response.ok) {
+          const pair = await response.json();
+          await Promise.all([pair.a.url, pair.b.url].map(preload));
+          return pair;
+        }
+      } catch (error) {
+        // Offline: try again below.
+      }
+      status.textContent = "Cannot reach the server; retrying…";
+      await sleep(delay);
+    }
+  }
+
+  function preload(url) {
+    return new Promise((resolve) => {
+      const image = new Image();
+      image.onload = image.onerror = resolve;
+      image.src = url;
+    });
+  }
+
+  function show(pair) {
+    current = pair;
+    const enabled = Boolean(pair);
+    buttons.forEach((button) => {
+      button.disabled = button.hasAttribute("data-undo") ? answered.length === 0 : !enabled;
+    });
+    if (!pair) {
+      imageA.removeAttribute("src");
+      imageB.removeAttribute("src");
+      status.textContent = "Nothing left to label right now. New pairs come after the next model.";
+      return;
+    }
+    imageA.src = pair.a.url;
+    imageB.src = pair.b.url;
+    root.dataset.pairId = pair.pair_id;
+    status.textContent = `Pair ${pair.pair_id}${pair.strategy ? ` (${pair.strategy})` : ""}`;
+    upcoming = fetchNext();
+  }
+
+  async function answer(value) {
+    if (!current) return;
+    outbox.push({ pair_id: current.pair_id, answer: value, key: newKey() });
+    saveOutbox();
+    answered.push(current);
+    const waiting = upcoming;
+    current = null;
+    flush();
+    show(await waiting);
+  }
+
+  async function undo() {
+    const last = answered.pop();
+    if (!last) return;
+    const queued = outbox.findIndex((item) => item.pair_id === last.pair_id);
+    if (queued > 0 || (queued === 0 && !sending)) {
+      // Never sent: taking it out of the outbox is the whole undo.
+      outbox.splice(queued, 1);
+      saveOutbox();
+    } else {
+      while (outbox.some((item) => item.pair_id === last.pair_id)) await sleep(100);
+      const response = await request(undoUrl(last.pair_id), { method: "POST" });
+      if (!response.ok && response.status !== 404) {
+        answered.push(last);
+        status.textContent = "Undo failed; try again.";
+        return;
+      }
+      document.body.dispatchEvent(new Event("answered"));
+    }
+    // The shown pair stays leased to this annotator and comes back from /next/ later.
+    show(last);
+  }
+
+  root.addEventListener("click", (event) => {
+    const button = event.target.closest("button");
+    if (!button || button.disabled) return;
+    if (button.hasAttribute("data-undo")) undo();
+    else answer(button.dataset.answer);
+  });
+
+  document.addEventListener("keydown", (event) => {
+    if (event.ctrlKey || event.metaKey || event.altKey || event.repeat) return;
+    if (event.target.closest && event.target.closest("input, textarea, select")) return;
+    const key = event.key.toLowerCase();
+    const actions = { j: "same", k: "different", s: "unsure" };
+    if (actions[key]) {
+      event.preventDefault();
+      answer(actions[key]);
+    } else if (key === "u" || key === "backspace") {
+      event.preventDefault();
+      undo();
+    }
+  });
+
+  window.addEventListener("online", flush);
+  showPending();
+  flush();
+  fetchNext().then(show);
+})();

@@ -1,0 +1,50 @@
+"""Labeling in a real browser: keyboard answers, undo, counters."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from labeling.models import Constraint
+from tests.labeling.conftest import add_images, add_version
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture(autouse=True)
+def media_root(settings, tmp_path):
+    settings.MEDIA_ROOT = tmp_path / "media"
+
+
+def test_answer_pairs_with_the_keyboard_undo_one_and_see_counters(
+    logged_in_page, live_server, collection
+):
+    from playwright.sync_api import expect
+
+    images = add_images(collection, 16)
+    add_version(collection, images, number=1, seed=3)
+    page = logged_in_page
+    page.goto(f"{live_server.url}/collections/{collection.pk}/label/")
+    mine = page.locator('[data-counter="mine"]')
+    expect(mine).to_have_text("0")
+    expect(page.locator("#label-status")).to_have_text(re.compile(r"^Pair \d+"))
+    first = page.locator("#labeler").get_attribute("data-pair-id")
+
+    page.keyboard.press("j")
+    expect(page.locator("#labeler")).not_to_have_attribute("data-pair-id", first or "")
+    second = page.locator("#labeler").get_attribute("data-pair-id")
+    page.keyboard.press("k")
+    expect(page.locator("#labeler")).not_to_have_attribute("data-pair-id", second or "")
+    third = page.locator("#labeler").get_attribute("data-pair-id")
+    page.keyboard.press("s")
+    expect(mine).to_have_text("3")
+
+    page.keyboard.press("u")
+    expect(mine).to_have_text("2")
+    # Undo brings the last answered pair back on screen.
+    expect(page.locator("#labeler")).to_have_attribute("data-pair-id", third or "")
+    page.get_by_role("button", name="Same").click()
+    expect(mine).to_have_text("3")
+    answers = sorted(Constraint.objects.values_list("answer", flat=True))
+    assert answers == ["different", "same", "same"]

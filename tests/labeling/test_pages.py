@@ -1,0 +1,79 @@
+"""The labeling pages through the test client: label (and its counters partial), groups with
+naming and adjudication, one-to-many marks from the similar-images grid."""
+
+from __future__ import annotations
+
+import pytest
+from django.test import Client
+
+from labeling import actions
+from labeling.models import Answer, Group, Pair
+
+pytestmark = pytest.mark.django_db
+
+
+def logged_in(user) -> Client:
+    client = Client()
+    client.force_login(user)
+    return client
+
+
+def test_label_page_shows_counters_and_the_htmx_partial(collection, images, annotator):
+    pair = actions.pair_for(collection, images[0].pk, images[1].pk)
+    actions.record_answer(pair, annotator, Answer.SAME)
+    client = logged_in(annotator)
+    page = client.get(f"/collections/{collection.pk}/label/")
+    assert page.status_code == 200
+    assert b'data-counter="mine">1<' in page.content
+    assert b"labeling/label.js" in page.content
+    partial = client.get(f"/collections/{collection.pk}/label/", headers={"HX-Request": "true"})
+    assert partial.content.strip().startswith(b'<p id="counters"')
+
+
+def test_outsider_gets_404_on_labeling_pages(collection, outsider):
+    client = logged_in(outsider)
+    assert client.get(f"/collections/{collection.pk}/label/").status_code == 404
+    assert client.get(f"/collections/{collection.pk}/groups/").status_code == 404
+
+
+def test_curator_names_a_group_and_rules_on_a_conflict(collection, images, annotator, curator):
+    x = images
+    for a, b, value in ((0, 1, Answer.SAME), (1, 2, Answer.SAME), (0, 2, Answer.DIFFERENT)):
+        actions.record_answer(actions.pair_for(collection, x[a].pk, x[b].pk), annotator, value)
+    conflict = Pair.objects.get(flagged=True)
+    client = logged_in(curator)
+    page = client.get(f"/collections/{collection.pk}/groups/")
+    assert b"Conflicts to adjudicate (1)" in page.content
+    assert b"3 images" in page.content
+    client.post(f"/collections/{collection.pk}/groups/", {"image": x[0].pk, "name": "boots"})
+    assert Group.objects.get().name == "boots"
+    client.post(f"/collections/{collection.pk}/groups/", {"pair": conflict.pk, "answer": "same"})
+    conflict.refresh_from_db()
+    assert (conflict.adjudicated, conflict.flagged) == (Answer.SAME, False)
+    assert b"<strong>boots</strong>" in client.get(f"/collections/{collection.pk}/groups/").content
+
+
+def test_annotator_sees_groups_but_cannot_name_or_adjudicate(collection, images, annotator):
+    client = logged_in(annotator)
+    assert client.get(f"/collections/{collection.pk}/groups/").status_code == 200
+    response = client.post(
+        f"/collections/{collection.pk}/groups/", {"image": images[0].pk, "name": "x"}
+    )
+    assert response.status_code == 403
+    assert not Group.objects.exists()
+
+
+def test_similar_grid_marks_selected_neighbours_in_one_action(collection, images, annotator):
+    client = logged_in(annotator)
+    similar = client.get(f"/collections/{collection.pk}/images/{images[0].pk}/similar/")
+    assert b'form="mark-form"' in similar.content
+    response = client.post(
+        f"/collections/{collection.pk}/mark/",
+        {"query": images[0].pk, "answer": "different", "images": [images[1].pk, images[2].pk]},
+    )
+    assert response.status_code == 302
+    pairs = Pair.objects.order_by("b_id")
+    assert [(p.a_id, p.b_id, p.resolved) for p in pairs] == [
+        (images[0].pk, images[1].pk, Answer.DIFFERENT),
+        (images[0].pk, images[2].pk, Answer.DIFFERENT),
+    ]
