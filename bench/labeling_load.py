@@ -1,0 +1,187 @@
+"""Load benchmark of the pair queue: N simulated annotators against the running platform.
+
+    make run                                   # in another terminal: the platform on :8000
+    .venv/bin/python bench/labeling_load.py --users 20 --seconds 60
+
+Each annotator is its own HTTP client (one keep-alive connection, its own API token) that
+loops GET /api/v1/collections/{id}/pairs/next/ then POST /api/v1/pairs/{id}/answer/ with a fresh
+idempotency key; one answer in ten is sent twice with the same key, as a page retrying after a
+lost response would. Afterwards the database is checked: every acknowledged key must have exactly
+one stored answer (lost = none, duplicated = more than one) and no pair may have been answered by
+two bench annotators (two annotators held it at once). Prints one Markdown table.
+
+Accounts `bench-annotator-N` are created as annotators of the collection (the first collection
+with an active version unless --collection is given); their answers stay in the database.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import random
+import statistics
+import sys
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
+
+
+@dataclass
+class Annotator:
+    username: str
+    token: str
+    latencies: list[float] = field(default_factory=list)
+    acknowledged: set[str] = field(default_factory=set)
+    errors: int = 0
+    empty: int = 0
+
+
+def setup(collection_id: int | None, users: int) -> tuple[int, list[Annotator]]:
+    import django
+
+    django.setup()
+    from django.contrib.auth.models import User
+    from rest_framework.authtoken.models import Token
+
+    from retrieval.models import Collection, Membership
+
+    collections = Collection.objects.filter(active_version__isnull=False).order_by("pk")
+    collection = collections.get(pk=collection_id) if collection_id else collections.first()
+    if collection is None:
+        sys.exit("no collection with an active model version: run `make run` and wait for the demo")
+    annotators = []
+    for i in range(users):
+        user, _ = User.objects.get_or_create(username=f"bench-annotator-{i}")
+        Membership.objects.get_or_create(
+            collection=collection, user=user, defaults={"role": Membership.Role.ANNOTATOR}
+        )
+        token, _ = Token.objects.get_or_create(user=user)
+        annotators.append(Annotator(user.username, token.key))
+    return collection.pk, annotators
+
+
+def run_annotator(
+    base: str, collection_id: int, annotator: Annotator, deadline: float, seed: int
+) -> None:
+    parts = urlsplit(base)
+    host, port = parts.hostname or "127.0.0.1", parts.port or 80
+    connection = http.client.HTTPConnection(host, port, timeout=30)
+    headers = {"Authorization": f"Token {annotator.token}", "Content-Type": "application/json"}
+    rng = random.Random(seed)
+
+    def call(method: str, path: str, body: dict | None = None) -> tuple[int, bytes]:
+        payload = json.dumps(body) if body is not None else None
+        connection.request(method, path, body=payload, headers=headers)
+        response = connection.getresponse()
+        return response.status, response.read()
+
+    while time.monotonic() < deadline:
+        started = time.perf_counter()
+        try:
+            status, body = call("GET", f"/api/v1/collections/{collection_id}/pairs/next/")
+            if status == 204:
+                annotator.empty += 1
+                time.sleep(0.2)
+                continue
+            if status != 200:
+                annotator.errors += 1
+                continue
+            pair = json.loads(body)
+            key = str(uuid.uuid4())
+            answer = rng.choice(["same", "different", "different", "unsure"])
+            sends = 2 if rng.random() < 0.1 else 1
+            for _ in range(sends):
+                status, _ = call(
+                    "POST",
+                    f"/api/v1/pairs/{pair['pair_id']}/answer/",
+                    {"answer": answer, "idempotency_key": key},
+                )
+                if status in (200, 201):
+                    annotator.acknowledged.add(key)
+                else:
+                    annotator.errors += 1
+            annotator.latencies.append(time.perf_counter() - started)
+        except (OSError, http.client.HTTPException):
+            annotator.errors += 1
+            connection.close()
+            connection = http.client.HTTPConnection(host, port, timeout=30)
+    connection.close()
+
+
+def audit(annotators: list[Annotator], collection_id: int) -> tuple[int, int, int]:
+    """(lost, duplicated, pairs answered by two bench annotators) from the database."""
+    from django.db.models import Count
+
+    from labeling.models import Constraint, ConstraintRevision
+
+    names = [a.username for a in annotators]
+    acknowledged = {key for a in annotators for key in a.acknowledged}
+    stored = (
+        ConstraintRevision.objects.filter(
+            annotator__username__in=names, idempotency_key__in=acknowledged
+        )
+        .values("idempotency_key")
+        .annotate(n=Count("id"))
+    )
+    counts = {row["idempotency_key"]: row["n"] for row in stored}
+    lost = sum(1 for key in acknowledged if key not in counts)
+    duplicated = sum(n - 1 for n in counts.values() if n > 1)
+    double_served = (
+        Constraint.objects.filter(pair__collection_id=collection_id, annotator__username__in=names)
+        .values("pair_id")
+        .annotate(n=Count("annotator", distinct=True))
+        .filter(n__gt=1)
+        .count()
+    )
+    return lost, duplicated, double_served
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--url", default="http://127.0.0.1:8000")
+    parser.add_argument("--collection", type=int, default=None)
+    parser.add_argument("--users", type=int, default=20)
+    parser.add_argument("--seconds", type=float, default=60)
+    args = parser.parse_args()
+    collection_id, annotators = setup(args.collection, args.users)
+    deadline = time.monotonic() + args.seconds
+    threads = [
+        threading.Thread(target=run_annotator, args=(args.url, collection_id, a, deadline, i))
+        for i, a in enumerate(annotators)
+    ]
+    began = time.monotonic()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    elapsed = time.monotonic() - began
+    latencies = sorted(x for a in annotators for x in a.latencies)
+    answers = len(latencies)
+    lost, duplicated, double_served = audit(annotators, collection_id)
+    p50 = statistics.median(latencies) * 1000 if latencies else float("nan")
+    p95 = latencies[int(0.95 * (answers - 1))] * 1000 if latencies else float("nan")
+    print(
+        f"{args.users} annotators, {args.seconds:.0f} s, collection {collection_id}, {args.url}\n"
+    )
+    print(
+        "| answers | answers/s | p50 next+answer (ms) | p95 (ms) | errors | empty queue | "
+        "lost | duplicated | pairs held twice |"
+    )
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print(
+        f"| {answers} | {answers / elapsed:.1f} | {p50:.1f} | {p95:.1f} | "
+        f"{sum(a.errors for a in annotators)} | {sum(a.empty for a in annotators)} | "
+        f"{lost} | {duplicated} | {double_served} |"
+    )
+
+
+if __name__ == "__main__":
+    main()
