@@ -1,0 +1,277 @@
+"""Labels-to-quality: how fast each pair strategy turns answers into retrieval quality.
+
+    .venv/bin/python bench/active_learning.py --rounds 8 --batch 250 --out var/bench/active-learning
+    .venv/bin/python bench/active_learning.py --train-size 500 --queries 100 --rounds 1 --batch 20 \
+        --images-per-round 256          # a smoke run (about a minute)
+
+A simulated annotator answers from Fashion-MNIST's true classes (same class = "same"). For each
+strategy row (the collection's default mix, each strategy alone, and `random`) the loop is the
+platform's own: `labeling.strategies.mine` queues B pairs of the active version, the annotator
+answers them through `labeling.actions.record_answer`, `labeling.training.known_constraints`
+gives the must/cannot-links, the network trains for a fixed budget of images from the previous
+round's weights, the train subset is re-embedded into a new active version, and mAP@1000 is
+measured with test images as queries against the train subset (`evaluate_retrieval`). Every row
+starts from the same seeded network and its round-0 embedding.
+
+Runs in its own database (`autoret_bench_al`, created, migrated and dropped afterwards). Prints the
+labels-to-quality table (mAP@1000 after each number of answers) and the answers each strategy
+needed to reach the mAP random reaches at the end; --out writes results.json and a PNG plot when
+matplotlib is installed. Record the numbers in docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+BENCH_DB = "autoret_bench_al"
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+os.environ["AUTORET_DB_NAME"] = BENCH_DB
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
+
+from retrieval.autoret.data import ImageSet, load_dataset  # noqa: E402
+from retrieval.autoret.embed import embed_images  # noqa: E402
+from retrieval.autoret.evaluate import evaluate_retrieval  # noqa: E402
+from retrieval.autoret.model import AutoRet, create_model  # noqa: E402
+from retrieval.autoret.pairs import KnownPairs  # noqa: E402
+from retrieval.autoret.train import TrainConfig, train  # noqa: E402
+
+# The narrow network of bench/retrieval_quality.py: trains at CPU speed.
+MODEL: dict[str, Any] = {
+    "widths": (16, 32, 64),
+    "context_channels": 64,
+    "patch_dim": 128,
+    "rnn_hidden": 128,
+}
+ROWS = ["default", "uncertain", "disagreement", "diverse", "merge-gain", "random"]
+
+
+def subset(data: ImageSet, n: int | None, seed: int) -> ImageSet:
+    if n is None or n >= len(data):
+        return data
+    index = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))[:n]
+    assert data.labels is not None
+    return ImageSet(data.images[index], data.labels[index])
+
+
+def make_collection(name: str, data: ImageSet) -> tuple[Any, list[int]]:
+    """A collection whose image rows stand for the train subset (no files: only vectors and
+    the true class, which the simulated annotator reads)."""
+    from retrieval.models import Collection, Image
+
+    assert data.labels is not None
+    collection = Collection.objects.create(name=name)
+    rows = [
+        Image(
+            collection=collection,
+            file=f"bench/{i}.png",
+            sha256=f"{name}-{i}",
+            width=28,
+            height=28,
+            format="PNG",
+            original_name=f"{i}.png",
+            label=str(int(label)),
+        )
+        for i, label in enumerate(data.labels.tolist())
+    ]
+    Image.objects.bulk_create(rows, batch_size=2000)
+    ids = list(
+        Image.objects.filter(collection=collection).order_by("id").values_list("id", flat=True)
+    )
+    return collection, ids
+
+
+def new_version(collection: Any, ids: list[int], vectors: np.ndarray, alpha: float) -> None:
+    from retrieval import queries
+    from retrieval.models import ModelVersion
+
+    number = ModelVersion.objects.filter(collection=collection).count() + 1
+    version = ModelVersion.objects.create(
+        collection=collection,
+        number=number,
+        kind=ModelVersion.Kind.TRAINED,
+        status=ModelVersion.Status.READY,
+        config={"train": {"alpha": alpha}},
+    )
+    queries.copy_embeddings(version, ids, vectors)
+    queries.build_index(version)
+    collection.active_version = version
+    collection.save(update_fields=["active_version"])
+
+
+def run_row(
+    row: str, args: argparse.Namespace, train_set: ImageSet, queries: ImageSet, base: AutoRet
+) -> list[dict[str, float]]:
+    from django.contrib.auth.models import User
+
+    from labeling import actions, strategies
+    from labeling.models import Pair
+    from labeling.training import known_constraints
+
+    assert train_set.labels is not None and queries.labels is not None
+    collection, ids = make_collection(f"al-{row}-{time.time_ns()}", train_set)
+    index_of = {image_id: i for i, image_id in enumerate(ids)}
+    label_of = dict(zip(ids, train_set.labels.tolist(), strict=True))
+    oracle, _ = User.objects.get_or_create(username="bench-oracle")
+    settings = strategies.settings_for(collection)
+    if row != "default":
+        settings.strategy_mix = {row: 1.0}
+        settings.save()
+    model = create_model("autoret", in_channels=1, image_size=28, **MODEL)
+    model.load_state_dict(base.state_dict())
+    cfg = TrainConfig(
+        batch_size=args.batch_size,
+        alpha=args.alpha,
+        seed=args.seed,
+        epochs=math.ceil(args.images_per_round / (2 * args.batch_size))
+        / math.ceil(len(train_set) / args.batch_size),
+        checkpoint_every_s=1e9,
+        progress_bar=False,
+        amp=False,
+    )
+    db = embed_images(model, train_set, 512)
+    new_version(collection, ids, db, args.alpha)
+    q = embed_images(model, queries, 512)
+    curve = [
+        {"answers": 0, "map": evaluate_retrieval(q, queries.labels, db, train_set.labels)["map"]}
+    ]
+    answers = 0
+    for round_number in range(1, args.rounds + 1):
+        collection.refresh_from_db()
+        strategies.mine(collection, n=args.batch, seed=args.seed + round_number)
+        for pair in Pair.objects.filter(collection=collection, status=Pair.Status.QUEUED)[
+            : args.batch
+        ]:
+            same = label_of[pair.a_id] == label_of[pair.b_id]
+            actions.record_answer(pair, oracle, "same" if same else "different")
+            answers += 1
+        Pair.objects.filter(collection=collection, status=Pair.Status.QUEUED).delete()
+        must, cannot = known_constraints(collection)
+        known = KnownPairs.from_constraints(
+            len(ids),
+            [(index_of[a], index_of[b]) for a, b in must],
+            [(index_of[a], index_of[b]) for a, b in cannot],
+        )
+        train(model, train_set, cfg, known=known)
+        db = embed_images(model, train_set, 512)
+        new_version(collection, ids, db, args.alpha)
+        q = embed_images(model, queries, 512)
+        score = evaluate_retrieval(q, queries.labels, db, train_set.labels)["map"]
+        curve.append({"answers": answers, "map": score})
+        print(f"  {row}: {answers} answers, mAP@1000 {score:.4f}", file=sys.stderr, flush=True)
+    return curve
+
+
+def answers_to_reach(curve: list[dict[str, float]], target: float) -> float | None:
+    return next((p["answers"] for p in curve if p["map"] >= target), None)
+
+
+def drop_database() -> None:
+    import psycopg
+    from django.conf import settings
+    from django.db import connections
+
+    from config.embedded import ensure_postgres
+
+    connections.close_all()
+    assert settings.EMBEDDED_POSTGRES_DIR is not None
+    address = ensure_postgres(settings.EMBEDDED_POSTGRES_DIR, "postgres")
+    with psycopg.connect(
+        host=address.socket_dir, port=address.port, user="postgres", dbname="postgres",
+        autocommit=True,
+    ) as conn:  # fmt: skip
+        conn.execute(f"DROP DATABASE IF EXISTS {BENCH_DB} WITH (FORCE)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--rows", default=",".join(ROWS))
+    parser.add_argument("--rounds", type=int, default=8)
+    parser.add_argument("--batch", type=int, default=250, help="answers per round (B)")
+    parser.add_argument("--images-per-round", type=int, default=16_384)
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--alpha", type=float, default=10.0)
+    parser.add_argument("--train-size", type=int, default=5_000)
+    parser.add_argument("--queries", type=int, default=1_000)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+    rows = [r for r in args.rows.split(",") if r]
+    unknown = set(rows) - set(ROWS)
+    if unknown:
+        sys.exit(f"error: unknown rows {', '.join(sorted(unknown))}; choose from {', '.join(ROWS)}")
+
+    import django
+
+    django.setup()
+    from django.conf import settings
+    from django.core.management import call_command
+
+    if settings.EMBEDDED_POSTGRES_DIR is None:
+        sys.exit(
+            "error: bench/active_learning.py runs on the embedded PostgreSQL; unset DATABASE_URL"
+        )
+    torch.manual_seed(args.seed)
+    train_set = subset(load_dataset("fashion-mnist:train"), args.train_size, args.seed)
+    queries = subset(load_dataset("fashion-mnist:test"), args.queries, args.seed + 1)
+    base = create_model("autoret", in_channels=1, image_size=28, **MODEL)
+    drop_database()  # a killed earlier run leaves it behind
+    curves: dict[str, list[dict[str, float]]] = {}
+    try:
+        call_command("migrate", verbosity=0)
+        for row in rows:
+            curves[row] = run_row(row, args, train_set, queries, base)
+    finally:
+        drop_database()
+    print(
+        f"# active learning: {datetime.date.today()}, {os.cpu_count()} CPUs, train {len(train_set)}"
+        f", queries {len(queries)}, B={args.batch}, {args.images_per_round} images/round\n"
+    )
+    steps = [p["answers"] for p in next(iter(curves.values()))]
+    print(
+        "| strategy | " + " | ".join(f"{a:.0f}" for a in steps) + " | answers to random's final |"
+    )
+    print("|---|" + "---:|" * (len(steps) + 1))
+    target = curves["random"][-1]["map"] if "random" in curves else None
+    for row, curve in curves.items():
+        reach = answers_to_reach(curve, target) if target is not None else None
+        cells = " | ".join(f"{p['map']:.4f}" for p in curve)
+        print(f"| {row} | {cells} | {'-' if reach is None else f'{reach:.0f}'} |")
+    if args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "results.json").write_text(
+            json.dumps({"args": vars(args) | {"out": str(args.out)}, "curves": curves}, indent=2)
+        )
+        try:
+            import matplotlib
+
+            matplotlib.use("Agg")
+            import matplotlib.pyplot as plt
+        except ImportError:
+            return
+        figure, axes = plt.subplots(figsize=(7, 4.5))
+        for row, curve in curves.items():
+            axes.plot(
+                [p["answers"] for p in curve], [p["map"] for p in curve], marker="o", label=row
+            )
+        axes.set_xlabel("answers")
+        axes.set_ylabel("mAP@1000")
+        axes.legend()
+        figure.tight_layout()
+        figure.savefig(args.out / "labels-to-quality.png", dpi=120)
+
+
+if __name__ == "__main__":
+    main()
