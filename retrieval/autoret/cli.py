@@ -50,6 +50,12 @@ def _parser() -> argparse.ArgumentParser:
         help="use the labels of this fraction of the images as known pairs",
     )
     t.add_argument("--alpha", type=float, default=TrainConfig.alpha)
+    t.add_argument(
+        "--pairing",
+        choices=["sampled", "batch-all"],
+        default=TrainConfig.pairing,
+        help="sampled: the paper's B pairs per step; batch-all: every pair of 2B views (ours)",
+    )
     t.add_argument("--batch-size", type=int, default=TrainConfig.batch_size, help="pairs per step")
     t.add_argument("--lr", type=float, default=TrainConfig.lr)
     t.add_argument("--seed", type=int, default=TrainConfig.seed)
@@ -94,6 +100,7 @@ def _train(args: argparse.Namespace) -> None:
     model = create_model(args.model, in_channels=data.channels, **overrides)
     cfg = TrainConfig(
         alpha=args.alpha,
+        pairing=args.pairing,
         batch_size=args.batch_size,
         lr=args.lr,
         epochs=args.epochs,

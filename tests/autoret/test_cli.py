@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from retrieval.autoret.checkpoint import read_info
 from retrieval.autoret.cli import main
 
 REPO = Path(__file__).resolve().parents[2]
@@ -156,3 +157,13 @@ def test_bad_data_path_from_the_command_line_is_one_error_line(tmp_path: Path) -
     assert completed.stdout == ""
     assert completed.stderr.startswith("error: ") and completed.stderr.count("\n") == 1
     assert "missing" in completed.stderr
+
+
+def test_train_with_batch_all_pairing_records_it_in_the_checkpoint(
+    tiny_npz: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "ckpt"
+    argv = ["train", "--data", str(tiny_npz), "--out", str(out), "--epochs", "1"]
+    assert main([*argv, "--batch-size", "8", "--pairing", "batch-all", "--no-progress"]) == 0
+    assert json.loads(capsys.readouterr().out)["steps"] == 3
+    assert read_info(out)["train"]["pairing"] == "batch-all"
