@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 
+from django.contrib.auth.models import User
 from django.db import transaction
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
@@ -192,10 +193,15 @@ def parse(collection: Collection, text: str, fmt: str) -> list[Row]:
 
 def import_constraints(collection: Collection, text: str, fmt: str) -> int:
     """Stores the file's constraints as imported answers (one per pair and annotator name, so
-    importing the same file twice changes nothing); all or nothing. Returns rows stored."""
+    importing the same file twice changes nothing, nor does reading back this collection's own
+    export); all or nothing. Returns the answers stored."""
     if fmt not in ("csv", "jsonl"):
         raise ImportFailed([f"unknown format {fmt!r}: csv or jsonl"])
     rows = parse(collection, text, fmt)
+    accounts = {
+        u.get_username(): u for u in User.objects.filter(username__in={r.annotator for r in rows})
+    }
+    stored = 0
     with transaction.atomic():
         _lock_collection(collection.pk)
         touched: dict[int, Pair] = {}
@@ -204,6 +210,12 @@ def import_constraints(collection: Collection, text: str, fmt: str) -> int:
             pair, _ = Pair.objects.get_or_create(
                 collection=collection, a_id=a, b_id=b, defaults={"status": Pair.Status.ANSWERED}
             )
+            account = accounts.get(row.annotator)
+            if account and Constraint.objects.filter(pair=pair, annotator=account).exists():
+                # This collection's own export read back in: the answer is already here, and a
+                # second copy under the same name would count twice in the majority.
+                continue
+            stored += 1
             Constraint.objects.update_or_create(
                 pair=pair,
                 annotator=None,
@@ -216,4 +228,4 @@ def import_constraints(collection: Collection, text: str, fmt: str) -> int:
             _resolve(pair)
             pair.save()
         refresh_flags(collection.pk)
-    return len(rows)
+    return stored

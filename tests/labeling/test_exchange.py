@@ -124,3 +124,11 @@ def test_groups_export_carries_the_curators_name(curator_client, collection, ans
     lines = b"".join(response.streaming_content).decode().splitlines()
     assert lines[0] == "group,name,image_id,original_name"
     assert lines[1:] == [f"1,sneakers,{answered[i].pk},img00{i}.png" for i in range(3)]
+
+
+def test_importing_a_collections_own_export_adds_nothing(curator_client, collection, answered):
+    exported = export(curator_client, collection, "csv")
+    response = upload(curator_client, collection, "c.csv", exported)
+    assert response.json() == {"stored": 0}
+    assert Constraint.objects.count() == 4
+    assert Pair.objects.get(a=answered[0], b=answered[1]).agreement == 1.0
