@@ -48,3 +48,30 @@ def test_answer_pairs_with_the_keyboard_undo_one_and_see_counters(
     expect(mine).to_have_text("3")
     answers = sorted(Constraint.objects.values_list("answer", flat=True))
     assert answers == ["different", "same", "same"]
+
+
+def test_an_answer_whose_request_fails_is_retried_and_stored_once(
+    logged_in_page, live_server, collection
+):
+    from playwright.sync_api import expect
+
+    images = add_images(collection, 12)
+    add_version(collection, images, number=1, seed=4)
+    page = logged_in_page
+    failures = {"left": 2}
+
+    def flaky(route) -> None:
+        # The network drops the first two attempts; the page must keep the answer and retry.
+        if failures["left"]:
+            failures["left"] -= 1
+            route.abort()
+        else:
+            route.continue_()
+
+    page.route("**/answer/", flaky)
+    page.goto(f"{live_server.url}/collections/{collection.pk}/label/")
+    expect(page.locator("#label-status")).to_have_text(re.compile(r"^Pair \d+"))
+    page.get_by_role("button", name="Different").click()
+    expect(page.locator('[data-counter="mine"]')).to_have_text("1")
+    assert failures["left"] == 0
+    assert list(Constraint.objects.values_list("answer", flat=True)) == ["different"]
