@@ -273,7 +273,8 @@ def next_pair(collection: Collection, user: User, exclude: Iterable[int] = ()) -
                 chosen.lease_expires_at = now + lease
                 chosen.save(update_fields=["leased_by", "lease_expires_at"])
         if chosen is not None:
-            if _open_pairs(collection, now).count() < labeling.low_water:
+            stale = labeling.mined_version_id != collection.active_version_id
+            if stale or _open_pairs(collection, now).count() < labeling.low_water:
                 _request_mining(collection, labeling)
             return chosen
         # An empty queue: mine a small batch now rather than show an idle annotator nothing.

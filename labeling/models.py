@@ -12,7 +12,7 @@ from __future__ import annotations
 from django.conf import settings
 from django.db import models
 
-from retrieval.models import Collection, Image
+from retrieval.models import Collection, Image, ModelVersion
 
 
 class Answer(models.TextChoices):
@@ -66,6 +66,10 @@ class LabelingSettings(models.Model):
     low_water = models.PositiveIntegerField(default=50)
     # Claimed by a conditional UPDATE so at most one mining task is queued per collection.
     mining_requested_at = models.DateTimeField(null=True, blank=True)
+    # The version the queue was last mined from: a newly activated version triggers mining.
+    mined_version = models.ForeignKey(
+        ModelVersion, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
 
 
 class Pair(models.Model):
@@ -79,6 +83,10 @@ class Pair(models.Model):
     a = models.ForeignKey(Image, on_delete=models.CASCADE, related_name="+")
     b = models.ForeignKey(Image, on_delete=models.CASCADE, related_name="+")
     strategy = models.CharField(max_length=16, choices=Strategy.choices, blank=True)
+    # The version whose embeddings proposed it; null for answered-first and imported pairs.
+    version = models.ForeignKey(
+        ModelVersion, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
     score = models.FloatField(default=0.0)
     status = models.CharField(max_length=10, choices=Status.choices, default=Status.QUEUED)
     leased_by = models.ForeignKey(

@@ -14,6 +14,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
+from django.db import transaction
+from django.db.models import Q
+from django.utils import timezone
 
 from labeling.inference import Inference, infer
 from labeling.models import DEFAULT_MIX, LabelingSettings, Pair, Strategy
@@ -271,8 +274,18 @@ def mine(collection: Collection, n: int | None = None, seed: int | None = None) 
             b_id=max(c.a, c.b),
             strategy=name,
             score=c.score,
+            version=version,
         )
         for _, name, c in ordered
     ]
-    created = Pair.objects.bulk_create(pairs, ignore_conflicts=True)
+    now = timezone.now()
+    with transaction.atomic():
+        # Pairs scored by an older version's embeddings go; nobody holds or answered them.
+        Pair.objects.filter(
+            collection=collection, status=Pair.Status.QUEUED, answer_count=0
+        ).filter(Q(lease_expires_at__isnull=True) | Q(lease_expires_at__lt=now)).exclude(
+            version=version
+        ).exclude(version__isnull=True).update(status=Pair.Status.RETIRED)
+        created = Pair.objects.bulk_create(pairs, ignore_conflicts=True)
+        LabelingSettings.objects.filter(pk=labeling.pk).update(mined_version=version)
     return len(created)

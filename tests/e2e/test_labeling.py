@@ -13,7 +13,7 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 
 @pytest.fixture(autouse=True)
-def media_root(settings, tmp_path):
+def media_root(settings, tmp_path, live_redis):  # noqa: ARG001 - mining requests go to the test Redis
     settings.MEDIA_ROOT = tmp_path / "media"
 
 

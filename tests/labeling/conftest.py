@@ -18,6 +18,13 @@ from retrieval.models import Collection, Image, ModelVersion
 
 
 @pytest.fixture(autouse=True)
+def _test_redis(live_redis: str) -> str:
+    # The queue asks for mining through Celery: its messages go to the test Redis, never to the
+    # development stack's.
+    return live_redis
+
+
+@pytest.fixture(autouse=True)
 def media_root(settings, tmp_path: Path) -> Path:
     root = tmp_path / "media"
     settings.MEDIA_ROOT = root
