@@ -137,8 +137,14 @@ def counters(request: Request, pk: int) -> Response:
 
 class MarkSerializer(serializers.Serializer):
     query = serializers.IntegerField()
-    answer = serializers.ChoiceField(choices=[Answer.SAME, Answer.DIFFERENT])
+    # The answers' one choice set (one enum in the schema); "unsure" is refused below.
+    answer = serializers.ChoiceField(choices=Answer.values, help_text="same or different")
     images = serializers.ListField(child=serializers.IntegerField(), min_length=1, max_length=200)
+
+    def validate_answer(self, value: str) -> str:
+        if value == Answer.UNSURE:
+            raise ValidationError("mark them same or different")
+        return value
 
 
 @extend_schema(
