@@ -132,3 +132,18 @@ def test_importing_a_collections_own_export_adds_nothing(curator_client, collect
     assert response.json() == {"stored": 0}
     assert Constraint.objects.count() == 4
     assert Pair.objects.get(a=answered[0], b=answered[1]).agreement == 1.0
+
+
+def test_the_management_command_exports_and_imports(collection, answered, tmp_path):
+    from django.core.management import CommandError, call_command
+
+    path = tmp_path / "constraints.jsonl"
+    call_command("constraints", "export", collection.name, str(path))
+    assert len(path.read_text().splitlines()) == 4
+    Pair.objects.all().delete()
+    call_command("constraints", "import", str(collection.pk), str(path))
+    assert Constraint.objects.count() == 4
+    bad = tmp_path / "bad.csv"
+    bad.write_text("a_id,b_id,answer\n1,2,maybe\n")
+    with pytest.raises(CommandError, match="line 2"):
+        call_command("constraints", "import", collection.name, str(bad))
