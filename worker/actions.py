@@ -53,10 +53,17 @@ def heavy_queue() -> str:
 
 def enqueue(job: Job, after_id: int = 0) -> None:
     """Queues the job's next step once the surrounding transaction commits."""
+    transaction.on_commit(lambda: _send(job.pk, after_id))
+
+
+def _send(job_id: int, after_id: int) -> None:
     from worker.tasks import advance_job
 
-    queue = heavy_queue()
-    transaction.on_commit(lambda: advance_job.apply_async((job.pk, after_id), queue=queue))
+    try:
+        advance_job.apply_async((job_id, after_id), queue=heavy_queue())
+    except Exception:
+        # The job row stays queued and says so; cancelling it frees the collection.
+        log.exception("job %s: could not be queued (broker down?)", job_id)
 
 
 def active_training(collection: Collection) -> Job | None:

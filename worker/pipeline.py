@@ -183,12 +183,16 @@ def _training_data(
 
 
 def _train_config(job: Job, progress_bar: bool) -> TrainConfig:
+    on_cuda = torch.cuda.is_available()
     return TrainConfig(
         minutes=float(job.options.get("minutes", settings.AUTORET_TRAIN_MINUTES)),
-        device="cuda" if torch.cuda.is_available() else "cpu",
+        batch_size=settings.AUTORET_TRAIN_BATCH_SIZE,
+        device="cuda" if on_cuda else "cpu",
         checkpoint_every_s=float(settings.AUTORET_CHECKPOINT_SECONDS),
         seed=job.version.number if job.version else 0,
-        log_every=5,
+        # The callback is where cancel is noticed: every step on a CPU (seconds each); on a GPU
+        # every few steps, as each report waits for the device.
+        log_every=10 if on_cuda else 1,
         progress_bar=progress_bar,
     )
 

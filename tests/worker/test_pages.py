@@ -1,0 +1,175 @@
+"""Models and jobs pages and API through the test client: roles, refusals, htmx partials."""
+
+from __future__ import annotations
+
+import pytest
+from django.test import Client
+from django.urls import reverse
+from rest_framework.test import APIClient
+
+from retrieval.models import Collection, ModelVersion
+from worker.models import Job
+
+pytestmark = pytest.mark.django_db
+
+
+def client_for(user) -> Client:
+    client = Client()
+    client.force_login(user)
+    return client
+
+
+def api_for(user) -> APIClient:
+    api = APIClient()
+    api.force_authenticate(user)
+    return api
+
+
+@pytest.fixture
+def trained(collection: Collection) -> ModelVersion:
+    """A ready trained version with a loss history and an evaluation, as a finished job leaves."""
+    version = ModelVersion.objects.create(
+        collection=collection,
+        number=2,
+        kind=ModelVersion.Kind.TRAINED,
+        status=ModelVersion.Status.READY,
+        metrics={
+            "loss": [{"step": s, "loss": 10.0 / s} for s in range(1, 30)],
+            "training": {"final_loss": 0.34, "steps": 29},
+            "evaluation": {"map_at_100": 0.5, "constraint_agreement": 0.75, "answered_pairs": 8},
+        },
+    )
+    return version
+
+
+@pytest.mark.parametrize("role", ["annotator", "curator"])
+def test_annotator_and_curator_cannot_train(collection, role, request) -> None:
+    user = request.getfixturevalue(role)
+    page = client_for(user).post(reverse("worker:train", args=[collection.pk]))
+    api = api_for(user).post(reverse("worker_api:train", args=[collection.pk]), {}, format="json")
+    assert page.status_code == 403
+    assert api.status_code == 403
+    assert not Job.objects.exists()
+
+
+def test_outsider_gets_404_for_models_training_and_jobs(collection, outsider, admin) -> None:
+    job = Job.objects.create(kind=Job.Kind.TRAIN, collection=collection, requested_by=admin)
+    client = client_for(outsider)
+    assert client.get(reverse("worker:models", args=[collection.pk])).status_code == 404
+    assert client.post(reverse("worker:train", args=[collection.pk])).status_code == 404
+    assert client.get(reverse("worker:job_detail", args=[job.pk])).status_code == 404
+    api = api_for(outsider)
+    assert api.get(reverse("worker_api:job", args=[job.pk])).status_code == 404
+    assert api.post(reverse("worker_api:train", args=[collection.pk])).status_code == 404
+    assert job.pk not in [j.pk for j in client.get(reverse("worker:job_list")).context["jobs"]]
+
+
+def test_admin_starts_training_and_lands_on_the_job_page(collection, admin) -> None:
+    response = client_for(admin).post(
+        reverse("worker:train", args=[collection.pk]), {"minutes": "0.5"}
+    )
+    job = Job.objects.get(collection=collection)
+    assert response.status_code == 302
+    assert response["Location"] == reverse("worker:job_detail", args=[job.pk])
+    assert job.options["minutes"] == 0.5
+    assert job.version is not None and job.version.status == ModelVersion.Status.TRAINING
+
+
+def test_a_second_start_is_refused_with_a_message(collection, admin) -> None:
+    client = client_for(admin)
+    client.post(reverse("worker:train", args=[collection.pk]))
+    again = client.post(reverse("worker:train", args=[collection.pk]))
+    assert again.status_code == 409
+    assert "already running" in again.content.decode()
+    assert Job.objects.filter(collection=collection).count() == 1
+
+
+def test_api_starts_training_then_refuses_a_second_start(collection, admin) -> None:
+    api = api_for(admin)
+    url = reverse("worker_api:train", args=[collection.pk])
+    first = api.post(url, {"minutes": 1}, format="json")
+    assert first.status_code == 202
+    job_id = first.json()["job_id"]
+    second = api.post(url, {}, format="json")
+    assert second.status_code == 409
+    assert second.json()["job_id"] == job_id
+    state = api.get(reverse("worker_api:job", args=[job_id])).json()
+    assert state["status"] == "queued"
+    assert {"status", "progress", "metrics", "error"} <= set(state)
+
+
+def test_cancel_of_a_queued_job_stops_it_at_once(collection, admin) -> None:
+    api = api_for(admin)
+    job_id = api.post(reverse("worker_api:train", args=[collection.pk]), {}, format="json").json()[
+        "job_id"
+    ]
+    response = api.post(reverse("worker_api:job_cancel", args=[job_id]))
+    assert response.status_code == 202
+    assert response.json()["status"] == "cancelled"
+    # Cancelled jobs no longer block a new start.
+    assert api.post(reverse("worker_api:train", args=[collection.pk])).status_code == 202
+
+
+def test_job_page_polls_while_running_and_the_partial_comes_alone(collection, admin) -> None:
+    job = Job.objects.create(
+        kind=Job.Kind.TRAIN,
+        collection=collection,
+        status=Job.Status.RUNNING,
+        phase="training",
+        progress=0.25,
+        metrics={"loss": [{"step": 5, "loss": 3.0}, {"step": 10, "loss": 2.0}]},
+        log_tail="10:00:00 training slice 1 from scratch on cpu",
+    )
+    client = client_for(admin)
+    url = reverse("worker:job_detail", args=[job.pk])
+    page = client.get(url).content.decode()
+    assert f'hx-get="{url}"' in page and f'href="{url}"' in page
+    assert "every 1s" in page and "<svg" in page and "from scratch" in page
+    partial = client.get(url, headers={"HX-Request": "true"}).content.decode()
+    assert partial.lstrip().startswith('<section id="job-progress"')
+    assert "<html" not in partial
+    Job.objects.filter(pk=job.pk).update(status=Job.Status.DONE, progress=1.0)
+    assert "every 1s" not in client.get(url).content.decode()
+
+
+def test_models_page_shows_metrics_loss_curve_and_the_active_version(
+    collection, trained, admin, annotator
+) -> None:
+    Collection.objects.filter(pk=collection.pk).update(active_version=trained)
+    page = client_for(admin).get(reverse("worker:models", args=[collection.pk])).content.decode()
+    assert "v2 <strong>(active)</strong>" in page
+    assert "0.500" in page and "0.750" in page and "<polyline" in page
+    assert "Train</button>" in page
+    seen_by_annotator = client_for(annotator).get(reverse("worker:models", args=[collection.pk]))
+    assert seen_by_annotator.status_code == 200
+    assert "Train</button>" not in seen_by_annotator.content.decode()
+    listed = api_for(annotator).get(reverse("worker_api:models", args=[collection.pk])).json()
+    assert [(v["number"], v["active"]) for v in listed] == [(2, True)]
+
+
+def test_activating_an_unfinished_version_is_refused(collection, admin) -> None:
+    version = ModelVersion.objects.create(
+        collection=collection, number=1, kind="trained", status=ModelVersion.Status.EMBEDDING
+    )
+    response = api_for(admin).post(reverse("worker_api:activate", args=[version.pk]))
+    assert response.status_code == 400
+    collection.refresh_from_db()
+    assert collection.active_version_id is None
+
+
+def test_delete_embeddings_asks_for_confirmation_first(collection, trained, admin) -> None:
+    client = client_for(admin)
+    url = reverse("worker:version_delete_embeddings", args=[trained.pk])
+    assert "Delete 0 embeddings" in client.get(url).content.decode()
+    trained.refresh_from_db()
+    assert trained.status == ModelVersion.Status.READY
+    client.post(url, {"confirm": "yes"})
+    trained.refresh_from_db()
+    assert trained.status == ModelVersion.Status.DELETED
+
+
+def test_curator_cannot_activate_or_delete(collection, trained, curator) -> None:
+    client = client_for(curator)
+    assert client.post(reverse("worker:version_activate", args=[trained.pk])).status_code == 403
+    url = reverse("worker:version_delete_embeddings", args=[trained.pk])
+    assert client.post(url, {"confirm": "yes"}).status_code == 403
