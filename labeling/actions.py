@@ -16,7 +16,7 @@ from datetime import datetime, timedelta
 
 from django.contrib.auth.models import User
 from django.db import connection, transaction
-from django.db.models import Q
+from django.db.models import Q, QuerySet
 from django.utils import timezone
 
 from labeling.inference import infer, replay, resolved_pairs
@@ -87,9 +87,15 @@ def _resolve(pair: Pair) -> None:
         pair.status = Pair.Status.ANSWERED
 
 
+# Queued pairs re-checked against the new inference after each change: the head of the queue is
+# what annotators get next, and mining never queues a pair that is implied already.
+RECHECK_HEAD = 200
+
+
 def refresh_flags(collection_id: int) -> int:
-    """Re-judges every resolved pair in answer order and stores the flags; returns how many
-    pairs are flagged. Caller holds the collection lock."""
+    """Re-judges every resolved pair in answer order and stores the flags, retires queued pairs
+    at the head of the queue that the answers now imply, and stores the counters; returns how
+    many pairs are flagged. Caller holds the collection lock."""
     ordered = resolved_pairs(collection_id)
     inference = replay(pair for pair, _ in ordered)
     contradicting = {p.pair_id for p in inference.contradictions}
@@ -101,6 +107,21 @@ def refresh_flags(collection_id: int) -> int:
     Pair.objects.filter(collection_id=collection_id, flagged=True).exclude(
         pk__in=contradicting
     ).update(flagged=False)
+    head = _open_pairs(collection_id, timezone.now()).order_by("id")[:RECHECK_HEAD]
+    implied = [
+        pk
+        for pk, a, b in head.values_list("id", "a_id", "b_id")
+        if inference.implied(a, b) is not None
+    ]
+    if implied:
+        Pair.objects.filter(pk__in=implied).update(status=Pair.Status.RETIRED)
+    LabelingSettings.objects.update_or_create(
+        collection_id=collection_id,
+        defaults={
+            "implied_pairs": inference.implied_count(),
+            "flagged_pairs": len(contradicting),
+        },
+    )
     return len(contradicting)
 
 
@@ -222,7 +243,7 @@ def _queue_mining(settings_id: int, collection_id: int) -> None:
         LabelingSettings.objects.filter(pk=settings_id).update(mining_requested_at=None)
 
 
-def _open_pairs(collection: Collection, now: datetime):
+def _open_pairs(collection: Collection | int, now: datetime) -> QuerySet[Pair]:
     return Pair.objects.filter(collection=collection, status=Pair.Status.QUEUED).filter(
         Q(lease_expires_at__isnull=True) | Q(lease_expires_at__lt=now)
     )
@@ -233,8 +254,9 @@ def next_pair(collection: Collection, user: User, exclude: Iterable[int] = ()) -
 
     A pair they already hold (a reloaded page) comes back first, except those in `exclude` (the
     pair the page shows while preloading the next). New pairs are claimed with FOR UPDATE SKIP
-    LOCKED, so two annotators asking at once never get the same one; a pair that other answers
-    came to imply meanwhile is retired instead of shown.
+    LOCKED, so two annotators asking at once never get the same one. Pairs that answers came to
+    imply are retired from the head of the queue by every answer (refresh_flags), so none is
+    shown.
     """
     excluded = [int(x) for x in exclude]
     labeling = settings_for(collection)
@@ -255,19 +277,15 @@ def next_pair(collection: Collection, user: User, exclude: Iterable[int] = ()) -
         Pair.objects.filter(pk=held.pk).update(lease_expires_at=now + lease)
         held.lease_expires_at = now + lease
         return held
-    inference = infer(collection)
     for attempt in range(2):
         with transaction.atomic():
-            candidates = list(
+            chosen = (
                 _open_pairs(collection, now)
                 .exclude(pk__in=excluded)
                 .select_for_update(skip_locked=True)
-                .order_by("id")[:20]
+                .order_by("id")
+                .first()
             )
-            implied = [p.pk for p in candidates if inference.implied(p.a_id, p.b_id) is not None]
-            if implied:
-                Pair.objects.filter(pk__in=implied).update(status=Pair.Status.RETIRED)
-            chosen = next((p for p in candidates if p.pk not in implied), None)
             if chosen is not None:
                 chosen.leased_by = user
                 chosen.lease_expires_at = now + lease
@@ -317,12 +335,12 @@ def name_group(collection: Collection, image: Image, name: str, user: User) -> G
 
 def counters(collection: Collection, user: User) -> dict[str, int]:
     """What the labeling page shows: my answers, everybody's, implied pairs, open conflicts."""
-    inference = infer(collection)
+    stored = settings_for(collection)
     return {
         "mine": Constraint.objects.filter(pair__collection=collection, annotator=user).count(),
         "answered": Pair.objects.filter(collection=collection, answer_count__gt=0).count(),
-        "implied": inference.implied_count(),
-        "flagged": Pair.objects.filter(collection=collection, flagged=True).count(),
+        "implied": stored.implied_pairs,
+        "flagged": stored.flagged_pairs,
     }
 
 
