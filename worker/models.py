@@ -73,6 +73,12 @@ class Job(models.Model):
     def __str__(self) -> str:
         return f"{self.get_kind_display()} {self.collection} ({self.status})"
 
+    def version_or_fail(self) -> ModelVersion:
+        """The job's model version, fresh from the database; an error when it has none."""
+        if self.version_id is None:
+            raise ValueError(f"job {self.pk} has no model version")
+        return ModelVersion.objects.get(pk=self.version_id)
+
     @property
     def is_active(self) -> bool:
         return self.status in self.ACTIVE

@@ -115,11 +115,17 @@ def run_here(job: Job, progress_bar: bool = True) -> Job:
     the worker takes."""
     lease = f"cli-{os.getpid()}"
     after: int | None = 0
-    while after is not None:
-        claimed = claim(job.pk, lease)
-        if claimed is None:
-            break
-        after = advance(claimed, after, progress_bar)
+    try:
+        while after is not None:
+            claimed = claim(job.pk, lease)
+            if claimed is None:
+                break
+            after = advance(claimed, after, progress_bar)
+    except KeyboardInterrupt:
+        # Ctrl-C: no worker will pick this job up again, so it must not block the collection.
+        job.refresh_from_db()
+        _end_cancelled(job)
+        raise
     Job.objects.filter(pk=job.pk, lease=lease).update(lease="")
     job.refresh_from_db()
     return job

@@ -81,7 +81,7 @@ def test_a_cancelled_job_stops_and_search_keeps_the_old_version(searchable, admi
     assert job.status == Job.Status.CANCELLED
     searchable.refresh_from_db()
     assert searchable.active_version_id == old
-    assert ModelVersion.objects.get(pk=job.version_id).status == ModelVersion.Status.FAILED
+    assert job.version_or_fail().status == ModelVersion.Status.FAILED
 
 
 @pytest.mark.django_db

@@ -81,7 +81,7 @@ def test_training_shows_progress_then_search_answers_from_the_new_version(
         reverse("api:search", args=[collection.pk]), {"image_id": image.pk, "k": 3}, format="json"
     )
     assert search.json()["model_version"]["id"] == job.version_id
-    assert job.version.metrics["evaluation"]["map_at_100"] >= 0
+    assert job.version_or_fail().metrics["evaluation"]["map_at_100"] >= 0
 
 
 def test_cancel_stops_a_running_training_job(workers: Workers, collection, api) -> None:
@@ -94,7 +94,7 @@ def test_cancel_stops_a_running_training_job(workers: Workers, collection, api) 
     assert response.status_code == 202
     wait_for(lambda: state(job).status not in Job.ACTIVE, "the job to stop")
     assert job.status == Job.Status.CANCELLED
-    assert ModelVersion.objects.get(pk=job.version_id).status == ModelVersion.Status.FAILED
+    assert job.version_or_fail().status == ModelVersion.Status.FAILED
     collection.refresh_from_db()
     assert collection.active_version_id == old
 
@@ -103,7 +103,7 @@ def test_kill_9_mid_training_resumes_from_the_checkpoint(workers: Workers, colle
     searchable(collection, 16)
     first = workers.start()
     job = start(api, collection, minutes=0.3)
-    version = ModelVersion.objects.get(pk=job.version_id)
+    version = job.version_or_fail()
     wait_for(lambda: checkpoint_step(version) > 0, "a checkpoint with steps in it")
     workers.kill(first)
     killed_at = checkpoint_step(version)
