@@ -116,12 +116,19 @@ def answer(request: Request, pair_id: int) -> Response:
     )
 
 
-@extend_schema(request=None, responses={200: PairSerializer}, summary="Undo my answer to a pair")
+@extend_schema(
+    request=None,
+    responses={200: PairSerializer, 409: OpenApiTypes.OBJECT},
+    summary="Undo my answer to a pair",
+)
 @api_view(["POST"])
 def undo(request: Request, pair_id: int) -> Response:
     pair = _pair_for_user(request, pair_id)
     if not actions.undo_answer(pair, _user(request)):
-        raise Http404("You have no answer on this pair")
+        # 409, not 404: the pair exists and the caller may see it; only the answer is missing.
+        return Response(
+            {"detail": "You have no answer on this pair to undo."}, status=status.HTTP_409_CONFLICT
+        )
     pair.refresh_from_db()
     return Response(pair_payload(request, pair))
 

@@ -141,6 +141,8 @@ _postgres_was_running = False
 
 def pytest_configure(config: pytest.Config) -> None:
     global _postgres_was_running
+    # PBKDF2's deliberate slowness costs about a second per test that creates the cast.
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
     _postgres_was_running = _embedded_postgres_running()
 
 

@@ -142,7 +142,7 @@
     } else {
       while (outbox.some((item) => item.pair_id === last.pair_id)) await sleep(100);
       const response = await request(undoUrl(last.pair_id), { method: "POST" });
-      if (!response.ok && response.status !== 404) {
+      if (!response.ok && response.status !== 409) {
         answered.push(last);
         status.textContent = "Undo failed; try again.";
         return;
