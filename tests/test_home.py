@@ -60,3 +60,18 @@ def test_api_docs_load_swagger_ui_from_this_server(client: Client, curator, pass
     html = client.get("/api/docs/").content.decode()
     assert "swagger-ui" in html
     assert "cdn.jsdelivr" not in html and "unpkg.com" not in html
+
+
+def test_site_admin_grants_a_role_in_a_collection_from_the_admin(
+    client: Client, admin, outsider, collection
+) -> None:
+    from retrieval.models import Membership
+
+    client.force_login(admin)
+    response = client.post(
+        "/admin/retrieval/membership/add/",
+        {"collection": collection.pk, "user": outsider.pk, "role": Membership.Role.CURATOR},
+    )
+    assert response.status_code == 302, response.content.decode()[:500]
+    assert Membership.objects.get(user=outsider).role == Membership.Role.CURATOR
+    assert client.get("/admin/retrieval/collection/").status_code == 200
