@@ -132,7 +132,7 @@ def objects(collection: Collection, admin, settings, tmp_path) -> dict[str, str]
     return {
         "collection": str(collection.pk),
         "image": str(image.pk),
-        "media": image.file.name,
+        "media": str(image.file.name),
         "version": str(version.pk),
         "job": str(job.pk),
         "pair": str(pair.pk),
@@ -160,6 +160,7 @@ def _verdict(case: Case, who: str, status: int, location: str) -> str | None:
     elif who == "outsider":
         return None if status == 404 else f"an outsider got {status}: it must be 404"
     else:
+        assert isinstance(case.needs, int)
         allowed = RANK[who] >= case.needs
     if allowed:
         return None if status not in (401, 403, 404) else f"refused with {status}"
