@@ -104,7 +104,21 @@ def test_rollback_then_delete_the_newer_versions_embeddings(searchable, admin) -
 
 
 @pytest.mark.django_db
-def test_no_retraining_before_enough_new_answers(searchable) -> None:
+def test_enough_new_answers_start_retraining_that_learns_from_them(
+    searchable, annotator, live_redis, django_capture_on_commit_callbacks
+) -> None:
+    from labeling.actions import pair_for, record_answer
+
     TrainingPolicy.objects.create(collection=searchable, retrain_after_answers=2, minutes=0.02)
-    actions.after_answer(searchable)
+    ids = list(searchable.images.order_by("pk").values_list("pk", flat=True))
+    with django_capture_on_commit_callbacks(execute=True):
+        record_answer(pair_for(searchable, ids[0], ids[1]), annotator, "same")
     assert not Job.objects.filter(collection=searchable).exists()
+    with django_capture_on_commit_callbacks(execute=True):
+        record_answer(pair_for(searchable, ids[0], ids[20]), annotator, "different")
+    job = Job.objects.get(collection=searchable)
+    assert job.requested_by is None and job.options["minutes"] == 0.02
+    job = run_to_end(job)
+    assert job.status == Job.Status.DONE, job.error
+    assert job.metrics["known_pairs"]["must_explicit"] == 1
+    assert job.metrics["evaluation"]["answered_pairs"] == 2
