@@ -63,11 +63,12 @@ def workers(live_redis: str, tmp_path: Path, settings) -> Iterator[Workers]:
     env = {
         "AUTORET_MODELS_DIR": str(settings.MODELS_DIR),
         "AUTORET_CHECKPOINT_SECONDS": "1",
-        "AUTORET_TRAIN_SLICE_SECONDS": "600",
+        # Slices and batches stay below the visibility timeout, as docs/training.md asks.
+        "AUTORET_TRAIN_SLICE_SECONDS": "3",
         "AUTORET_EMBED_BATCH": "4",
         "AUTORET_TRAIN_BATCH_SIZE": "8",
         # A killed worker's message comes back after this (plus kombu's restore sweep).
-        "CELERY_VISIBILITY_TIMEOUT": "5",
+        "CELERY_VISIBILITY_TIMEOUT": "10",
     }
     pool = Workers(live_redis, tmp_path, env)
     yield pool
