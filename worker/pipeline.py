@@ -31,7 +31,7 @@ from retrieval.autoret.evaluate import evaluate_retrieval
 from retrieval.autoret.model import AutoRet, ModelConfig
 from retrieval.autoret.pairs import KnownPairs
 from retrieval.autoret.train import Progress, TrainConfig, train
-from retrieval.models import Embedding, Image, ModelVersion
+from retrieval.models import Collection, Embedding, Image, ModelVersion
 from worker.models import LOG_TAIL_LINES, Job
 
 log = logging.getLogger(__name__)
@@ -411,19 +411,28 @@ def _end(job: Job, status: str, phase: str, line: str) -> None:
     )
 
 
+def _abandon_version(job: Job) -> None:
+    """A training job that ends without activating: its version is marked failed and the vectors
+    it got so far are freed (index first). A version that became ready is left alone."""
+    if job.kind != Job.Kind.TRAIN or job.version_id is None:
+        return
+    failed = (
+        ModelVersion.objects.filter(pk=job.version_id)
+        .exclude(status=ModelVersion.Status.READY)
+        .update(status=ModelVersion.Status.FAILED)
+    )
+    if failed and not Collection.objects.filter(active_version_id=job.version_id).exists():
+        queries.drop_index(job.version_id)
+        Embedding.objects.filter(version_id=job.version_id).delete()
+
+
 def _end_cancelled(job: Job) -> None:
-    if job.version_id is not None and job.kind == Job.Kind.TRAIN:
-        ModelVersion.objects.filter(pk=job.version_id).exclude(
-            status=ModelVersion.Status.READY
-        ).update(status=ModelVersion.Status.FAILED)
+    _abandon_version(job)
     _end(job, Job.Status.CANCELLED, "cancelled", "cancelled")
 
 
 def _end_failed(job: Job, error: Exception) -> None:
-    if job.version_id is not None and job.kind == Job.Kind.TRAIN:
-        ModelVersion.objects.filter(pk=job.version_id).exclude(
-            status=ModelVersion.Status.READY
-        ).update(status=ModelVersion.Status.FAILED)
+    _abandon_version(job)
     job.error = f"{type(error).__name__}: {error}"
     job.save(update_fields=["error"])
     _end(job, Job.Status.FAILED, "failed", f"failed: {job.error}")

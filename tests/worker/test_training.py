@@ -122,3 +122,21 @@ def test_enough_new_answers_start_retraining_that_learns_from_them(
     assert job.status == Job.Status.DONE, job.error
     assert job.metrics["known_pairs"]["must_explicit"] == 1
     assert job.metrics["evaluation"]["answered_pairs"] == 2
+
+
+@pytest.mark.django_db
+def test_cancel_during_embedding_frees_the_new_versions_vectors(searchable, admin) -> None:
+    job = actions.start_training(searchable, admin, minutes=0.01, run_here=True)
+    claimed = pipeline.claim(job.pk, "test")
+    assert claimed is not None
+    assert pipeline.advance(claimed) == 0  # training done, embedding next
+    after = pipeline.advance(claimed, 0)  # one batch of AUTORET_EMBED_BATCH images
+    assert after is not None
+    assert Embedding.objects.filter(version_id=job.version_id).count() == 8
+    pipeline.release(claimed)
+    actions.cancel_job(job)
+    job = run_to_end(job)
+    assert job.status == Job.Status.CANCELLED
+    assert not Embedding.objects.filter(version_id=job.version_id).exists()
+    searchable.refresh_from_db()
+    assert searchable.active_version_id != job.version_id
