@@ -317,7 +317,10 @@ CELERY_TASK_DEFAULT_QUEUE = "default"
 # Longer than the longest task: training and embedding run in resumable slices well below this.
 CELERY_BROKER_TRANSPORT_OPTIONS = {
     # Short values only make sense in tests that kill workers; see docs/training.md.
-    "visibility_timeout": env_int("CELERY_VISIBILITY_TIMEOUT", 3600, minimum=5)
+    "visibility_timeout": env_int("CELERY_VISIBILITY_TIMEOUT", 3600, minimum=5),
+    # Look for overdue unacknowledged messages (a killed worker's) every ~10 s instead of kombu's
+    # ~100 s: one indexed ZRANGE per sweep, and a killed job resumes that much sooner.
+    "unacked_restore_throttle": 1,
 }
 CELERY_WORKER_HEARTBEAT_SECONDS = env_int("AUTORET_HEARTBEAT_SECONDS", 10, minimum=1)
 # Training and embedding jobs (docs/training.md): each task run trains for at most a slice, then
