@@ -188,22 +188,15 @@ def page_rows(version_id: int, ids: list[int], n: int, repeats: int = 30) -> lis
 
 
 def drop_database() -> None:
-    import psycopg
     from django.conf import settings
     from django.db import connections
 
-    from config.embedded import ensure_postgres
+    from config.embedded import ensure_postgres, maintenance_connection
 
     connections.close_all()
     assert settings.EMBEDDED_POSTGRES_DIR is not None
     address = ensure_postgres(settings.EMBEDDED_POSTGRES_DIR, "postgres")
-    with psycopg.connect(
-        host=address.socket_dir,
-        port=address.port,
-        user="postgres",
-        dbname="postgres",
-        autocommit=True,
-    ) as conn:
+    with maintenance_connection(address) as conn:
         conn.execute(f"DROP DATABASE IF EXISTS {BENCH_DB} WITH (FORCE)")
 
 

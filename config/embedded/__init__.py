@@ -18,6 +18,10 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import psycopg
 
 logger = logging.getLogger(__name__)
 
@@ -68,17 +72,21 @@ def ensure_postgres(pgdata: Path, database: str) -> PostgresAddress:
     return address
 
 
+def maintenance_connection(address: PostgresAddress) -> psycopg.Connection[Any]:
+    """An autocommit connection to the server's "postgres" database (CREATE/DROP DATABASE)."""
+    import psycopg
+
+    return psycopg.connect(
+        host=address.socket_dir, port=address.port, user="postgres", dbname="postgres",
+        autocommit=True,
+    )  # fmt: skip
+
+
 def _ensure_database(address: PostgresAddress, database: str) -> None:
     import psycopg
     from psycopg import sql
 
-    with psycopg.connect(
-        host=address.socket_dir,
-        port=address.port,
-        user="postgres",
-        dbname="postgres",
-        autocommit=True,
-    ) as conn:
+    with maintenance_connection(address) as conn:
         exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [database]).fetchone()
         if not exists:
             # Another process may create it between the check and here.
