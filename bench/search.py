@@ -98,7 +98,7 @@ def percentile_ms(samples: list[float], q: float) -> float:
     return float(np.percentile(np.array(samples) * 1000, q))
 
 
-def run_size(n: int, n_queries: int, seed: int) -> list[str]:
+def run_size(n: int, n_queries: int, seed: int, ef_values: list[int]) -> list[str]:
     from retrieval import queries
 
     rng = np.random.default_rng(seed)
@@ -124,7 +124,7 @@ def run_size(n: int, n_queries: int, seed: int) -> list[str]:
     truth = exact_top_k(vectors, probes, K)
     index_of = {image_id: row for row, image_id in enumerate(ids)}
     rows = []
-    for ef in (40, 100):
+    for ef in ef_values:
         latencies, hits = [], 0
         for probe, expected in zip(probes, truth, strict=True):
             started = time.perf_counter()
@@ -207,6 +207,7 @@ def main() -> None:
     parser.add_argument("--sizes", default="100000", help="comma-separated numbers of embeddings")
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--ef", default="40,100", help="comma-separated hnsw.ef_search values")
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
 
@@ -231,7 +232,7 @@ def main() -> None:
         print("|---|---|---|---|---|---|---|")
         page_table = []
         for n in sizes:
-            for row in run_size(n, args.queries, args.seed):
+            for row in run_size(n, args.queries, args.seed, [int(e) for e in args.ef.split(",")]):
                 if row.count("|") == 5:  # a page timing row: printed in its own table
                     page_table.append(row)
                 else:
