@@ -286,6 +286,11 @@ REST_FRAMEWORK = {
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    # Counted in Django's default (per-process, in-memory) cache: with several web processes the
+    # limit is per process, which still stops a runaway client.
+    "DEFAULT_THROTTLE_RATES": {
+        "answers": f"{env_int('AUTORET_ANSWERS_PER_MINUTE', 600, minimum=1)}/min"
+    },
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "AutoRet API",

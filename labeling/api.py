@@ -11,11 +11,12 @@ from django.http import Http404, StreamingHttpResponse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
 from rest_framework import serializers, status
-from rest_framework.decorators import api_view, parser_classes
+from rest_framework.decorators import api_view, parser_classes, throttle_classes
 from rest_framework.exceptions import ValidationError
 from rest_framework.parsers import JSONParser, MultiPartParser
 from rest_framework.request import Request
 from rest_framework.response import Response
+from rest_framework.throttling import UserRateThrottle
 
 from labeling import actions, exchange
 from labeling.models import Answer, Pair
@@ -63,6 +64,13 @@ PairSerializer = inline_serializer(
 )
 
 
+class AnswerRateThrottle(UserRateThrottle):
+    """AUTORET_ANSWERS_PER_MINUTE answers per user: a clear 429 with Retry-After, which the
+    labeling page waits out and retries, so nothing is lost."""
+
+    scope = "answers"
+
+
 class AnswerSerializer(serializers.Serializer):
     answer = serializers.ChoiceField(choices=Answer.values)
     idempotency_key = serializers.CharField(max_length=64, required=False, allow_blank=True)
@@ -100,6 +108,7 @@ def next_pair(request: Request, pk: int) -> Response:
 )
 @api_view(["POST"])
 @parser_classes([JSONParser])
+@throttle_classes([AnswerRateThrottle])
 def answer(request: Request, pair_id: int) -> Response:
     pair = _pair_for_user(request, pair_id)
     serializer = AnswerSerializer(data=request.data)
@@ -161,6 +170,7 @@ class MarkSerializer(serializers.Serializer):
 )
 @api_view(["POST"])
 @parser_classes([JSONParser])
+@throttle_classes([AnswerRateThrottle])
 def mark(request: Request, pk: int) -> Response:
     collection = get_collection_for_user(request.user, pk)
     serializer = MarkSerializer(data=request.data)

@@ -242,3 +242,22 @@ def test_concurrent_sessions_get_distinct_pairs(collection, images, django_user_
     ids = list(got.values())
     assert None not in ids and len(set(ids)) == len(users)
     assert Pair.objects.filter(leased_by__isnull=False).count() == len(users)
+
+
+def test_answers_past_the_per_minute_limit_get_a_429_and_store_nothing(
+    collection, images, annotator, monkeypatch
+):
+    from labeling.api import AnswerRateThrottle
+
+    monkeypatch.setattr(AnswerRateThrottle, "THROTTLE_RATES", {"answers": "2/min"})
+    client = client_for(annotator)
+    codes = []
+    for _ in range(3):
+        pair_id = client.get(next_url(collection)).json()["pair_id"]
+        response = client.post(
+            f"/api/v1/pairs/{pair_id}/answer/", {"answer": "same"}, format="json"
+        )
+        codes.append(response.status_code)
+    assert codes == [201, 201, 429]
+    assert int(response["Retry-After"]) > 0
+    assert Constraint.objects.count() == 2

@@ -37,8 +37,9 @@
     pendingNote.textContent = `${outbox.length} answer(s) waiting to be sent; retrying…`;
   }
 
-  // Sends the outbox in order. Network errors and 5xx are retried with back-off forever (the
-  // answer stays in localStorage meanwhile); a 4xx is the server refusing it for good.
+  // Sends the outbox in order. Network errors, 5xx and 429 (too many answers a minute) are
+  // retried with back-off forever (the answer stays in localStorage meanwhile); any other 4xx is
+  // the server refusing it for good.
   async function flush() {
     if (sending) return;
     sending = true;
@@ -55,7 +56,8 @@
       } catch (error) {
         response = null;
       }
-      if (response && (response.ok || (response.status >= 400 && response.status < 500))) {
+      const refused = response && response.status >= 400 && response.status < 500 && response.status !== 429;
+      if (response && (response.ok || refused)) {
         if (!response.ok) status.textContent = `An answer was refused (${response.status}).`;
         outbox.shift();
         saveOutbox();
@@ -63,7 +65,9 @@
         document.body.dispatchEvent(new Event("answered"));
       } else {
         showPending();
-        await sleep(delay);
+        // A 429 says how long to wait; otherwise back off exponentially.
+        const retryAfter = response && response.status === 429 ? Number(response.headers.get("Retry-After")) : 0;
+        await sleep(retryAfter > 0 ? retryAfter * 1000 : delay);
         delay = Math.min(delay * 2, 10000);
       }
       showPending();
