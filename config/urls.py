@@ -21,6 +21,7 @@ urlpatterns = [
         auth_views.PasswordChangeView.as_view(),
         name="password_change",
     ),
+    path("accounts/token/", retrieval_views.api_token, name="api_token"),
     path(
         "accounts/password_change/done/",
         auth_views.PasswordChangeDoneView.as_view(),

@@ -151,3 +151,22 @@ def media(request: HttpRequest, path: str) -> FileResponse:
     # Content-addressed names never change meaning; private because access depends on the viewer.
     response["Cache-Control"] = "private, max-age=86400"
     return response
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def api_token(request: HttpRequest) -> HttpResponse:
+    """The signed-in user's API token: create or replace it (the key shows once), or revoke it."""
+    from django.contrib.auth.models import User
+    from rest_framework.authtoken.models import Token
+
+    user: User = request.user  # type: ignore[assignment]  # login_required: never anonymous
+    new_key = None
+    if request.method == "POST":
+        Token.objects.filter(user=user).delete()
+        if request.POST.get("action") == "create":
+            new_key = Token.objects.create(user=user).key
+    has_token = Token.objects.filter(user=user).exists()
+    return render(
+        request, "registration/api_token.html", {"has_token": has_token, "new_key": new_key}
+    )

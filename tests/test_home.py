@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import re
+
 import pytest
 from django.test import Client
 
@@ -75,3 +77,23 @@ def test_site_admin_grants_a_role_in_a_collection_from_the_admin(
     assert response.status_code == 302, response.content.decode()[:500]
     assert Membership.objects.get(user=outsider).role == Membership.Role.CURATOR
     assert client.get("/admin/retrieval/collection/").status_code == 200
+
+
+def test_user_creates_uses_replaces_and_revokes_an_api_token(client: Client, curator) -> None:
+    from rest_framework.test import APIClient
+
+    client.force_login(curator)
+    created = client.post("/accounts/token/", {"action": "create"}).content.decode()
+    key = re.search(r'id="token-key">([0-9a-f]{40})<', created)
+    assert key is not None
+    api = APIClient()
+    api.credentials(HTTP_AUTHORIZATION=f"Token {key.group(1)}")
+    assert api.get("/api/v1/collections/").status_code == 200
+
+    replaced = client.post("/accounts/token/", {"action": "create"}).content.decode()
+    assert key.group(1) not in replaced
+    # 403 rather than 401: session authentication comes first and sends no WWW-Authenticate.
+    assert api.get("/api/v1/collections/").status_code in (401, 403), "the old token stops working"
+
+    client.post("/accounts/token/", {"action": "revoke"})
+    assert "You have no token." in client.get("/accounts/token/").content.decode()

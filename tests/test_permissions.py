@@ -40,6 +40,7 @@ CASES: dict[str, Case] = {
     "logout": Case("POST", PUBLIC),
     "password_change": Case("GET", SIGNED_IN),
     "password_change_done": Case("GET", SIGNED_IN),
+    "api_token": Case("GET", SIGNED_IN),
     "api-schema": Case("GET", PUBLIC),  # clients and fuzzers read it before they log in
     "api-docs": Case("GET", PUBLIC),  # the page only; the schema it loads needs a login
     # Collections, images, search (retrieval)
