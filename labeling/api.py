@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.contrib.auth.models import User
-from django.http import Http404, StreamingHttpResponse
+from django.http import StreamingHttpResponse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
 from rest_framework import serializers, status
@@ -21,15 +21,9 @@ from rest_framework.throttling import UserRateThrottle
 from labeling import actions, exchange
 from labeling.models import Answer, Pair
 from retrieval.models import Collection, Image
-from retrieval.permissions import Role, get_collection_for_user
+from retrieval.permissions import Role, get_collection_for_user, get_in_collection_for_user
 
-
-def _pair_for_user(request: Request, pair_id: int, min_role: int = Role.ANNOTATOR) -> Pair:
-    pair = Pair.objects.select_related("a", "b").filter(pk=pair_id).first()
-    if pair is None:
-        raise Http404("No such pair")
-    get_collection_for_user(request.user, pair.collection_id, min_role)
-    return pair
+PAIRS = Pair.objects.select_related("a", "b")
 
 
 def _user(request: Request) -> User:
@@ -110,7 +104,7 @@ def next_pair(request: Request, pk: int) -> Response:
 @parser_classes([JSONParser])
 @throttle_classes([AnswerRateThrottle])
 def answer(request: Request, pair_id: int) -> Response:
-    pair = _pair_for_user(request, pair_id)
+    pair = get_in_collection_for_user(request.user, PAIRS, pair_id)
     serializer = AnswerSerializer(data=request.data)
     serializer.is_valid(raise_exception=True)
     stored = actions.record_answer(
@@ -132,7 +126,7 @@ def answer(request: Request, pair_id: int) -> Response:
 )
 @api_view(["POST"])
 def undo(request: Request, pair_id: int) -> Response:
-    pair = _pair_for_user(request, pair_id)
+    pair = get_in_collection_for_user(request.user, PAIRS, pair_id)
     if not actions.undo_answer(pair, _user(request)):
         # 409, not 404: the pair exists and the caller may see it; only the answer is missing.
         return Response(
@@ -196,7 +190,7 @@ class RulingSerializer(serializers.Serializer):
 @api_view(["POST"])
 @parser_classes([JSONParser])
 def adjudicate(request: Request, pair_id: int) -> Response:
-    pair = _pair_for_user(request, pair_id, Role.CURATOR)
+    pair = get_in_collection_for_user(request.user, PAIRS, pair_id, Role.CURATOR)
     serializer = RulingSerializer(data=request.data)
     serializer.is_valid(raise_exception=True)
     actions.adjudicate(pair, _user(request), serializer.validated_data["answer"])

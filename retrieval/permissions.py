@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+from typing import TypeVar
+
 from django.contrib.auth.models import AnonymousUser, User
 from django.core.exceptions import PermissionDenied
-from django.db.models import QuerySet
+from django.db.models import Model, QuerySet
 from django.http import Http404
 
 from retrieval.models import Collection, Membership
 
 Role = Membership.Role
+InCollection = TypeVar("InCollection", bound=Model)
 
 
 def role_in(user: User | AnonymousUser, collection: Collection) -> int | None:
@@ -40,3 +43,18 @@ def get_collection_for_user(
     if role < min_role:
         raise PermissionDenied(f"This needs the {Role(min_role).label} role in {collection.name}")
     return collection
+
+
+def get_in_collection_for_user(
+    user: User | AnonymousUser,
+    queryset: QuerySet[InCollection],
+    pk: int,
+    min_role: int = Role.ANNOTATOR,
+) -> InCollection:
+    """A row that belongs to a collection (a job, a model version, a pair) under the same rule as
+    its collection: 404 when it does not exist or `user` is no member, 403 for too low a role."""
+    found = queryset.filter(pk=pk).first()
+    if found is None:
+        raise Http404("Not found")
+    get_collection_for_user(user, found.collection_id, min_role)  # type: ignore[attr-defined]
+    return found

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from django.shortcuts import get_object_or_404
 from drf_spectacular.utils import extend_schema, inline_serializer
 from rest_framework import serializers, status
 from rest_framework.decorators import api_view
@@ -11,7 +10,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from retrieval.models import ModelVersion
-from retrieval.permissions import Role, get_collection_for_user
+from retrieval.permissions import Role, get_collection_for_user, get_in_collection_for_user
 from worker import actions
 from worker.models import Job
 
@@ -100,16 +99,14 @@ def train(request: Request, pk: int) -> Response:
 @extend_schema(responses=JobSerializer, summary="A job's status, progress, metrics and error")
 @api_view(["GET"])
 def job(request: Request, pk: int) -> Response:
-    found = get_object_or_404(Job, pk=pk)
-    get_collection_for_user(request.user, found.collection_id)
+    found = get_in_collection_for_user(request.user, Job.objects.all(), pk)
     return Response(JobSerializer(found).data)
 
 
 @extend_schema(request=None, responses=JobSerializer, summary="Ask a job to stop (admin role)")
 @api_view(["POST"])
 def job_cancel(request: Request, pk: int) -> Response:
-    found = get_object_or_404(Job, pk=pk)
-    get_collection_for_user(request.user, found.collection_id, Role.ADMIN)
+    found = get_in_collection_for_user(request.user, Job.objects.all(), pk, Role.ADMIN)
     actions.cancel_job(found)
     return Response(JobSerializer(found).data, status=status.HTTP_202_ACCEPTED)
 
@@ -131,8 +128,8 @@ def models(request: Request, pk: int) -> Response:
 )
 @api_view(["POST"])
 def activate(request: Request, pk: int) -> Response:
-    version = get_object_or_404(ModelVersion.objects.select_related("collection"), pk=pk)
-    get_collection_for_user(request.user, version.collection_id, Role.ADMIN)
+    versions = ModelVersion.objects.select_related("collection")
+    version = get_in_collection_for_user(request.user, versions, pk, Role.ADMIN)
     try:
         actions.activate_version(version)
     except actions.VersionNotAllowed as refused:

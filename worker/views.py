@@ -13,18 +13,25 @@ from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.contrib.auth.models import User
 from django.http import HttpRequest, HttpResponse, JsonResponse
-from django.shortcuts import get_object_or_404, redirect, render
+from django.shortcuts import redirect, render
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from retrieval.models import Collection, ModelVersion
-from retrieval.permissions import Role, get_collection_for_user, role_in, visible_collections
+from retrieval.permissions import (
+    Role,
+    get_collection_for_user,
+    get_in_collection_for_user,
+    role_in,
+    visible_collections,
+)
 from worker import actions
 from worker.health import system_health
 from worker.models import Job, TrainingPolicy
 
 # Points drawn in a loss curve: enough for its shape, few enough for a light page.
 CURVE_POINTS = 200
+JOBS = Job.objects.select_related("collection", "version")
 CURVE_WIDTH, CURVE_HEIGHT = 600, 160
 
 
@@ -76,20 +83,6 @@ def loss_curve(history: list[dict[str, float]]) -> dict[str, Any] | None:
         "first_step": first,
         "last_step": last,
     }
-
-
-def _get_job_for_user(request: HttpRequest, pk: int, min_role: int = Role.ANNOTATOR) -> Job:
-    job = get_object_or_404(Job.objects.select_related("collection", "version"), pk=pk)
-    get_collection_for_user(request.user, job.collection_id, min_role)
-    return job
-
-
-def _get_version_for_user(
-    request: HttpRequest, pk: int, min_role: int = Role.ADMIN
-) -> ModelVersion:
-    version = get_object_or_404(ModelVersion, pk=pk)
-    get_collection_for_user(request.user, version.collection_id, min_role)
-    return version
 
 
 def _models_page(
@@ -171,7 +164,7 @@ def job_list(request: HttpRequest) -> HttpResponse:
 @login_required
 @require_GET
 def job_detail(request: HttpRequest, pk: int) -> HttpResponse:
-    job = _get_job_for_user(request, pk)
+    job = get_in_collection_for_user(request.user, JOBS, pk)
     context = {
         "job": job,
         "curve": loss_curve(job.loss_history),
@@ -186,7 +179,7 @@ def job_detail(request: HttpRequest, pk: int) -> HttpResponse:
 @login_required
 @require_POST
 def job_cancel(request: HttpRequest, pk: int) -> HttpResponse:
-    job = _get_job_for_user(request, pk, Role.ADMIN)
+    job = get_in_collection_for_user(request.user, JOBS, pk, Role.ADMIN)
     actions.cancel_job(job)
     messages.info(request, "Cancel requested: the job stops within seconds.")
     return redirect("worker:job_detail", pk=job.pk)
@@ -195,7 +188,7 @@ def job_cancel(request: HttpRequest, pk: int) -> HttpResponse:
 @login_required
 @require_POST
 def version_activate(request: HttpRequest, pk: int) -> HttpResponse:
-    version = _get_version_for_user(request, pk)
+    version = get_in_collection_for_user(request.user, ModelVersion.objects.all(), pk, Role.ADMIN)
     try:
         actions.activate_version(version)
     except actions.VersionNotAllowed as refused:
@@ -209,7 +202,7 @@ def version_activate(request: HttpRequest, pk: int) -> HttpResponse:
 @require_http_methods(["GET", "POST"])
 def version_delete_embeddings(request: HttpRequest, pk: int) -> HttpResponse:
     """GET asks for confirmation; POST with confirm=yes deletes."""
-    version = _get_version_for_user(request, pk)
+    version = get_in_collection_for_user(request.user, ModelVersion.objects.all(), pk, Role.ADMIN)
     if request.method == "POST" and request.POST.get("confirm") == "yes":
         try:
             deleted = actions.delete_embeddings(version)
