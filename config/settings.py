@@ -158,10 +158,12 @@ INSTALLED_APPS = [
     "retrieval",
     "labeling",
     "worker",
+    "audit",
 ]
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "retrieval.middleware.RequestSizeLimit",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -252,6 +254,16 @@ AUTORET_MAX_IMAGE_PIXELS = env_int("AUTORET_MAX_IMAGE_PIXELS", 50_000_000, minim
 AUTORET_MAX_ZIP_BYTES = env_int("AUTORET_MAX_ZIP_BYTES", 512 * 1024 * 1024, minimum=1)
 AUTORET_MAX_FILES_PER_UPLOAD = env_int("AUTORET_MAX_FILES_PER_UPLOAD", 10_000, minimum=1)
 DATA_UPLOAD_MAX_NUMBER_FILES = AUTORET_MAX_FILES_PER_UPLOAD
+AUTORET_MAX_IMAGES_PER_COLLECTION = env_int(
+    "AUTORET_MAX_IMAGES_PER_COLLECTION", 1_000_000, minimum=1
+)
+# Whole request bodies: larger ones get 413 before anything reads them (retrieval.middleware).
+# The default leaves room for one zip at AUTORET_MAX_ZIP_BYTES plus the form around it.
+AUTORET_MAX_REQUEST_BYTES = env_int(
+    "AUTORET_MAX_REQUEST_BYTES", AUTORET_MAX_ZIP_BYTES + 1024 * 1024, minimum=1
+)
+# Bodies other than uploaded files (forms, JSON); larger ones get 413 (retrieval.middleware).
+DATA_UPLOAD_MAX_MEMORY_SIZE = env_int("AUTORET_MAX_FORM_BYTES", 2_621_440, minimum=1024)
 # maintenance_work_mem for HNSW index builds: the 64MB default builds 2.5x slower (stack notes).
 AUTORET_INDEX_BUILD_MEMORY = env_str("AUTORET_INDEX_BUILD_MEMORY", "1GB")
 if not re.fullmatch(r"\d+(kB|MB|GB)", AUTORET_INDEX_BUILD_MEMORY):

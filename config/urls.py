@@ -36,4 +36,5 @@ urlpatterns = [
     path("", include("retrieval.urls")),
     path("", include("worker.urls")),
     path("", include("labeling.urls")),
+    path("", include("audit.urls")),
 ]

@@ -19,6 +19,7 @@ from django.db import connection, transaction
 from django.db.models import Q, QuerySet
 from django.utils import timezone
 
+from audit.models import Event
 from labeling.inference import infer, replay, resolved_pairs
 from labeling.models import (
     Answer,
@@ -151,10 +152,25 @@ def record_answer(
     source: str = Source.HUMAN,
     when: datetime | None = None,
 ) -> Stored:
-    """Stores `user`'s answer about `pair`, replacing their earlier one (kept as history).
+    """Stores `user`'s answer about `pair`, replacing their earlier one (kept as history), and
+    its row in the audit log.
 
     The same idempotency key from the same user stores nothing the second time.
     """
+    return _store_answer(pair, user, answer, idempotency_key, source, when, audited=True)
+
+
+def _store_answer(
+    pair: Pair,
+    user: User,
+    answer: str,
+    idempotency_key: str,
+    source: str,
+    when: datetime | None,
+    *,
+    audited: bool,
+) -> Stored:
+    # audited=False: the caller (mark_many) writes one row for all its answers.
     if answer not in Answer.values:
         raise ValueError(f"answer must be one of {', '.join(Answer.values)}")
     with transaction.atomic():
@@ -187,6 +203,10 @@ def record_answer(
         pair.leased_by, pair.lease_expires_at = None, None
         pair.save()
         refresh_flags(pair.collection_id)
+        if audited:
+            Event.record(
+                Event.Action.ANSWER, user, pair.collection_id, pair, answer=answer, source=source
+            )
         transaction.on_commit(lambda: _after_answer(pair.collection_id))
     return Stored(constraint, created=True)
 
@@ -201,6 +221,7 @@ def undo_answer(pair: Pair, user: User) -> bool:
         if not deleted:
             return False
         ConstraintRevision.objects.create(pair=pair, annotator=user, answer="")
+        Event.record(Event.Action.UNDO, user, pair.collection_id, pair)
         _resolve(pair)
         if not pair.answer_count:
             pair.status = Pair.Status.QUEUED
@@ -319,6 +340,7 @@ def adjudicate(pair: Pair, curator: User, answer: str) -> None:
         pair.flagged = False
         pair.save()
         refresh_flags(pair.collection_id)
+        Event.record(Event.Action.ADJUDICATE, curator, pair.collection_id, pair, answer=answer)
 
 
 def name_group(collection: Collection, image: Image, name: str, user: User) -> Group:
@@ -360,5 +382,11 @@ def mark_many(
         raise Image.DoesNotExist("every image must belong to the collection")
     with transaction.atomic():
         for image_id in sorted(ids):
-            record_answer(pair_for(collection, query_id, image_id), user, answer)
+            pair = pair_for(collection, query_id, image_id)
+            _store_answer(pair, user, answer, "", Source.HUMAN, None, audited=False)
+        query = Image(pk=int(query_id), collection=collection)
+        Event.record(
+            Event.Action.MARK, user, collection, query,
+            answer=answer, count=len(ids), images=sorted(ids)[:100],
+        )  # fmt: skip
     return len(ids)

@@ -1,10 +1,26 @@
-"""Site admins manage collections and who holds which role in them from Django's admin."""
+"""Site admins manage collections, who holds which role in them, users and API tokens from
+Django's admin; every change of a role, user or token goes through retrieval/actions.py, which
+writes it to the audit log."""
 
 from __future__ import annotations
 
-from django.contrib import admin
+from typing import Any
 
+from django.contrib import admin
+from django.contrib.auth.admin import UserAdmin
+from django.contrib.auth.models import User
+from django.db.models import QuerySet
+from django.forms import BaseModelFormSet, ModelForm
+from django.http import HttpRequest
+from rest_framework.authtoken.admin import TokenAdmin
+from rest_framework.authtoken.models import TokenProxy
+
+from retrieval import actions
 from retrieval.models import Collection, Image, Membership, ModelVersion
+
+
+def _by(request: HttpRequest) -> User:
+    return request.user  # type: ignore[return-value]  # the admin: always a signed-in site admin
 
 
 class MembershipInline(admin.TabularInline):
@@ -18,7 +34,20 @@ class CollectionAdmin(admin.ModelAdmin):
     list_display = ["name", "created_by", "created_at", "active_version"]
     search_fields = ["name"]
     inlines = [MembershipInline]
-    raw_id_fields = ["active_version"]
+    # Search switches versions on the Models page only (checked, and logged as an activation).
+    readonly_fields = ["active_version"]
+
+    def save_formset(
+        self, request: HttpRequest, form: ModelForm, formset: BaseModelFormSet, change: bool
+    ) -> None:
+        if formset.model is not Membership:
+            super().save_formset(request, form, formset, change)
+            return
+        memberships = formset.save(commit=False)
+        for removed in formset.deleted_objects:
+            actions.remove_membership(removed, _by(request))
+        for membership in memberships:
+            actions.save_membership(membership, _by(request))
 
 
 @admin.register(Membership)
@@ -26,6 +55,42 @@ class MembershipAdmin(admin.ModelAdmin):
     list_display = ["collection", "user", "role"]
     list_filter = ["role", "collection"]
     autocomplete_fields = ["user", "collection"]
+
+    def save_model(self, request: HttpRequest, obj: Membership, form: Any, change: bool) -> None:
+        actions.save_membership(obj, _by(request))
+
+    def delete_model(self, request: HttpRequest, obj: Membership) -> None:
+        actions.remove_membership(obj, _by(request))
+
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[Membership]) -> None:
+        for membership in queryset.select_related("user"):
+            actions.remove_membership(membership, _by(request))
+
+
+admin.site.unregister(User)
+
+
+@admin.register(User)
+class AuditedUserAdmin(UserAdmin):
+    def save_model(self, request: HttpRequest, obj: User, form: Any, change: bool) -> None:
+        actions.save_user(obj, _by(request))
+
+
+admin.site.unregister(TokenProxy)
+
+
+@admin.register(TokenProxy)
+class RevokeOnlyTokenAdmin(TokenAdmin):
+    """Users create their own tokens (the API token page); site admins can only revoke them."""
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def delete_model(self, request: HttpRequest, obj: TokenProxy) -> None:
+        actions.revoke_token(obj.user, _by(request))
 
 
 @admin.register(Image)
@@ -42,4 +107,4 @@ class ImageAdmin(admin.ModelAdmin):
 class ModelVersionAdmin(admin.ModelAdmin):
     list_display = ["collection", "number", "kind", "status", "activated_at"]
     list_filter = ["collection", "kind", "status"]
-    readonly_fields = ["config", "metrics", "checkpoint"]
+    readonly_fields = ["status", "activated_at", "config", "metrics", "checkpoint"]

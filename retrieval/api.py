@@ -159,7 +159,12 @@ def _upload(request: Request, pk: int) -> Response:
     if not files:
         raise ValidationError({"files": "send one or more files in the multipart field 'files'"})
     labels = serializers.BooleanField().to_internal_value(request.POST.get("labels", False))
-    report = import_items(collection, from_uploads(files, Limits.from_settings(), labels=labels))
+    report = import_items(
+        collection,
+        from_uploads(files, Limits.from_settings(), labels=labels),
+        by=request.user,  # type: ignore[arg-type]  # authenticated: never anonymous
+        via="api",
+    )
     if report.created:
         embed_later(collection)
     body = {

@@ -18,6 +18,7 @@ from typing import IO, Any
 import numpy as np
 import torch
 from django.conf import settings
+from django.contrib.auth.models import User
 from django.db import transaction
 from django.db.models import Exists, OuterRef, QuerySet
 from django.utils import timezone
@@ -25,6 +26,7 @@ from PIL import Image as PILImage
 from PIL import ImageOps
 from tqdm import tqdm
 
+from audit.models import Event
 from retrieval import queries
 from retrieval.autoret.checkpoint import load_model
 from retrieval.autoret.embed import embed_images
@@ -270,13 +272,26 @@ def _walk(
     return result
 
 
-def activate(version: ModelVersion) -> None:
-    """Makes `version` the one its collection's searches answer from, atomically."""
+def activate(version: ModelVersion, by: User | None = None) -> None:
+    """Makes `version` the one its collection's searches answer from, atomically, and logs it
+    (`by` None: the platform itself, after a first embedding or a finished training job)."""
     with transaction.atomic():
+        locked = Collection.objects.select_for_update().get(pk=version.collection_id)
+        previous = (
+            ModelVersion.objects.filter(pk=locked.active_version_id)
+            .values_list("number", flat=True)
+            .first()
+            if locked.active_version_id is not None
+            else None
+        )
         ModelVersion.objects.filter(pk=version.pk).update(
             status=ModelVersion.Status.READY, activated_at=timezone.now()
         )
         Collection.objects.filter(pk=version.collection_id).update(active_version=version)
+        Event.record(
+            Event.Action.ACTIVATE, by, version.collection_id, version,
+            version=version.number, previous=previous,
+        )  # fmt: skip
 
 
 def activate_if_first(collection: Collection, version: ModelVersion) -> bool:

@@ -21,12 +21,14 @@ from pathlib import Path, PurePosixPath
 from typing import IO, TYPE_CHECKING
 
 from django.conf import settings
+from django.contrib.auth.models import User
 from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
 from django.db import IntegrityError, transaction
 from PIL import Image as PILImage
 from PIL import UnidentifiedImageError
 
+from audit.models import Event
 from retrieval.models import Collection, Image
 
 if TYPE_CHECKING:
@@ -62,6 +64,7 @@ class Limits:
     max_pixels: int
     max_zip_bytes: int
     max_files: int
+    max_collection_images: int
 
     @classmethod
     def from_settings(cls) -> Limits:
@@ -70,6 +73,7 @@ class Limits:
             max_pixels=settings.AUTORET_MAX_IMAGE_PIXELS,
             max_zip_bytes=settings.AUTORET_MAX_ZIP_BYTES,
             max_files=settings.AUTORET_MAX_FILES_PER_UPLOAD,
+            max_collection_images=settings.AUTORET_MAX_IMAGES_PER_COLLECTION,
         )
 
 
@@ -90,6 +94,8 @@ class ImportReport:
     created: list[int] = field(default_factory=list)
     duplicates: list[tuple[str, int]] = field(default_factory=list)  # (name, existing image id)
     rejected: list[tuple[str, str]] = field(default_factory=list)  # (name, reason)
+    # How many more images the collection may take (AUTORET_MAX_IMAGES_PER_COLLECTION).
+    room: int = 0
 
     @property
     def stored_nothing(self) -> bool:
@@ -307,13 +313,20 @@ def import_items(
     items: Iterable[Item],
     limits: Limits | None = None,
     progress: Callable[[int], object] | None = None,
+    *,
+    by: User | None = None,
+    via: str = "command",
 ) -> ImportReport:
     """Checks and stores `items` in `collection`; returns what was created, skipped and refused.
 
-    `progress(n)` is called after each n files are handled (for a progress bar).
+    `progress(n)` is called after each n files are handled (for a progress bar). The import is
+    logged (who, `via` browser, api or command, and the counts) once it is done: the files are
+    stored in batches, each in its own transaction, so the row follows the last one.
     """
     limits = limits or Limits.from_settings()
     report = ImportReport()
+    # Counted once: two imports into one collection at the same moment can pass the cap together.
+    report.room = max(0, limits.max_collection_images - collection.images.count())
     batch: list[_Checked] = []
     batch_bytes = 0
     seen = 0
@@ -334,15 +347,22 @@ def import_items(
                 batch.append(checked)
                 batch_bytes += len(checked.data) + len(checked.thumbnail)
         if len(batch) >= BATCH_FILES or batch_bytes >= BATCH_BYTES:
-            _store(collection, batch, report)
+            _store(collection, batch, report, limits)
             batch, batch_bytes = [], 0
         if progress is not None:
             progress(1)
-    _store(collection, batch, report)
+    _store(collection, batch, report, limits)
+    Event.record(
+        Event.Action.IMPORT, by, collection,
+        via=via, created=len(report.created), duplicates=len(report.duplicates),
+        rejected=len(report.rejected),
+    )  # fmt: skip
     return report
 
 
-def _store(collection: Collection, batch: list[_Checked], report: ImportReport) -> None:
+def _store(
+    collection: Collection, batch: list[_Checked], report: ImportReport, limits: Limits
+) -> None:
     if not batch:
         return
     existing = dict(
@@ -369,6 +389,9 @@ def _store(collection: Collection, batch: list[_Checked], report: ImportReport) 
                 label=checked.label,
             )
             to_create.append((checked, image))
+    if len(to_create) > report.room:
+        to_create, full = to_create[: report.room], to_create[report.room :]
+        report.rejected.extend((checked.name, _full(limits)) for checked, _ in full)
     written: list[str] = []
     try:
         for checked, image in to_create:
@@ -387,6 +410,7 @@ def _store(collection: Collection, batch: list[_Checked], report: ImportReport) 
         raise
     else:
         report.created.extend(image.pk for _, image in to_create)
+        report.room -= len(to_create)
     ids = dict(
         Image.objects.filter(
             collection=collection, sha256__in=[c.sha256 for c in repeats]
@@ -395,6 +419,12 @@ def _store(collection: Collection, batch: list[_Checked], report: ImportReport) 
     for checked in repeats:
         if checked.sha256 in ids:
             report.duplicates.append((checked.name, ids[checked.sha256]))
+        else:  # its first copy was refused because the collection is full
+            report.rejected.append((checked.name, _full(limits)))
+
+
+def _full(limits: Limits) -> str:
+    return f"the collection is full: it holds the limit of {limits.max_collection_images} images"
 
 
 def _store_one_by_one(
@@ -410,6 +440,7 @@ def _store_one_by_one(
             report.duplicates.append((checked.name, other.pk))
         else:
             report.created.append(image.pk)
+            report.room -= 1
 
 
 def _write(image: Image, field_name: str, filename: str, data: bytes) -> str:

@@ -11,7 +11,7 @@ from django.http import FileResponse, Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_http_methods, require_POST
 
-from retrieval.actions import create_collection, images_after
+from retrieval.actions import create_collection, create_token, images_after, revoke_token
 from retrieval.forms import CollectionForm, UploadForm
 from retrieval.imports import CONTENT_TYPES, ImportReport, embed_later, from_uploads, import_items
 from retrieval.imports import Limits as ImportLimits
@@ -102,6 +102,8 @@ def upload(request: HttpRequest, pk: int) -> HttpResponse:
         report = import_items(
             collection,
             from_uploads(files, ImportLimits.from_settings(), labels=form.cleaned_data["labels"]),
+            by=request.user,  # type: ignore[arg-type]  # login_required: never anonymous
+            via="browser",
         )
         if report.created:
             embed_later(collection)
@@ -163,9 +165,10 @@ def api_token(request: HttpRequest) -> HttpResponse:
     user: User = request.user  # type: ignore[assignment]  # login_required: never anonymous
     new_key = None
     if request.method == "POST":
-        Token.objects.filter(user=user).delete()
         if request.POST.get("action") == "create":
-            new_key = Token.objects.create(user=user).key
+            new_key = create_token(user)
+        else:
+            revoke_token(user, by=user)
     has_token = Token.objects.filter(user=user).exists()
     return render(
         request, "registration/api_token.html", {"has_token": has_token, "new_key": new_key}

@@ -83,6 +83,8 @@ CASES: dict[str, Case] = {
     "labeling_api:answer": Case("POST", Role.ANNOTATOR, ("pair",), api=True),
     "labeling_api:undo": Case("POST", Role.ANNOTATOR, ("pair",), api=True),
     "labeling_api:adjudicate": Case("POST", Role.CURATOR, ("pair",), api=True),
+    # Audit log (audit)
+    "audit:activity": Case("GET", Role.ADMIN, ("collection",)),
 }
 
 

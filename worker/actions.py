@@ -17,6 +17,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import Max
 from django.utils import timezone
 
+from audit.models import Event
 from retrieval import queries
 from retrieval.models import Collection, ModelVersion
 from worker.heartbeat import live_workers
@@ -120,6 +121,9 @@ def start_training(
                 phase="queued",
                 options={"minutes": budget},
             )
+            Event.record(
+                Event.Action.TRAIN_START, user, locked, job, version=number, minutes=budget
+            )
             if not run_here:
                 enqueue(job)
     except IntegrityError:
@@ -138,17 +142,22 @@ def start_embedding(collection: Collection, user: User | None = None) -> Job:
     )
 
 
-def cancel_job(job: Job) -> None:
+def cancel_job(job: Job, by: User | None = None) -> None:
     """Asks the job to stop. A queued job nobody holds stops here; a running one stops at its next
     progress report (about a second while training, one batch while embedding)."""
-    Job.objects.filter(pk=job.pk, status__in=Job.ACTIVE).update(cancel_requested=True)
-    stopped = Job.objects.filter(pk=job.pk, status=Job.Status.QUEUED, lease="").update(
-        status=Job.Status.CANCELLED, phase="cancelled", finished_at=timezone.now()
-    )
-    if stopped and job.version_id is not None:
-        ModelVersion.objects.filter(pk=job.version_id).exclude(
-            status=ModelVersion.Status.READY
-        ).update(status=ModelVersion.Status.FAILED)
+    with transaction.atomic():
+        asked = Job.objects.filter(pk=job.pk, status__in=Job.ACTIVE, cancel_requested=False).update(
+            cancel_requested=True
+        )
+        stopped = Job.objects.filter(pk=job.pk, status=Job.Status.QUEUED, lease="").update(
+            status=Job.Status.CANCELLED, phase="cancelled", finished_at=timezone.now()
+        )
+        if stopped and job.version_id is not None:
+            ModelVersion.objects.filter(pk=job.version_id).exclude(
+                status=ModelVersion.Status.READY
+            ).update(status=ModelVersion.Status.FAILED)
+        if asked:
+            Event.record(Event.Action.JOB_CANCEL, by, job.collection_id, job, kind=job.kind)
     job.refresh_from_db()
 
 
@@ -184,7 +193,7 @@ def set_policy(
     return policy
 
 
-def activate_version(version: ModelVersion) -> None:
+def activate_version(version: ModelVersion, by: User | None = None) -> None:
     """Switches search to `version` (a rollback when it is older than the active one).
 
     Only a READY version is complete (every image embedded, index built); anything else would let
@@ -196,7 +205,7 @@ def activate_version(version: ModelVersion) -> None:
         raise VersionNotAllowed(
             f"Version {version.number} is {version.status}; only a ready version can be activated."
         )
-    activate(version)
+    activate(version, by)
     # Images uploaded after this version was embedded get their vectors now.
     transaction.on_commit(lambda: _enqueue_collection_embedding(version.collection_id))
 
@@ -210,7 +219,7 @@ def _enqueue_collection_embedding(collection_id: int) -> None:
         log.exception("collection %s: could not queue embedding (broker down?)", collection_id)
 
 
-def delete_embeddings(version: ModelVersion) -> int:
+def delete_embeddings(version: ModelVersion, by: User | None = None) -> int:
     """Frees an old version's space: its index, then its vectors. Never the active version, nor
     one a running job is filling. Returns how many vectors were deleted."""
     collection = Collection.objects.get(pk=version.collection_id)
@@ -223,6 +232,10 @@ def delete_embeddings(version: ModelVersion) -> int:
     with transaction.atomic():
         deleted, _ = version.embeddings.all().delete()
         ModelVersion.objects.filter(pk=version.pk).update(status=ModelVersion.Status.DELETED)
+        Event.record(
+            Event.Action.EMBEDDINGS_DELETE, by, collection, version,
+            version=version.number, vectors=deleted,
+        )  # fmt: skip
     version.refresh_from_db()
     return deleted
 

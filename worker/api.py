@@ -107,7 +107,7 @@ def job(request: Request, pk: int) -> Response:
 @api_view(["POST"])
 def job_cancel(request: Request, pk: int) -> Response:
     found = get_in_collection_for_user(request.user, Job.objects.all(), pk, Role.ADMIN)
-    actions.cancel_job(found)
+    actions.cancel_job(found, by=request.user)  # type: ignore[arg-type]  # authenticated
     return Response(JobSerializer(found).data, status=status.HTTP_202_ACCEPTED)
 
 
@@ -131,7 +131,7 @@ def activate(request: Request, pk: int) -> Response:
     versions = ModelVersion.objects.select_related("collection")
     version = get_in_collection_for_user(request.user, versions, pk, Role.ADMIN)
     try:
-        actions.activate_version(version)
+        actions.activate_version(version, by=request.user)  # type: ignore[arg-type]
     except actions.VersionNotAllowed as refused:
         raise ValidationError({"detail": str(refused)}) from None
     version.refresh_from_db()

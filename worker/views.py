@@ -180,7 +180,7 @@ def job_detail(request: HttpRequest, pk: int) -> HttpResponse:
 @require_POST
 def job_cancel(request: HttpRequest, pk: int) -> HttpResponse:
     job = get_in_collection_for_user(request.user, JOBS, pk, Role.ADMIN)
-    actions.cancel_job(job)
+    actions.cancel_job(job, by=request.user)  # type: ignore[arg-type]  # login_required
     messages.info(request, "Cancel requested: the job stops within seconds.")
     return redirect("worker:job_detail", pk=job.pk)
 
@@ -190,7 +190,7 @@ def job_cancel(request: HttpRequest, pk: int) -> HttpResponse:
 def version_activate(request: HttpRequest, pk: int) -> HttpResponse:
     version = get_in_collection_for_user(request.user, ModelVersion.objects.all(), pk, Role.ADMIN)
     try:
-        actions.activate_version(version)
+        actions.activate_version(version, by=request.user)  # type: ignore[arg-type]
     except actions.VersionNotAllowed as refused:
         messages.error(request, str(refused))
     else:
@@ -205,7 +205,7 @@ def version_delete_embeddings(request: HttpRequest, pk: int) -> HttpResponse:
     version = get_in_collection_for_user(request.user, ModelVersion.objects.all(), pk, Role.ADMIN)
     if request.method == "POST" and request.POST.get("confirm") == "yes":
         try:
-            deleted = actions.delete_embeddings(version)
+            deleted = actions.delete_embeddings(version, by=request.user)  # type: ignore[arg-type]
         except actions.VersionNotAllowed as refused:
             messages.error(request, str(refused))
         else:
