@@ -20,7 +20,8 @@ from django.db.models import Q, QuerySet
 from django.utils import timezone
 
 from audit.models import Event
-from labeling.inference import infer, replay, resolved_pairs
+from labeling import inference
+from labeling.inference import infer
 from labeling.models import (
     Answer,
     Constraint,
@@ -93,35 +94,57 @@ def _resolve(pair: Pair) -> None:
 RECHECK_HEAD = 200
 
 
-def refresh_flags(collection_id: int) -> int:
-    """Re-judges every resolved pair in answer order and stores the flags, retires queued pairs
+def change_of(pair: Pair, before: tuple[str, datetime | None]) -> str:
+    """What a change to `pair` did to the replay order, from its (final answer, answered_at)
+    before the change: nothing, one pair appended at the end, or anything else."""
+    inside = (Answer.SAME, Answer.DIFFERENT)
+    was, now = before[0] in inside, pair.final_answer in inside
+    if not was and not now:
+        return inference.UNCHANGED
+    if was and now and before == (pair.final_answer, pair.answered_at):
+        return inference.UNCHANGED
+    if not was and now and not pair.adjudicated:
+        return inference.APPEND
+    return inference.FULL
+
+
+def refresh_flags(
+    collection_id: int, pair: Pair | None = None, before: tuple[str, datetime | None] = ("", None)
+) -> int:
+    """Re-judges the resolved pairs in answer order and stores the flags, retires queued pairs
     at the head of the queue that the answers now imply, and stores the counters; returns how
-    many pairs are flagged. Caller holds the collection lock."""
-    ordered = resolved_pairs(collection_id)
-    inference = replay(pair for pair, _ in ordered)
-    contradicting = {p.pair_id for p in inference.contradictions}
-    was = {p.pair_id for p, flagged in ordered if flagged}
-    if contradicting != was:
-        Pair.objects.filter(pk__in=contradicting - was).update(flagged=True)
-        Pair.objects.filter(pk__in=was - contradicting).update(flagged=False)
-    # Pairs whose answer went to unsure or away keep no stale flag.
-    Pair.objects.filter(collection_id=collection_id, flagged=True).exclude(
-        pk__in=contradicting
-    ).update(flagged=False)
+    many pairs are flagged. Caller holds the collection lock.
+
+    With `pair` and its `before` state, a change that only appends that pair to the replay
+    order costs one add() to this process's kept replay instead of a replay of every answer
+    (labeling.inference.refresh); without them everything is replayed."""
+    labeling = settings_for(collection_id)
+    change = change_of(pair, before) if pair is not None else inference.FULL
+    result = inference.refresh(
+        collection_id, labeling.inference_epoch, change, pair.pk if pair is not None else None
+    )
+    for value in (True, False):
+        ids = [pk for pk, flag in result.flags.items() if flag == value]
+        if ids:
+            Pair.objects.filter(pk__in=ids).update(flagged=value)
+    contradicting = {p.pair_id for p in result.inference.contradictions}
+    if result.full:
+        # Pairs whose answer went to unsure or away keep no stale flag.
+        Pair.objects.filter(collection_id=collection_id, flagged=True).exclude(
+            pk__in=contradicting
+        ).update(flagged=False)
     head = _open_pairs(collection_id, timezone.now()).order_by("id")[:RECHECK_HEAD]
     implied = [
         pk
         for pk, a, b in head.values_list("id", "a_id", "b_id")
-        if inference.implied(a, b) is not None
+        if result.inference.implied(a, b) is not None
     ]
     if implied:
         Pair.objects.filter(pk__in=implied).update(status=Pair.Status.RETIRED)
-    LabelingSettings.objects.update_or_create(
-        collection_id=collection_id,
-        defaults={
-            "implied_pairs": inference.implied_count(),
-            "flagged_pairs": len(contradicting),
-        },
+    LabelingSettings.objects.filter(pk=labeling.pk).update(
+        implied_pairs=result.inference.implied_count(),
+        flagged_pairs=len(contradicting),
+        inference_epoch=result.epoch,
     )
     return len(contradicting)
 
@@ -186,6 +209,7 @@ def _store_answer(
                     existing = Constraint(pair_id=seen.pair_id, annotator=user, answer=seen.answer)
                 return Stored(existing, created=False)
         pair = Pair.objects.select_for_update().get(pk=pair.pk)
+        before = (pair.final_answer, pair.answered_at)
         ConstraintRevision.objects.create(
             pair=pair, annotator=user, answer=answer, source=source, idempotency_key=idempotency_key
         )
@@ -202,7 +226,7 @@ def _store_answer(
         _resolve(pair)
         pair.leased_by, pair.lease_expires_at = None, None
         pair.save()
-        refresh_flags(pair.collection_id)
+        refresh_flags(pair.collection_id, pair, before)
         if audited:
             Event.record(
                 Event.Action.ANSWER, user, pair.collection_id, pair, answer=answer, source=source
@@ -217,6 +241,7 @@ def undo_answer(pair: Pair, user: User) -> bool:
     with transaction.atomic():
         _lock_collection(pair.collection_id)
         pair = Pair.objects.select_for_update().get(pk=pair.pk)
+        before = (pair.final_answer, pair.answered_at)
         deleted, _ = Constraint.objects.filter(pair=pair, annotator=user).delete()
         if not deleted:
             return False
@@ -231,7 +256,7 @@ def undo_answer(pair: Pair, user: User) -> bool:
                 seconds=settings_for(pair.collection_id).lease_seconds
             )
         pair.save()
-        refresh_flags(pair.collection_id)
+        refresh_flags(pair.collection_id, pair, before)
     return True
 
 

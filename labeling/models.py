@@ -70,6 +70,9 @@ class LabelingSettings(models.Model):
     # annotator sees after each answer cost no replay of the whole collection.
     implied_pairs = models.PositiveBigIntegerField(default=0)
     flagged_pairs = models.PositiveIntegerField(default=0)
+    # Changes whenever an answer change is more than one pair appended to the replay order: a
+    # process whose kept replay (labeling.inference.refresh) has another epoch replays anew.
+    inference_epoch = models.CharField(max_length=32, blank=True)
     # The version the queue was last mined from: a newly activated version triggers mining.
     mined_version = models.ForeignKey(
         ModelVersion, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
