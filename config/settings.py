@@ -270,6 +270,26 @@ if not re.fullmatch(r"\d+(kB|MB|GB)", AUTORET_INDEX_BUILD_MEMORY):
     raise ImproperlyConfigured(
         f"AUTORET_INDEX_BUILD_MEMORY={AUTORET_INDEX_BUILD_MEMORY!r} is not a size like 512MB or 1GB"
     )
+# HNSW parameters by the size of a model version (retrieval/queries.py, docs/search.md): a version
+# with at least AUTORET_HNSW_LARGE_ROWS embeddings is indexed with the LARGE graph parameters;
+# ef_search is AUTORET_EF_SEARCH up to AUTORET_EF_SEARCH_SMALL_ROWS and grows to
+# AUTORET_EF_SEARCH_LARGE at AUTORET_HNSW_LARGE_ROWS. pgvector's limits: m 2..100,
+# ef_construction 4..1000 and at least 2 * m, ef_search 1..1000.
+AUTORET_HNSW_M = env_int("AUTORET_HNSW_M", 16, minimum=2, maximum=100)
+AUTORET_HNSW_EF_CONSTRUCTION = env_int("AUTORET_HNSW_EF_CONSTRUCTION", 64, minimum=4, maximum=1000)
+AUTORET_HNSW_LARGE_ROWS = env_int("AUTORET_HNSW_LARGE_ROWS", 250_000, minimum=1)
+AUTORET_HNSW_LARGE_M = env_int("AUTORET_HNSW_LARGE_M", 32, minimum=2, maximum=100)
+AUTORET_HNSW_LARGE_EF_CONSTRUCTION = env_int(
+    "AUTORET_HNSW_LARGE_EF_CONSTRUCTION", 128, minimum=4, maximum=1000
+)
+AUTORET_EF_SEARCH = env_int("AUTORET_EF_SEARCH", 40, minimum=1, maximum=1000)
+AUTORET_EF_SEARCH_SMALL_ROWS = env_int("AUTORET_EF_SEARCH_SMALL_ROWS", 200_000, minimum=1)
+AUTORET_EF_SEARCH_LARGE = env_int("AUTORET_EF_SEARCH_LARGE", 200, minimum=1, maximum=1000)
+if (
+    AUTORET_HNSW_EF_CONSTRUCTION < 2 * AUTORET_HNSW_M
+    or AUTORET_HNSW_LARGE_EF_CONSTRUCTION < 2 * AUTORET_HNSW_LARGE_M
+):
+    raise ImproperlyConfigured("an HNSW ef_construction must be at least twice its m (pgvector)")
 MODELS_DIR = env_path("AUTORET_MODELS_DIR", DATA_DIR / "models")
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},

@@ -11,6 +11,7 @@ through the (version_id, image_id) btree of the unique constraint. See docs/sear
 
 from __future__ import annotations
 
+import math
 import os
 import weakref
 from collections.abc import Iterable, Sequence
@@ -30,10 +31,52 @@ TABLE = Embedding._meta.db_table
 # Below this many rows an exact scan of one version costs about as much as an HNSW walk (a few
 # milliseconds for 2,000 x 128 floats) and is always exact, so no index is built.
 INDEX_MIN_ROWS = 2000
+# ef_search, m and ef_construction depend on the version's size: see index_params_for and
+# ef_search_for (settings AUTORET_HNSW_* and AUTORET_EF_SEARCH*, measured in bench/search.py).
 DEFAULT_EF_SEARCH = 40
-# pgvector's defaults; recall at 100k is measured with them in bench/search.py.
-HNSW_M = 16
-HNSW_EF_CONSTRUCTION = 64
+
+
+@dataclass(frozen=True)
+class IndexParams:
+    """The HNSW graph parameters of one version's index."""
+
+    m: int
+    ef_construction: int
+
+
+@dataclass(frozen=True)
+class IndexInfo:
+    """A version's valid index as PostgreSQL records it: its parameters (the index's reloptions)
+    and its row count (pg_class.reltuples, set by the build and refreshed by ANALYZE/VACUUM)."""
+
+    params: IndexParams
+    rows: int
+
+
+def index_params_for(rows: int) -> IndexParams:
+    """Graph parameters for a version of `rows` embeddings: pgvector's defaults (m 16,
+    ef_construction 64) below AUTORET_HNSW_LARGE_ROWS, a denser graph built with a wider search
+    above it, where the defaults leave recall@10 near 0.9 whatever ef_search (docs/search.md)."""
+    if rows >= settings.AUTORET_HNSW_LARGE_ROWS:
+        return IndexParams(
+            settings.AUTORET_HNSW_LARGE_M, settings.AUTORET_HNSW_LARGE_EF_CONSTRUCTION
+        )
+    return IndexParams(settings.AUTORET_HNSW_M, settings.AUTORET_HNSW_EF_CONSTRUCTION)
+
+
+def ef_search_for(rows: int) -> int:
+    """hnsw.ef_search for a version of `rows` embeddings: AUTORET_EF_SEARCH up to
+    AUTORET_EF_SEARCH_SMALL_ROWS, AUTORET_EF_SEARCH_LARGE from AUTORET_HNSW_LARGE_ROWS on, and in
+    between interpolated on log(rows)."""
+    low, high = settings.AUTORET_EF_SEARCH, settings.AUTORET_EF_SEARCH_LARGE
+    small_rows, large_rows = settings.AUTORET_EF_SEARCH_SMALL_ROWS, settings.AUTORET_HNSW_LARGE_ROWS
+    if rows >= large_rows:
+        return high
+    if rows <= small_rows:
+        return low
+    share = math.log(rows / small_rows) / math.log(large_rows / small_rows)
+    return round(low + share * (high - low))
+
 
 # Raw psycopg connections that already know the `vector` type (registering costs a round trip).
 _registered: weakref.WeakSet[Any] = weakref.WeakSet()
@@ -79,15 +122,26 @@ def _as_vector(vector: Sequence[float] | np.ndarray) -> np.ndarray:
     return array
 
 
-def has_index(version: VersionRef) -> bool:
-    """Whether a valid (fully built) HNSW index exists for this version."""
+def index_info(version: VersionRef) -> IndexInfo | None:
+    """The version's valid (fully built) HNSW index, or None: one catalogue lookup."""
     with _cursor() as cursor:
         cursor.execute(
-            "SELECT i.indisvalid FROM pg_index i WHERE i.indexrelid = to_regclass(%s)",
+            "SELECT i.indisvalid, c.reloptions, c.reltuples FROM pg_index i "
+            "JOIN pg_class c ON c.oid = i.indexrelid WHERE i.indexrelid = to_regclass(%s)",
             [index_name(version)],
         )
         row = cursor.fetchone()
-    return bool(row and row[0])
+    if not row or not row[0]:
+        return None
+    options = dict(option.split("=", 1) for option in row[1] or [])
+    # An option left out of WITH (...) has pgvector's default.
+    params = IndexParams(int(options.get("m", 16)), int(options.get("ef_construction", 64)))
+    return IndexInfo(params=params, rows=max(int(row[2]), 0))
+
+
+def has_index(version: VersionRef) -> bool:
+    """Whether a valid (fully built) HNSW index exists for this version."""
+    return index_info(version) is not None
 
 
 def count_at_least(version: VersionRef, n: int) -> bool:
@@ -106,13 +160,14 @@ def nearest(
     vector: Sequence[float] | np.ndarray,
     k: int,
     exclude_image_ids: Iterable[int] = (),
-    ef_search: int = DEFAULT_EF_SEARCH,
+    ef_search: int | None = None,
     offset: int = 0,
 ) -> list[tuple[int, float]]:
     """The k images of `version` nearest to `vector` by L2 distance, as (image_id, distance).
 
     Always a full page: min(k, rows in the version not excluded, after `offset`). `offset` skips
-    the first results ("load more"); it is bounded by the page size the views allow.
+    the first results ("load more"); it is bounded by the page size the views allow. `ef_search`
+    None: chosen by the index's row count (ef_search_for).
     """
     query = _as_vector(vector)
     excluded = sorted({int(i) for i in exclude_image_ids})
@@ -121,8 +176,10 @@ def nearest(
     if wanted <= 0:
         return []
     rows: list[tuple[int, float]] = []
-    if has_index(version_id):
-        rows = _index_scan(version_id, query, wanted, excluded, ef_search)
+    info = index_info(version_id)
+    if info is not None:
+        ef = ef_search_for(info.rows) if ef_search is None else ef_search
+        rows = _index_scan(version_id, query, wanted, excluded, ef)
     if len(rows) < wanted:
         # Short page from the index (the exclusions or ef_search cut it) or no index: exact.
         rows = _exact_scan(version_id, query, wanted, excluded)
@@ -175,43 +232,70 @@ def vector_of(version: VersionRef, image_id: int) -> np.ndarray | None:
     return None if row is None else _to_numpy(row[0])
 
 
-def _maintenance_work_mem() -> str:
-    """The configured build memory, capped at half the memory free now so a build never swaps."""
+def graph_bytes(rows: int, params: IndexParams) -> int:
+    """About how much memory pgvector 0.6 takes to build this graph in memory: the vector plus
+    2m neighbour slots of 16 bytes per element (1.66 kB per row measured at m 32, dim 128)."""
+    return rows * (4 * EMBED_DIM + 32 * params.m + 128)
+
+
+def _maintenance_work_mem(rows: int = 0, params: IndexParams | None = None) -> str:
+    """The configured build memory, raised to hold the graph of `rows` rows (a graph that
+    outgrows maintenance_work_mem goes on being built on disk, many times slower), capped at half
+    the memory free now so a build never swaps."""
     configured = settings.AUTORET_INDEX_BUILD_MEMORY  # validated in settings.py
     units = {"kB": 1 << 10, "MB": 1 << 20, "GB": 1 << 30}
     number, unit = configured[:-2], configured[-2:]
     wanted = int(number) * units[unit]
+    if params is not None:
+        wanted = max(wanted, graph_bytes(rows, params) * 5 // 4)
     try:
         available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (ValueError, OSError):
-        return configured
+        return f"{wanted >> 20}MB"
     # 64MB is PostgreSQL's own default: below that the cap would only slow the build down.
     capped = max(min(wanted, available // 2), 64 << 20)
     return f"{capped >> 20}MB"
 
 
-def build_index(version: VersionRef, force: bool = False) -> bool:
+def count_rows(version: VersionRef) -> int:
+    """The version's embeddings, counted through the (version_id, image_id) btree: for index
+    builds only (about 0.1 s per million rows), never on a query path."""
+    with _cursor() as cursor:
+        cursor.execute(
+            f"SELECT count(*) FROM {TABLE} WHERE {_version_filter(_version_id(version))}"
+        )
+        return int(cursor.fetchone()[0])
+
+
+def build_index(
+    version: VersionRef, force: bool = False, params: IndexParams | None = None
+) -> bool:
     """Builds this version's partial HNSW index if it has INDEX_MIN_ROWS rows (or `force`).
 
-    Idempotent: returns True when a valid index exists afterwards. Outside a transaction the
-    build is CONCURRENTLY, so other collections keep loading embeddings meanwhile; inside one
-    (tests, callers holding a transaction) it is a plain build.
+    The graph parameters follow the version's size (index_params_for) unless `params` is given;
+    they stay recorded in the index itself (index_info). Idempotent: returns True when a valid
+    index exists afterwards (whatever its parameters). Outside a transaction the build is
+    CONCURRENTLY, so other collections keep loading embeddings meanwhile; inside one (tests,
+    callers holding a transaction) it is a plain build.
     """
     version_id = _version_id(version)
     if has_index(version_id):
         return True
     if not force and not count_at_least(version_id, INDEX_MIN_ROWS):
         return False
+    rows = count_rows(version_id)
+    if params is None:
+        params = index_params_for(rows)
     name = index_name(version_id)
     # A CONCURRENTLY build that was interrupted leaves an invalid index behind: replace it.
     drop_index(version_id)
     concurrently = not connection.in_atomic_block
     ddl = (
         f"CREATE INDEX {'CONCURRENTLY ' if concurrently else ''}{name} ON {TABLE} "
-        f"USING hnsw (vector vector_l2_ops) WITH (m = {HNSW_M}, "
-        f"ef_construction = {HNSW_EF_CONSTRUCTION}) WHERE {_version_filter(version_id)}"
+        f"USING hnsw (vector vector_l2_ops) WITH (m = {int(params.m)}, "
+        f"ef_construction = {int(params.ef_construction)}) WHERE {_version_filter(version_id)}"
     )
-    memory = _maintenance_work_mem()
+    memory = _maintenance_work_mem(rows, params)
     with _cursor() as cursor:
         if concurrently:
             cursor.execute(f"SET maintenance_work_mem = '{memory}'")
