@@ -5,6 +5,7 @@ from __future__ import annotations
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import (
     OpenApiParameter,
+    PolymorphicProxySerializer,
     extend_schema,
     extend_schema_field,
     inline_serializer,
@@ -89,6 +90,16 @@ ImportReportSerializer = inline_serializer(
         ),
     },
 )
+# 400: every file was refused (the report says why), no files were sent, or labels was no boolean.
+UploadRefusedSerializer = PolymorphicProxySerializer(
+    component_name="UploadRefused",
+    serializers=[
+        ImportReportSerializer,
+        inline_serializer("NoFiles", {"files": serializers.CharField()}),
+        inline_serializer("BadLabels", {"labels": serializers.CharField()}),
+    ],
+    resource_type_field_name=None,
+)
 
 
 @extend_schema(
@@ -128,11 +139,11 @@ def collections(request: Request) -> Response:
 @extend_schema(
     methods=["POST"],
     request={"multipart/form-data": UploadSerializer},
-    responses={201: ImportReportSerializer, 400: ImportReportSerializer},
+    responses={201: ImportReportSerializer, 400: UploadRefusedSerializer},
     summary="Import images and zips (curators and admins)",
     description=(
         "Each file is checked by its content. Rejected files are listed with the reason; the "
-        "others are stored. 400 when nothing could be stored."
+        "others are stored. 400 when nothing could be stored, or no file was sent."
     ),
 )
 @api_view(["GET", "POST"])
@@ -158,7 +169,10 @@ def _upload(request: Request, pk: int) -> Response:
     files = request.FILES.getlist("files")
     if not files:
         raise ValidationError({"files": "send one or more files in the multipart field 'files'"})
-    labels = serializers.BooleanField().to_internal_value(request.POST.get("labels", False))
+    try:
+        labels = serializers.BooleanField().to_internal_value(request.POST.get("labels", False))
+    except ValidationError:
+        raise ValidationError({"labels": "true or false"}) from None
     report = import_items(
         collection,
         from_uploads(files, Limits.from_settings(), labels=labels),

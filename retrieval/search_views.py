@@ -347,12 +347,14 @@ def _data(request: Request) -> dict[str, Any]:
 
 def _k(request: Request) -> int:
     raw = _data(request).get("k", PAGE_SIZE)
+    # Every 400 of the search API has the one documented shape, {"detail": ...}.
+    refusal = ValidationError({"detail": f"k must be a whole number from 1 to {MAX_K}"})
     try:
         k = int(raw)
     except (TypeError, ValueError):
-        raise ValidationError({"k": f"a whole number from 1 to {MAX_K}"}) from None
+        raise refusal from None
     if not 1 <= k <= MAX_K:
-        raise ValidationError({"k": f"a whole number from 1 to {MAX_K}"})
+        raise refusal
     return k
 
 
