@@ -74,6 +74,7 @@ def _collection_context(request: HttpRequest, collection: Collection) -> dict[st
         "images": images,
         "next_after": next_after,
         "can_upload": role >= Role.CURATOR,
+        "is_admin": role >= Role.ADMIN,
         "upload_form": UploadForm(),
     }
 

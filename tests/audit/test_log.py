@@ -436,3 +436,9 @@ def test_the_log_outlives_a_deleted_collection_and_user(admin, curator, collecti
     curator.delete()
     event = only_event()
     assert (event.collection_id, event.user, event.username) == (collection_id, None, "curator")
+
+
+def test_the_collection_page_links_the_activity_for_admins_only(admin, curator, collection) -> None:
+    link = f'href="/collections/{collection.pk}/activity/"'.encode()
+    assert link in signed_in(admin).get(f"/collections/{collection.pk}/").content
+    assert link not in signed_in(curator).get(f"/collections/{collection.pk}/").content
