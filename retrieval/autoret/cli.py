@@ -56,6 +56,13 @@ def _parser() -> argparse.ArgumentParser:
         default=TrainConfig.pairing,
         help="sampled: the paper's B pairs per step; batch-all: every pair of 2B views (ours)",
     )
+    t.add_argument(
+        "--neighbor-pairs",
+        type=float,
+        default=TrainConfig.neighbor_pairs,
+        help="fraction of self-supervised can-link pairs made of an image and a pixel-space "
+        "nearest neighbour instead of its own copy (ours; sampled pairing)",
+    )
     t.add_argument("--batch-size", type=int, default=TrainConfig.batch_size, help="pairs per step")
     t.add_argument("--lr", type=float, default=TrainConfig.lr)
     t.add_argument("--seed", type=int, default=TrainConfig.seed)
@@ -101,6 +108,7 @@ def _train(args: argparse.Namespace) -> None:
     cfg = TrainConfig(
         alpha=args.alpha,
         pairing=args.pairing,
+        neighbor_pairs=args.neighbor_pairs,
         batch_size=args.batch_size,
         lr=args.lr,
         epochs=args.epochs,

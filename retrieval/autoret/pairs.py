@@ -1,10 +1,11 @@
 """Pair sampling and batched augmentation (autoret-method.md sections 1-3).
 
 Self-supervised pairs: a can-link pair is an image and an augmented copy of it, a cannot-link pair
-an image and another randomly chosen one. Known pairs come from class labels of some images or from
-human must-link / cannot-link answers, expanded through transitivity, and replace part of the
-self-supervised pairs. Everything here works on index tensors and image batches already in memory;
-nothing loads data.
+an image and another randomly chosen one. Neighbour pairs (ours) replace some of those can-link
+copies by the image and one of its nearest neighbours in pixel space. Known pairs come from class
+labels of some images or from human must-link / cannot-link answers, expanded through
+transitivity, and replace part of the self-supervised pairs. Everything here works on index
+tensors and image batches already in memory; nothing loads data.
 """
 
 from __future__ import annotations
@@ -82,6 +83,35 @@ def augment(
         noise = torch.randn(out.shape, generator=generator, device=x.device, dtype=out.dtype)
         out = out + cfg.noise_sigma * noise
     return out.clamp_(0.0, 1.0)
+
+
+def pixel_neighbors(
+    images: torch.Tensor, k: int, *, side: int = 16, chunk: int = 2048
+) -> torch.Tensor:
+    """The k nearest neighbours of every image in pixel space (ours): LongTensor N x k.
+
+    images: uint8 or float N x C x H x W on any device. Each image is averaged to grey, pooled to
+    at most side x side and L2-normalized after removing its mean, so neighbours are ranked by the
+    cosine of centred thumbnails, the "raw pixels" baseline of the benchmark at a fraction of its
+    cost. The image itself is never its own neighbour (duplicates still are). Computed in chunks
+    of rows: N x chunk similarities at a time.
+    """
+    n = images.shape[0]
+    if not 1 <= k < n:
+        raise ValueError(f"k must be between 1 and {n - 1} for {n} images, got {k}")
+    x = images.float().mean(dim=1, keepdim=True)
+    height, width = x.shape[-2:]
+    if height > side or width > side:
+        x = F.adaptive_avg_pool2d(x, (min(height, side), min(width, side)))
+    x = x.flatten(1)
+    x = F.normalize(x - x.mean(dim=1, keepdim=True), dim=1)
+    out = torch.empty(n, k, dtype=torch.long, device=images.device)
+    for start in range(0, n, chunk):
+        rows = torch.arange(start, min(start + chunk, n), device=images.device)
+        similarity = x[rows] @ x.T
+        similarity[torch.arange(len(rows), device=images.device), rows] = -math.inf
+        out[rows] = similarity.topk(k, dim=1).indices
+    return out
 
 
 class _UnionFind:
@@ -276,7 +306,8 @@ class KnownPairs:
 class PairBatch:
     """Index pairs for one step: first, second are LongTensor B; is_cannot is BoolTensor B.
 
-    For self-supervised can-link pairs first == second: the augmentation makes the two views differ.
+    For self-supervised can-link pairs first == second (the augmentation makes the two views
+    differ), or second is a pixel-space neighbour of first (neighbour pairs, ours).
     """
 
     first: torch.Tensor
@@ -292,6 +323,10 @@ class PairSampler:
     kind, but no more than lets each known pair appear about `max_known_repeats` times per epoch
     (an epoch being N pairs, N = number of images), so a handful of answers is not repeated in
     every batch (ours). Fractional expected counts are rounded stochastically.
+
+    neighbors (ours): LongTensor N x k from `pixel_neighbors`; a `neighbor_fraction` of the
+    self-supervised can-link pairs then pair an image with one of its k neighbours (picked
+    uniformly) instead of with itself.
     """
 
     def __init__(
@@ -302,9 +337,17 @@ class PairSampler:
         known_fraction: float = 0.5,
         max_known_repeats: float = 10.0,
         seed: int = 0,
+        neighbors: torch.Tensor | None = None,
+        neighbor_fraction: float = 0.0,
     ) -> None:
         if n_images < 2:
             raise ValueError("training needs at least two images")
+        if not 0.0 <= neighbor_fraction <= 1.0:
+            raise ValueError(f"neighbor fraction must be in [0, 1], got {neighbor_fraction}")
+        if neighbor_fraction > 0 and (neighbors is None or neighbors.shape[0] != n_images):
+            raise ValueError("a neighbor fraction needs an N x k neighbors tensor")
+        self.neighbors = None if neighbors is None else neighbors.cpu()
+        self.neighbor_fraction = neighbor_fraction
         self.n_images = n_images
         self.batch_pairs = batch_pairs
         self.known = known
@@ -359,8 +402,13 @@ class PairSampler:
             firsts.append(a)
             seconds.append(b)
         same = torch.randint(n, (self.n_can - k_can,), generator=g)
+        partner = same
+        if self.neighbors is not None and self.neighbor_fraction > 0:
+            use = torch.rand(same.shape, generator=g) < self.neighbor_fraction
+            pick = torch.randint(self.neighbors.shape[1], same.shape, generator=g)
+            partner = torch.where(use, self.neighbors[same, pick], same)
         firsts.append(same)
-        seconds.append(same)
+        seconds.append(partner)
         if k_cannot:
             assert self.known is not None
             a, b = self.known.sample_cannot(k_cannot, g)

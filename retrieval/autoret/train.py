@@ -23,7 +23,13 @@ from retrieval.autoret.checkpoint import INFO_FILE, load_training_state, save_ch
 from retrieval.autoret.data import DataError, ImageSet, resize
 from retrieval.autoret.losses import autoembedder_loss, batch_all_autoembedder_loss, nt_xent_loss
 from retrieval.autoret.model import AutoRet
-from retrieval.autoret.pairs import AugmentConfig, KnownPairs, PairSampler, augment
+from retrieval.autoret.pairs import (
+    AugmentConfig,
+    KnownPairs,
+    PairSampler,
+    augment,
+    pixel_neighbors,
+)
 
 
 @dataclass(frozen=True)
@@ -41,6 +47,9 @@ class TrainConfig:
     known component are can-link too). Both put 2B images through the network per step.
     loss: "autoembedder" (the method) or "nt-xent" (the SimCLR-style peer, with `temperature`;
     needs batch-all pairing and no known pairs).
+    neighbor_pairs (ours): the fraction of self-supervised can-link pairs that pair an image with
+    one of its `neighbor_k` nearest neighbours in pixel space (centred grey thumbnails, cosine)
+    instead of with an augmented copy of itself; 0 is the paper's pairing. Sampled pairing only.
     """
 
     alpha: float = 10.0
@@ -57,6 +66,8 @@ class TrainConfig:
     pairing: Literal["sampled", "batch-all"] = "sampled"
     loss: Literal["autoembedder", "nt-xent"] = "autoembedder"
     temperature: float = 0.2
+    neighbor_pairs: float = 0.0
+    neighbor_k: int = 5
     seed: int = 0
     device: str = "cpu"
     amp: bool = True
@@ -72,6 +83,12 @@ class TrainConfig:
             raise ValueError(f"loss must be autoembedder or nt-xent, got {self.loss!r}")
         if self.loss == "nt-xent" and self.pairing != "batch-all":
             raise ValueError("the nt-xent loss contrasts two views of each image: use batch-all")
+        if not 0.0 <= self.neighbor_pairs <= 1.0:
+            raise ValueError(f"neighbor_pairs must be in [0, 1], got {self.neighbor_pairs}")
+        if self.neighbor_pairs > 0 and self.pairing != "sampled":
+            raise ValueError("neighbor pairs replace sampled can-link pairs: use sampled pairing")
+        if self.neighbor_k < 1:
+            raise ValueError(f"neighbor_k must be at least 1, got {self.neighbor_k}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -145,8 +162,18 @@ def train(
     optimizer = torch.optim.Adam(
         [p for p in model.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=cfg.weight_decay
     )
+    neighbors = None
+    if cfg.neighbor_pairs > 0:
+        neighbors = pixel_neighbors(images, min(cfg.neighbor_k, len(data) - 1))
     sampler = PairSampler(
-        len(data), cfg.batch_size, known, cfg.known_fraction, cfg.max_known_repeats, cfg.seed
+        len(data),
+        cfg.batch_size,
+        known,
+        cfg.known_fraction,
+        cfg.max_known_repeats,
+        cfg.seed,
+        neighbors=neighbors,
+        neighbor_fraction=cfg.neighbor_pairs,
     )
     augment_rng = torch.Generator(device=device).manual_seed(cfg.seed + 1)
 

@@ -167,3 +167,12 @@ def test_train_with_batch_all_pairing_records_it_in_the_checkpoint(
     assert main([*argv, "--batch-size", "8", "--pairing", "batch-all", "--no-progress"]) == 0
     assert json.loads(capsys.readouterr().out)["steps"] == 3
     assert read_info(out)["train"]["pairing"] == "batch-all"
+
+
+def test_train_with_neighbor_pairs_records_them_in_the_checkpoint(
+    tiny_npz: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "ckpt"
+    argv = ["train", "--data", str(tiny_npz), "--out", str(out), "--epochs", "1"]
+    assert main([*argv, "--batch-size", "8", "--neighbor-pairs", "0.75", "--no-progress"]) == 0
+    assert read_info(out)["train"]["neighbor_pairs"] == 0.75

@@ -5,7 +5,13 @@ import itertools
 import pytest
 import torch
 
-from retrieval.autoret.pairs import AugmentConfig, KnownPairs, PairSampler, augment
+from retrieval.autoret.pairs import (
+    AugmentConfig,
+    KnownPairs,
+    PairSampler,
+    augment,
+    pixel_neighbors,
+)
 
 
 def test_augment_keeps_shape_and_range_and_changes_the_images() -> None:
@@ -183,3 +189,49 @@ def test_self_supervised_batch_all_images_are_can_link_only_with_their_own_views
     batch = PairSampler(1000, 8, seed=1).sample_images()
     assert batch.n_known == 0 and (batch.component == -1).all()
     assert torch.equal(batch.same(), torch.eye(8, dtype=torch.bool).repeat(2, 2))
+
+
+def _slow_pixel_neighbors(images: torch.Tensor, k: int, side: int) -> torch.Tensor:
+    """Reference: centred, normalized grey thumbnails compared one pair at a time."""
+    thumbs = []
+    for image in images.float():
+        grey = image.mean(dim=0, keepdim=True)
+        if grey.shape[-1] > side:
+            grey = torch.nn.functional.adaptive_avg_pool2d(grey, side)
+        v = grey.flatten() - grey.mean()
+        thumbs.append(v / v.norm())
+    out = []
+    for i, a in enumerate(thumbs):
+        scores = [(float(a @ b), j) for j, b in enumerate(thumbs) if j != i]
+        out.append([j for _, j in sorted(scores, reverse=True)[:k]])
+    return torch.tensor(out)
+
+
+def test_pixel_neighbors_match_a_slow_reference_in_any_chunking() -> None:
+    images = torch.randint(0, 256, (40, 3, 24, 24), dtype=torch.uint8)
+    expected = _slow_pixel_neighbors(images, k=3, side=8)
+    for chunk in (7, 40, 1000):
+        assert torch.equal(pixel_neighbors(images, 3, side=8, chunk=chunk), expected)
+
+
+def test_pixel_neighbors_find_the_brightness_shifted_copy_not_the_image_itself() -> None:
+    base = torch.randint(0, 200, (20, 1, 16, 16), dtype=torch.uint8)
+    images = torch.cat([base, base + 40])  # each image and a brighter copy
+    neighbors = pixel_neighbors(images, 1)
+    assert torch.equal(neighbors[:, 0], torch.cat([torch.arange(20, 40), torch.arange(20)]))
+    with pytest.raises(ValueError, match="k must be between"):
+        pixel_neighbors(images, 40)
+
+
+def test_neighbor_pairs_replace_the_asked_share_of_self_supervised_copies() -> None:
+    n = 1000
+    neighbors = torch.stack([(torch.arange(n) + 1) % n, (torch.arange(n) + 2) % n], dim=1)
+    sampler = PairSampler(n, 512, neighbors=neighbors, neighbor_fraction=0.5, seed=0)
+    batch = sampler.sample()
+    first, second = batch.first[:256], batch.second[:256]
+    offset = (second - first) % n
+    assert set(offset.tolist()) <= {0, 1, 2}
+    assert 0.35 < (offset > 0).float().mean() < 0.65  # about half are neighbours
+    assert (batch.first[256:] != batch.second[256:]).all()  # cannot-link half untouched
+    with pytest.raises(ValueError, match="neighbors tensor"):
+        PairSampler(n, 16, neighbor_fraction=0.5)

@@ -127,6 +127,7 @@ def test_short_training_on_fashion_mnist_lowers_the_loss_and_beats_the_untrained
         {"pairing": "batch-all"},
         {"pairing": "batch-all", "labels_fraction": 0.5},
         {"pairing": "batch-all", "loss": "nt-xent"},
+        {"neighbor_pairs": 0.5, "neighbor_k": 3},
     ],
 )
 def test_batch_all_and_nt_xent_training_is_finite_and_reproducible(
@@ -138,6 +139,15 @@ def test_batch_all_and_nt_xent_training_is_finite_and_reproducible(
     train(b, random_images, cfg)
     assert ra.images_seen == 6 * 16 and all(math.isfinite(h["loss"]) for h in ra.loss_history)
     assert _same_weights(a, b)
+
+
+def test_neighbor_pairs_need_sampled_pairing_and_a_valid_share() -> None:
+    with pytest.raises(ValueError, match="use sampled pairing"):
+        TrainConfig(neighbor_pairs=0.5, pairing="batch-all")
+    with pytest.raises(ValueError, match=r"neighbor_pairs must be in \[0, 1\]"):
+        TrainConfig(neighbor_pairs=1.5)
+    with pytest.raises(ValueError, match="neighbor_k must be at least 1"):
+        TrainConfig(neighbor_pairs=0.5, neighbor_k=0)
 
 
 def test_nt_xent_needs_batch_all_pairing_and_no_known_pairs(random_images: ImageSet) -> None:
