@@ -27,6 +27,23 @@ def image_bytes(
     return out.getvalue()
 
 
+def polyglot_bytes(markup: bytes, fmt: str = "JPEG") -> bytes:
+    """A valid image that also carries `markup` (in a JPEG or GIF comment, a PNG text chunk)."""
+    out = io.BytesIO()
+    image = PILImage.new("RGB", (16, 16), (10, 20, 30))
+    if fmt == "PNG":
+        from PIL.PngImagePlugin import PngInfo
+
+        info = PngInfo()
+        info.add_text("Comment", markup.decode("latin-1"))
+        image.save(out, format="PNG", pnginfo=info)
+    else:
+        image.save(out, format=fmt, comment=markup)
+    data = out.getvalue()
+    assert markup in data
+    return data
+
+
 def png_header_only(width: int, height: int) -> bytes:
     """A PNG that claims width x height pixels in a few bytes: the shape of a decompression bomb."""
 

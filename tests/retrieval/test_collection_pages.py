@@ -9,9 +9,10 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from django.test import Client
 from django.urls import reverse
 
+from retrieval import imports
 from retrieval.imports import Limits, from_uploads, import_items
 from retrieval.models import Collection, Image, Membership
-from tests.retrieval.conftest import image_bytes
+from tests.retrieval.conftest import image_bytes, polyglot_bytes, stored_files
 
 pytestmark = pytest.mark.django_db
 
@@ -175,17 +176,41 @@ def test_image_of_another_collection_is_404(
     assert login(client, admin, password).get(url).status_code == 404
 
 
-def test_polyglot_html_jpeg_is_served_only_as_an_image(
-    client: Client, annotator, collection, password: str
+def test_a_polyglot_html_jpeg_upload_is_rejected_with_its_reason(
+    client: Client, curator, collection, password: str, media_root
 ) -> None:
-    from io import BytesIO
+    polyglot = polyglot_bytes(POLYGLOT_COMMENT)
+    url = reverse("retrieval:upload", args=[collection.pk])
+    login(client, curator, password)
+    response = client.post(
+        url,
+        {
+            "files": [
+                SimpleUploadedFile("ok.png", image_bytes()),
+                SimpleUploadedFile("page.jpg", polyglot),
+            ]
+        },
+        HTTP_HX_REQUEST="true",
+    )
+    assert response.status_code == 200
+    html = response.content.decode()
+    assert "1 created" in html and "1 rejected" in html
+    assert "<code>page.jpg</code>: contains HTML markup" in html
+    assert "a polyglot file is not accepted" in html
+    assert list(Image.objects.values_list("original_name", flat=True)) == ["ok.png"]
+    # Alone, it is a 400 that stores nothing.
+    response = client.post(url, {"files": [SimpleUploadedFile("page.html", polyglot)]})
+    assert response.status_code == 400
+    assert Image.objects.count() == 1
+    assert len(stored_files(media_root)) == 2  # ok.png and its thumbnail
 
-    from PIL import Image as PILImage
 
-    out = BytesIO()
-    PILImage.new("RGB", (16, 16)).save(out, format="JPEG", comment=POLYGLOT_COMMENT)
-    polyglot = out.getvalue()
-    assert POLYGLOT_COMMENT in polyglot
+def test_a_stored_polyglot_is_still_served_only_as_an_image(
+    client: Client, annotator, collection, password: str, monkeypatch
+) -> None:
+    # The second layer, for markup the scan does not know or files stored before it existed.
+    monkeypatch.setattr(imports, "MARKUP", re.compile(rb"(?!)"))
+    polyglot = polyglot_bytes(POLYGLOT_COMMENT)
     files = [SimpleUploadedFile("page.html", polyglot)]
     [image_id] = import_items(collection, from_uploads(files, Limits.from_settings())).created
     image = Image.objects.get(pk=image_id)
@@ -195,6 +220,7 @@ def test_polyglot_html_jpeg_is_served_only_as_an_image(
     assert response["Content-Type"] == "image/jpeg"
     assert response["X-Content-Type-Options"] == "nosniff"
     assert response["Content-Disposition"] == "inline"
+    assert response["Content-Security-Policy"] == "default-src 'none'; sandbox"
     assert b"".join(response.streaming_content) == polyglot  # type: ignore[attr-defined]
     thumb = client.get(image.thumbnail.url)
     assert thumb["Content-Type"] == "image/webp"

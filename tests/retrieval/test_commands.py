@@ -10,7 +10,7 @@ import pytest
 from django.core.management import CommandError, call_command
 
 from retrieval.models import Collection, Membership
-from tests.retrieval.conftest import image_bytes, zip_bytes
+from tests.retrieval.conftest import image_bytes, polyglot_bytes, zip_bytes
 
 pytestmark = pytest.mark.django_db
 
@@ -36,6 +36,17 @@ def test_import_a_folder_with_class_subfolders_as_labels(tmp_path: Path, collect
     assert labels == {"shoes/a.png": "shoes", "shirts/b.jpg": "shirts"}
     again = run("import_images", collection.name, str(tmp_path), "--labels")
     assert "0 created, 2 duplicates" in again
+
+
+def test_the_command_rejects_a_polyglot_like_an_upload(tmp_path: Path, collection) -> None:
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "ok.png").write_bytes(image_bytes())
+    (folder / "page.jpg").write_bytes(polyglot_bytes(b"<script>alert(1)</script>"))
+    output = run("import_images", collection.name, str(folder))
+    assert "1 created, 0 duplicates, 1 rejected" in output
+    assert "rejected page.jpg: contains HTML markup ('<script' at byte" in output
+    assert list(collection.images.values_list("original_name", flat=True)) == ["ok.png"]
 
 
 def test_import_a_zip_with_limit(tmp_path: Path, collection) -> None:

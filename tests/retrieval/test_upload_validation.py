@@ -12,7 +12,13 @@ from django.test import Client
 from PIL import Image as PILImage
 
 from retrieval.models import Image
-from tests.retrieval.conftest import image_bytes, png_header_only, stored_files, zip_bytes
+from tests.retrieval.conftest import (
+    image_bytes,
+    png_header_only,
+    polyglot_bytes,
+    stored_files,
+    zip_bytes,
+)
 
 pytestmark = pytest.mark.django_db
 
@@ -44,6 +50,18 @@ BAD_FILES = {
     "script.png": (SVG_WITH_SCRIPT, "not an image in an allowed format"),
     "scan.jpg": (tiff_bytes(), "not an image in an allowed format"),
     "bomb.png": (png_header_only(20000, 20000), "decompression bomb"),
+    # Valid images that a content-sniffing browser could run as a page.
+    "page.jpg": (
+        polyglot_bytes(b"<html><script>alert(document.cookie)</script></html>"),
+        "contains HTML markup ('<html' at byte",
+    ),
+    "upper.png": (
+        polyglot_bytes(b"<!DOCTYPE HTML><BODY onload=alert(1)>", "PNG"),
+        "contains HTML markup ('<!DOCTYPE HTML'",
+    ),
+    "vector.gif": (polyglot_bytes(b"<svg/onload=alert(1)>", "GIF"), "a polyglot file is not"),
+    "frame.jpg": (polyglot_bytes(b"x <IFRAME src=//evil>"), "contains HTML markup ('<IFRAME'"),
+    "feed.png": (polyglot_bytes(b'<?xml version="1.0"?>', "PNG"), "contains HTML markup"),
 }
 
 
@@ -73,6 +91,45 @@ def test_an_upload_of_only_bad_files_is_a_400_and_stores_nothing(
     response = upload(curator_client, collection.pk, {"a.jpg": b"<html>hi</html>", "b.png": b""})
     assert response.status_code == 400
     assert {r["name"] for r in response.json()["rejected"]} == {"a.jpg", "b.png"}
+    assert not Image.objects.exists()
+    assert stored_files(media_root) == []
+
+
+@pytest.mark.parametrize(
+    "text", [b"a<b and c>d", b"<svgs>", b"<htm>", b"<p>caption</p>", b"<script", b"HTML body"]
+)
+def test_text_that_is_no_html_tag_is_not_a_polyglot(
+    curator_client: Client, collection, text: bytes
+) -> None:
+    # Comments with "<" that sniffers would not take for a document are common in real photos.
+    response = upload(curator_client, collection.pk, {"ok.jpg": polyglot_bytes(text)})
+    assert response.status_code == 201, response.json()
+    assert response.json()["rejected"] == []
+
+
+def test_a_polyglot_zip_entry_is_rejected_and_the_rest_stored(
+    curator_client: Client, collection, media_root: Path
+) -> None:
+    archive = zip_bytes(
+        {"ok.png": image_bytes(), "page.jpg": polyglot_bytes(b"<script>alert(1)</script>")}
+    )
+    response = upload(curator_client, collection.pk, {"set.zip": archive})
+    assert response.status_code == 201
+    [rejected] = response.json()["rejected"]
+    assert rejected["name"] == "set.zip:page.jpg"
+    assert "a polyglot file is not accepted" in rejected["error"]
+    assert list(Image.objects.values_list("original_name", flat=True)) == ["set.zip:ok.png"]
+    assert len(stored_files(media_root)) == 2
+
+
+def test_an_upload_of_only_a_polyglot_is_a_400_and_stores_nothing(
+    curator_client: Client, collection, media_root: Path
+) -> None:
+    response = upload(curator_client, collection.pk, {"page.html": polyglot_bytes(b"<html>x")})
+    assert response.status_code == 400
+    [rejected] = response.json()["rejected"]
+    assert rejected["name"] == "page.html"
+    assert rejected["error"].startswith("contains HTML markup")
     assert not Image.objects.exists()
     assert stored_files(media_root) == []
 
