@@ -13,10 +13,17 @@ round's weights, the train subset is re-embedded into a new active version, and 
 measured with test images as queries against the train subset (`evaluate_retrieval`). Every row
 starts from the same seeded network and its round-0 embedding.
 
-Runs in its own database (`autoret_bench_al`, created, migrated and dropped afterwards). Prints the
-labels-to-quality table (mAP@1000 after each number of answers) and the answers each strategy
-needed to reach the mAP random reaches at the end; --out writes results.json and a PNG plot when
-matplotlib is installed. Record the numbers in docs/benchmarks.md.
+Runs in its own database (`autoret_bench_al`, or AUTORET_BENCH_AL_DB, created, migrated and
+dropped afterwards). Prints the labels-to-quality table (mAP@1000 after each number of answers)
+and the answers each strategy needed to reach the mAP random reaches at the end; --out writes
+results.json and a PNG plot when matplotlib is installed. Record the numbers in docs/benchmarks.md.
+
+Rows are independent (each starts from the same network and round 0), so they can run as
+separate processes, each with its own database, and be reported together afterwards:
+
+    AUTORET_BENCH_AL_DB=al_a .venv/bin/python bench/active_learning.py --rows default --out A &
+    AUTORET_BENCH_AL_DB=al_b .venv/bin/python bench/active_learning.py --rows random --out B &
+    wait; .venv/bin/python bench/active_learning.py --results A,B --out C
 """
 
 from __future__ import annotations
@@ -34,7 +41,7 @@ from typing import Any
 import numpy as np
 import torch
 
-BENCH_DB = "autoret_bench_al"
+BENCH_DB = os.environ.get("AUTORET_BENCH_AL_DB", "autoret_bench_al")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ["AUTORET_DB_NAME"] = BENCH_DB
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
@@ -207,7 +214,22 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=1_000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads per process")
+    parser.add_argument(
+        "--results", default="", help="only report: comma-separated --out dirs of earlier runs"
+    )
     args = parser.parse_args()
+    if args.results:
+        merged: dict[str, list[dict[str, float]]] = {}
+        for folder in args.results.split(","):
+            earlier = json.loads((Path(folder) / "results.json").read_text())
+            merged |= earlier["curves"]
+            for name in ("rounds", "batch", "images_per_round", "train_size", "queries"):
+                setattr(args, name, earlier["args"][name])
+        report(merged, args)
+        return
+    if args.threads:
+        torch.set_num_threads(args.threads)
     rows = [r for r in args.rows.split(",") if r]
     unknown = set(rows) - set(ROWS)
     if unknown:
@@ -235,9 +257,14 @@ def main() -> None:
             curves[row] = run_row(row, args, train_set, queries, base)
     finally:
         drop_database()
+    report(curves, args)
+
+
+def report(curves: dict[str, list[dict[str, float]]], args: argparse.Namespace) -> None:
     print(
-        f"# active learning: {datetime.date.today()}, {os.cpu_count()} CPUs, train {len(train_set)}"
-        f", queries {len(queries)}, B={args.batch}, {args.images_per_round} images/round\n"
+        f"# active learning: {datetime.date.today()}, {os.cpu_count()} CPUs, train "
+        f"{args.train_size}, queries {args.queries}, B={args.batch}, "
+        f"{args.images_per_round} images/round\n"
     )
     steps = [p["answers"] for p in next(iter(curves.values()))]
     print(

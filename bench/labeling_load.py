@@ -3,12 +3,19 @@
     make run                                   # in another terminal: the platform on :8000
     .venv/bin/python bench/labeling_load.py --users 20 --seconds 60
 
+    # or a platform of its own: `manage.py runstack` on --port with AUTORET_DATA_DIR=DIR (its own
+    # PostgreSQL, Redis, worker and gunicorn; the demo collection is loaded and embedded), stopped
+    # again at the end
+    .venv/bin/python bench/labeling_load.py --stack /tmp/labeling-bench --port 8765
+
 Each annotator is its own HTTP client (one keep-alive connection, its own API token) that
 loops GET /api/v1/collections/{id}/pairs/next/ then POST /api/v1/pairs/{id}/answer/ with a fresh
 idempotency key; one answer in ten is sent twice with the same key, as a page retrying after a
 lost response would. Afterwards the database is checked: every acknowledged key must have exactly
 one stored answer (lost = none, duplicated = more than one) and no pair may have been answered by
-two bench annotators (two annotators held it at once). Prints one Markdown table.
+two bench annotators (two annotators held it at once). Answers refused by the rate limit
+(429, AUTORET_ANSWERS_PER_MINUTE per user) are counted on their own, not as errors. Prints one
+Markdown table.
 
 Accounts `bench-annotator-N` are created as annotators of the collection (the first collection
 with an active version unless --collection is given); their answers stay in the database.
@@ -21,7 +28,9 @@ import http.client
 import json
 import os
 import random
+import signal
 import statistics
+import subprocess
 import sys
 import threading
 import time
@@ -42,6 +51,7 @@ class Annotator:
     acknowledged: set[str] = field(default_factory=set)
     errors: int = 0
     empty: int = 0
+    throttled: int = 0
 
 
 def setup(collection_id: int | None, users: int) -> tuple[int, list[Annotator]]:
@@ -106,6 +116,8 @@ def run_annotator(
                 )
                 if status in (200, 201):
                     annotator.acknowledged.add(key)
+                elif status == 429:
+                    annotator.throttled += 1
                 else:
                     annotator.errors += 1
             annotator.latencies.append(time.perf_counter() - started)
@@ -144,19 +156,82 @@ def audit(annotators: list[Annotator], collection_id: int) -> tuple[int, int, in
     return lost, duplicated, double_served
 
 
+def start_stack(data_dir: Path, port: int) -> subprocess.Popen[bytes]:
+    """`manage.py runstack` in a data dir of its own (never the shared var/: stopping the stack
+    stops its PostgreSQL); returns once the demo collection has an active version."""
+    from urllib.request import urlopen
+
+    os.environ["AUTORET_DATA_DIR"] = str(data_dir)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    root = Path(__file__).resolve().parent.parent
+    log = (data_dir / "runstack.log").open("ab")
+    stack = subprocess.Popen(
+        [sys.executable, "manage.py", "runstack", "--port", str(port)],
+        cwd=root, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        if stack.poll() is not None:
+            sys.exit(f"runstack exited with {stack.returncode}: see {data_dir}/runstack.log")
+        try:
+            with urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2):
+                break
+        except OSError:
+            time.sleep(1)
+    import django
+
+    django.setup()
+    from retrieval.models import Collection
+
+    while time.monotonic() < deadline:
+        if Collection.objects.filter(active_version__isnull=False).exists():
+            return stack
+        time.sleep(2)
+    stop_stack(stack)
+    sys.exit("the demo collection got no active version within 10 minutes")
+
+
+def stop_stack(stack: subprocess.Popen[bytes]) -> None:
+    from django.db import connections
+
+    connections.close_all()
+    stack.send_signal(signal.SIGTERM)
+    try:
+        stack.wait(timeout=120)
+    except subprocess.TimeoutExpired:
+        os.killpg(stack.pid, signal.SIGKILL)
+        stack.wait()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--url", default="http://127.0.0.1:8000")
     parser.add_argument("--collection", type=int, default=None)
     parser.add_argument("--users", type=int, default=20)
     parser.add_argument("--seconds", type=float, default=60)
+    parser.add_argument(
+        "--stack", type=Path, default=None, help="start and stop a platform of its own in this dir"
+    )
+    parser.add_argument("--port", type=int, default=8765, help="its port (with --stack)")
     args = parser.parse_args()
+    stack = start_stack(args.stack, args.port) if args.stack else None
+    if stack is not None:
+        args.url = f"http://127.0.0.1:{args.port}"
+    try:
+        measure(args)
+    finally:
+        if stack is not None:
+            stop_stack(stack)
+
+
+def measure(args: argparse.Namespace) -> None:
     collection_id, annotators = setup(args.collection, args.users)
     deadline = time.monotonic() + args.seconds
     threads = [
         threading.Thread(target=run_annotator, args=(args.url, collection_id, a, deadline, i))
         for i, a in enumerate(annotators)
     ]
+    load_before = os.getloadavg()
     began = time.monotonic()
     for thread in threads:
         thread.start()
@@ -168,18 +243,21 @@ def main() -> None:
     lost, duplicated, double_served = audit(annotators, collection_id)
     p50 = statistics.median(latencies) * 1000 if latencies else float("nan")
     p95 = latencies[int(0.95 * (answers - 1))] * 1000 if latencies else float("nan")
+    load_after = os.getloadavg()
     print(
-        f"{args.users} annotators, {args.seconds:.0f} s, collection {collection_id}, {args.url}\n"
+        f"{args.users} annotators, {args.seconds:.0f} s, collection {collection_id}, {args.url}; "
+        f"load average before {'/'.join(f'{x:.2f}' for x in load_before)}, after "
+        f"{'/'.join(f'{x:.2f}' for x in load_after)} ({os.cpu_count()} CPUs)\n"
     )
     print(
-        "| answers | answers/s | p50 next+answer (ms) | p95 (ms) | errors | empty queue | "
+        "| answers | answers/s | p50 next+answer (ms) | p95 (ms) | errors | 429 | empty queue | "
         "lost | duplicated | pairs held twice |"
     )
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     print(
         f"| {answers} | {answers / elapsed:.1f} | {p50:.1f} | {p95:.1f} | "
-        f"{sum(a.errors for a in annotators)} | {sum(a.empty for a in annotators)} | "
-        f"{lost} | {duplicated} | {double_served} |"
+        f"{sum(a.errors for a in annotators)} | {sum(a.throttled for a in annotators)} | "
+        f"{sum(a.empty for a in annotators)} | {lost} | {duplicated} | {double_served} |"
     )
 
 
