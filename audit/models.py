@@ -1,7 +1,8 @@
 """The audit log: who changed what, when, in which collection.
 
 Rows are written by the action functions that make the changes (labeling/actions.py,
-retrieval/actions.py, worker/actions.py, retrieval/imports.py, retrieval/embedding.py), inside the
+labeling/exchange.py, retrieval/actions.py, worker/actions.py, worker/stack.py,
+retrieval/imports.py, retrieval/embedding.py), inside the
 change's own transaction, so a rolled-back change leaves no row and a committed one always has its
 row. Nothing ever updates or deletes a row.
 """
@@ -25,6 +26,7 @@ class Event(models.Model):
         MARK = "mark", "marked images one-to-many"
         ADJUDICATE = "adjudicate", "adjudicated a pair"
         IMPORT = "import", "imported images"
+        CONSTRAINTS_IMPORT = "constraints.import", "imported constraints"
         COLLECTION_CREATE = "collection.create", "created the collection"
         MEMBER_ADD = "member.add", "added a member"
         MEMBER_ROLE = "member.role", "changed a member's role"

@@ -249,7 +249,13 @@ def import_constraints(request: Request, pk: int) -> Response:
     except UnicodeDecodeError:
         raise ValidationError({"file": "not UTF-8 text"}) from None
     try:
-        stored = exchange.import_constraints(collection, text, fmt)
+        stored = exchange.import_constraints(
+            collection,
+            text,
+            fmt,
+            by=request.user,  # type: ignore[arg-type]  # a curator: never anonymous
+            via="api",
+        )
     except exchange.ImportFailed as failed:
         return Response({"errors": failed.errors}, status=status.HTTP_400_BAD_REQUEST)
     return Response({"stored": stored}, status=status.HTTP_201_CREATED)

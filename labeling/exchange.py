@@ -15,6 +15,7 @@ from django.db import transaction
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
+from audit.models import Event
 from labeling.actions import _lock_collection, _resolve, normalize, refresh_flags
 from labeling.inference import infer
 from labeling.models import Answer, Constraint, ConstraintRevision, Group, Pair, Source
@@ -191,10 +192,20 @@ def parse(collection: Collection, text: str, fmt: str) -> list[Row]:
     return rows
 
 
-def import_constraints(collection: Collection, text: str, fmt: str) -> int:
+def import_constraints(
+    collection: Collection,
+    text: str,
+    fmt: str,
+    *,
+    by: User | None = None,
+    via: str = "command",
+) -> int:
     """Stores the file's constraints as imported answers (one per pair and annotator name, so
     importing the same file twice changes nothing, nor does reading back this collection's own
-    export); all or nothing. Returns the answers stored."""
+    export); all or nothing. Returns the answers stored.
+
+    An accepted import is logged in its transaction (who, `via` api or command, the format and
+    the counts); a file refused for a bad line stores nothing and logs nothing."""
     if fmt not in ("csv", "jsonl"):
         raise ImportFailed([f"unknown format {fmt!r}: csv or jsonl"])
     rows = parse(collection, text, fmt)
@@ -228,4 +239,8 @@ def import_constraints(collection: Collection, text: str, fmt: str) -> int:
             _resolve(pair)
             pair.save()
         refresh_flags(collection.pk)
+        Event.record(
+            Event.Action.CONSTRAINTS_IMPORT, by, collection,
+            via=via, format=fmt, rows=len(rows), stored=stored, pairs=len(touched),
+        )  # fmt: skip
     return stored

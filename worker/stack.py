@@ -23,7 +23,9 @@ from typing import Any
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.management import call_command
+from django.db import transaction
 
+from audit.models import Event
 from config.embedded import ensure_postgres, start_redis, stop_postgres, stop_process
 
 
@@ -159,6 +161,7 @@ def ensure_admin() -> str:
 
     The password comes from DJANGO_SUPERUSER_PASSWORD, or is generated and printed this one time
     (and kept in the data dir, readable by this user only, for whoever missed the terminal).
+    The new account is in the audit log as `user.create` with no user and `"by": "runstack"`.
     """
     user_model = get_user_model()
     existing = user_model.objects.filter(is_superuser=True).order_by("pk").first()
@@ -169,7 +172,15 @@ def ensure_admin() -> str:
     username = os.environ.get("DJANGO_SUPERUSER_USERNAME") or "admin"
     password = os.environ.get("DJANGO_SUPERUSER_PASSWORD") or secrets.token_urlsafe(12)
     email = os.environ.get("DJANGO_SUPERUSER_EMAIL") or ""
-    user_model.objects.create_superuser(username=username, email=email, password=password)
+    with transaction.atomic():
+        user = user_model.objects.create_superuser(
+            username=username, email=email, password=password
+        )
+        # Logged like an account made in the admin, by nobody: the platform made it.
+        rights = {name: getattr(user, name) for name in ("is_superuser", "is_staff", "is_active")}
+        Event.record(
+            Event.Action.USER_CREATE, None, None, user, username=username, **rights, by="runstack"
+        )
     if "DJANGO_SUPERUSER_PASSWORD" not in os.environ:
         password_file.touch(mode=0o600)
         password_file.write_text(password + "\n")

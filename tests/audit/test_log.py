@@ -442,3 +442,111 @@ def test_the_collection_page_links_the_activity_for_admins_only(admin, curator, 
     link = f'href="/collections/{collection.pk}/activity/"'.encode()
     assert link in signed_in(admin).get(f"/collections/{collection.pk}/").content
     assert link not in signed_in(curator).get(f"/collections/{collection.pk}/").content
+
+
+def test_a_constraint_import_writes_one_row_with_its_counts(curator, collection) -> None:
+    a, b, c = images(collection, 3)
+    text = f"a_id,b_id,answer,annotator\n{a},{b},same,ann\n{b},{c},different,ann\n{a},{b},same,x\n"
+    response = signed_in(curator).post(
+        f"/api/v1/collections/{collection.pk}/constraints/import/",
+        {"file": SimpleUploadedFile("answers.csv", text.encode())},
+    )
+    assert response.status_code == 201, response.content
+    event = only_event()
+    assert (event.action, event.user, event.collection_id, event.target_type) == (
+        Action.CONSTRAINTS_IMPORT,
+        curator,
+        collection.pk,
+        "",
+    )
+    assert event.detail == {"via": "api", "format": "csv", "rows": 3, "stored": 3, "pairs": 2}
+    # The same file again stores nothing new (the answers are updated in place), and says so.
+    signed_in(curator).post(
+        f"/api/v1/collections/{collection.pk}/constraints/import/",
+        {"file": SimpleUploadedFile("answers.csv", text.encode())},
+    )
+    assert Event.objects.count() == 2
+
+
+def test_a_command_constraint_import_is_logged_and_a_refused_file_is_not(
+    collection, tmp_path: Path
+) -> None:
+    a, b = images(collection, 2)
+    good = tmp_path / "answers.jsonl"
+    good.write_text(f'{{"a_id": {a}, "b_id": {b}, "answer": "different"}}\n')
+    call_command("constraints", "import", collection.name, str(good), verbosity=0)
+    event = only_event()
+    assert (event.action, event.user, event.username) == (Action.CONSTRAINTS_IMPORT, None, "")
+    assert event.detail == {"via": "command", "format": "jsonl", "rows": 1, "stored": 1, "pairs": 1}
+    bad = tmp_path / "bad.csv"
+    bad.write_text(f"a_id,b_id,answer\n{a},{b},same\n{a},{b},maybe\n")
+    from django.core.management import CommandError
+
+    with pytest.raises(CommandError, match="line 3"):
+        call_command("constraints", "import", collection.name, str(bad), verbosity=0)
+    assert Event.objects.count() == 1
+
+
+def test_a_constraint_import_rolled_back_leaves_no_row(curator, collection, monkeypatch) -> None:
+    from labeling import exchange
+
+    a, b = images(collection, 2)
+
+    def broken(*args: object) -> int:
+        raise RuntimeError("the database went away")
+
+    monkeypatch.setattr(exchange, "refresh_flags", broken)
+    with pytest.raises(RuntimeError):
+        exchange.import_constraints(
+            collection, f"a_id,b_id,answer\n{a},{b},same\n", "csv", by=curator
+        )
+    assert not Event.objects.exists()
+    assert not Pair.objects.exists()
+
+
+def test_the_first_superuser_of_runstack_is_logged_once(
+    django_user_model, settings, tmp_path: Path, monkeypatch
+) -> None:
+    from worker.stack import ensure_admin
+
+    settings.DATA_DIR = tmp_path
+    monkeypatch.setenv("DJANGO_SUPERUSER_USERNAME", "root")
+    monkeypatch.delenv("DJANGO_SUPERUSER_PASSWORD", raising=False)
+    assert "Log in as root with password" in ensure_admin()
+    root = django_user_model.objects.get(username="root")
+    event = only_event()
+    assert (event.action, event.user, event.username, event.collection_id, event.target_id) == (
+        Action.USER_CREATE,
+        None,
+        "",
+        None,
+        root.pk,
+    )
+    assert event.target_type == "auth.user"
+    assert event.detail == {
+        "username": "root",
+        "is_superuser": True,
+        "is_staff": True,
+        "is_active": True,
+        "by": "runstack",
+    }
+    # The next start finds the account: nothing created, nothing logged.
+    assert ensure_admin().startswith("Log in as root (first password in ")
+    assert Event.objects.count() == 1
+
+
+def test_runstack_creates_no_admin_without_its_row(
+    django_user_model, settings, tmp_path, monkeypatch
+):
+    from worker import stack
+
+    settings.DATA_DIR = tmp_path
+    monkeypatch.setenv("DJANGO_SUPERUSER_PASSWORD", "a-long-enough-password-1")
+
+    def broken(*args: object, **kwargs: object) -> Event:
+        raise RuntimeError("the database went away")
+
+    monkeypatch.setattr(stack.Event, "record", broken)
+    with pytest.raises(RuntimeError):
+        stack.ensure_admin()
+    assert not django_user_model.objects.filter(is_superuser=True).exists()
