@@ -136,13 +136,10 @@ def celery_worker(live_redis: str, tmp_path: Path) -> Iterator[subprocess.Popen[
 
 
 def _embedded_postgres_running() -> bool:
-    from pgserver.utils import PostmasterInfo
+    from config.embedded import postgres_running
 
     pgdata = settings.EMBEDDED_POSTGRES_DIR
-    if pgdata is None:
-        return False
-    info = PostmasterInfo.read_from_pgdata(pgdata)
-    return info is not None and info.is_running()
+    return pgdata is not None and postgres_running(pgdata)
 
 
 _postgres_was_running = False

@@ -26,7 +26,17 @@ from django.core.management import call_command
 from django.db import transaction
 
 from audit.models import Event
-from config.embedded import ensure_postgres, start_redis, stop_postgres, stop_process
+from config.embedded import (
+    ensure_postgres,
+    postgres_running,
+    start_redis,
+    stop_postgres,
+    stop_process,
+)
+
+# Next to the PostgreSQL data dir while a stack owns the server it started (removed on a clean
+# stop), so a restart after kill -9 knows the server is its own to stop.
+POSTGRES_OWNER_FILE = "postgres.owner"
 
 
 @dataclass
@@ -55,10 +65,14 @@ class Stack:
     def start(self) -> None:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         if settings.EMBEDDED_POSTGRES_DIR is not None:
-            address = ensure_postgres(
-                settings.EMBEDDED_POSTGRES_DIR, str(settings.DATABASES["default"]["NAME"])
-            )
-            self.started_postgres = True
+            pgdata = settings.EMBEDDED_POSTGRES_DIR
+            owner = pgdata.parent / POSTGRES_OWNER_FILE
+            # A server that another process (a test run) started is reused and left running on
+            # shutdown; one that a stack killed with -9 left behind is adopted and stopped.
+            self.started_postgres = owner.exists() or not postgres_running(pgdata)
+            address = ensure_postgres(pgdata, str(settings.DATABASES["default"]["NAME"]))
+            if self.started_postgres:
+                owner.write_text(f"{os.getpid()}\n")
             self.say(f"postgres  embedded PostgreSQL + pgvector, socket in {address.socket_dir}")
         if settings.EMBEDDED_REDIS_DIR is not None:
             self.children["redis"] = start_redis(settings.EMBEDDED_REDIS_DIR)
@@ -138,6 +152,7 @@ class Stack:
                 stop_process(child, timeout=20)
         if self.started_postgres and settings.EMBEDDED_POSTGRES_DIR is not None:
             stop_postgres(settings.EMBEDDED_POSTGRES_DIR)
+            (settings.EMBEDDED_POSTGRES_DIR.parent / POSTGRES_OWNER_FILE).unlink(missing_ok=True)
         self.say("stopped")
 
 

@@ -94,6 +94,14 @@ def _ensure_database(address: PostgresAddress, database: str) -> None:
                 conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(database)))
 
 
+def postgres_running(pgdata: Path) -> bool:
+    """Whether an embedded PostgreSQL already runs in `pgdata` (started by any process)."""
+    from pgserver.utils import PostmasterInfo
+
+    info = PostmasterInfo.read_from_pgdata(pgdata)
+    return info is not None and info.is_running()
+
+
 def stop_postgres(pgdata: Path) -> None:
     """Stop the embedded PostgreSQL if it runs (pg_ctl refuses root, so go through pgserver)."""
     from pgserver._commands import pg_ctl  # type: ignore[attr-defined]

@@ -161,3 +161,16 @@ def test_runstack_survives_kill_9_with_data_and_stops_cleanly(data_dir: Path) ->
     assert "stopped" in output
     assert not (data_dir / "postgres" / "postmaster.pid").exists()
     assert _processes_using(data_dir) == []
+
+
+def test_runstack_leaves_running_a_postgres_it_did_not_start(data_dir: Path) -> None:
+    from config.embedded import ensure_postgres, postgres_running
+
+    pgdata = data_dir / "postgres"
+    ensure_postgres(pgdata, "autoret")  # as a test run on the same data dir would
+    stack, _ = _start(data_dir, _free_port())
+    stack.send_signal(signal.SIGTERM)
+    output = stack.communicate(timeout=90)[0]
+    assert stack.returncode == 0 and "stopped" in output, output
+    assert postgres_running(pgdata), "another process's database was stopped"
+    assert not (data_dir / "postgres.owner").exists()
