@@ -8,14 +8,21 @@
     # again at the end
     .venv/bin/python bench/labeling_load.py --stack /tmp/labeling-bench --port 8765
 
+    # zero think time (the stress mode) and then a person's pause of 1 s before each answer
+    .venv/bin/python bench/labeling_load.py --stack /tmp/labeling-bench --think 0 1.0
+
 Each annotator is its own HTTP client (one keep-alive connection, its own API token) that
 loops GET /api/v1/collections/{id}/pairs/next/ then POST /api/v1/pairs/{id}/answer/ with a fresh
 idempotency key; one answer in ten is sent twice with the same key, as a page retrying after a
-lost response would. Afterwards the database is checked: every acknowledged key must have exactly
-one stored answer (lost = none, duplicated = more than one) and no pair may have been answered by
-two bench annotators (two annotators held it at once). Answers refused by the rate limit
+lost response would. `--think SECONDS` makes each annotator pause that long between getting a
+pair and answering it, as a person looking at the images would (0, the default, is the stress
+mode: every annotator asks again the moment an answer returns); several values run one after the
+other, one table row each. The latency is next + answer, the pause not counted. Afterwards the
+database is checked: every acknowledged key must have exactly one stored answer (lost = none,
+duplicated = more than one) and no pair may have been answered by two bench annotators (two
+annotators held it at once). Answers refused by the rate limit
 (429, AUTORET_ANSWERS_PER_MINUTE per user) are counted on their own, not as errors. Prints one
-Markdown table.
+Markdown table, a row per think time.
 
 Accounts `bench-annotator-N` are created as annotators of the collection (the first collection
 with an active version unless --collection is given); their answers stay in the database.
@@ -79,7 +86,12 @@ def setup(collection_id: int | None, users: int) -> tuple[int, list[Annotator]]:
 
 
 def run_annotator(
-    base: str, collection_id: int, annotator: Annotator, deadline: float, seed: int
+    base: str,
+    collection_id: int,
+    annotator: Annotator,
+    deadline: float,
+    seed: int,
+    think: float = 0.0,
 ) -> None:
     parts = urlsplit(base)
     host, port = parts.hostname or "127.0.0.1", parts.port or 80
@@ -105,6 +117,11 @@ def run_annotator(
                 annotator.errors += 1
                 continue
             pair = json.loads(body)
+            fetched = time.perf_counter() - started
+            if think > 0:
+                # A person looking at the pair: not part of the measured latency.
+                time.sleep(think * rng.uniform(0.5, 1.5))
+            started = time.perf_counter() - fetched
             key = str(uuid.uuid4())
             answer = rng.choice(["same", "different", "different", "unsure"])
             sends = 2 if rng.random() < 0.1 else 1
@@ -213,6 +230,15 @@ def main() -> None:
         "--stack", type=Path, default=None, help="start and stop a platform of its own in this dir"
     )
     parser.add_argument("--port", type=int, default=8765, help="its port (with --stack)")
+    parser.add_argument(
+        "--think",
+        type=float,
+        nargs="+",
+        default=[0.0],
+        metavar="SECONDS",
+        help="pause between getting a pair and answering it (mean; uniform 0.5x-1.5x); several "
+        "values run one after the other (default 0: the stress mode)",
+    )
     args = parser.parse_args()
     stack = start_stack(args.stack, args.port) if args.stack else None
     if stack is not None:
@@ -225,37 +251,47 @@ def main() -> None:
 
 
 def measure(args: argparse.Namespace) -> None:
-    collection_id, annotators = setup(args.collection, args.users)
+    collection_id, accounts = setup(args.collection, args.users)
+    print(
+        f"{args.users} annotators, {args.seconds:.0f} s per mode, collection {collection_id}, "
+        f"{args.url}, {os.cpu_count()} CPUs\n"
+    )
+    print(
+        "| think s | load avg before / after | answers | answers/s | p50 next+answer (ms) | "
+        "p95 (ms) | errors | 429 | empty queue | lost | duplicated | pairs held twice |"
+    )
+    print("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for think in args.think:
+        annotators = [Annotator(a.username, a.token) for a in accounts]
+        print(run_mode(args, collection_id, annotators, think), flush=True)
+
+
+def run_mode(
+    args: argparse.Namespace, collection_id: int, annotators: list[Annotator], think: float
+) -> str:
     deadline = time.monotonic() + args.seconds
     threads = [
-        threading.Thread(target=run_annotator, args=(args.url, collection_id, a, deadline, i))
+        threading.Thread(
+            target=run_annotator, args=(args.url, collection_id, a, deadline, i, think)
+        )
         for i, a in enumerate(annotators)
     ]
-    load_before = os.getloadavg()
+    load_before = os.getloadavg()[0]
     began = time.monotonic()
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
     elapsed = time.monotonic() - began
+    load_after = os.getloadavg()[0]
     latencies = sorted(x for a in annotators for x in a.latencies)
     answers = len(latencies)
     lost, duplicated, double_served = audit(annotators, collection_id)
     p50 = statistics.median(latencies) * 1000 if latencies else float("nan")
     p95 = latencies[int(0.95 * (answers - 1))] * 1000 if latencies else float("nan")
-    load_after = os.getloadavg()
-    print(
-        f"{args.users} annotators, {args.seconds:.0f} s, collection {collection_id}, {args.url}; "
-        f"load average before {'/'.join(f'{x:.2f}' for x in load_before)}, after "
-        f"{'/'.join(f'{x:.2f}' for x in load_after)} ({os.cpu_count()} CPUs)\n"
-    )
-    print(
-        "| answers | answers/s | p50 next+answer (ms) | p95 (ms) | errors | 429 | empty queue | "
-        "lost | duplicated | pairs held twice |"
-    )
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-    print(
-        f"| {answers} | {answers / elapsed:.1f} | {p50:.1f} | {p95:.1f} | "
+    return (
+        f"| {think:g} | {load_before:.2f} / {load_after:.2f} | {answers} | "
+        f"{answers / elapsed:.1f} | {p50:.1f} | {p95:.1f} | "
         f"{sum(a.errors for a in annotators)} | {sum(a.throttled for a in annotators)} | "
         f"{sum(a.empty for a in annotators)} | {lost} | {duplicated} | {double_served} |"
     )

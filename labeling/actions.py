@@ -13,6 +13,7 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 from django.contrib.auth.models import User
 from django.db import connection, transaction
@@ -109,7 +110,10 @@ def change_of(pair: Pair, before: tuple[str, datetime | None]) -> str:
 
 
 def refresh_flags(
-    collection_id: int, pair: Pair | None = None, before: tuple[str, datetime | None] = ("", None)
+    collection_id: int,
+    pair: Pair | None = None,
+    before: tuple[str, datetime | None] = ("", None),
+    labeling: LabelingSettings | None = None,
 ) -> int:
     """Re-judges the resolved pairs in answer order and stores the flags, retires queued pairs
     at the head of the queue that the answers now imply, and stores the counters; returns how
@@ -117,36 +121,68 @@ def refresh_flags(
 
     With `pair` and its `before` state, a change that only appends that pair to the replay
     order costs one add() to this process's kept replay instead of a replay of every answer
-    (labeling.inference.refresh); without them everything is replayed."""
-    labeling = settings_for(collection_id)
+    (labeling.inference.refresh); without them everything is replayed. `labeling` (read by the
+    caller under the lock, at least its pk and inference_epoch) saves reading it again. An
+    incremental refresh is two round trips: the new pairs with the queue's head, and the writes.
+    """
+    labeling = labeling if labeling is not None else settings_for(collection_id)
     change = change_of(pair, before) if pair is not None else inference.FULL
+    now = timezone.now()
     result = inference.refresh(
-        collection_id, labeling.inference_epoch, change, pair.pk if pair is not None else None
+        collection_id,
+        labeling.inference_epoch,
+        change,
+        pair.pk if pair is not None else None,
+        head=(now, RECHECK_HEAD),
     )
-    for value in (True, False):
-        ids = [pk for pk, flag in result.flags.items() if flag == value]
-        if ids:
-            Pair.objects.filter(pk__in=ids).update(flagged=value)
     contradicting = {p.pair_id for p in result.inference.contradictions}
     if result.full:
         # Pairs whose answer went to unsure or away keep no stale flag.
         Pair.objects.filter(collection_id=collection_id, flagged=True).exclude(
             pk__in=contradicting
         ).update(flagged=False)
-    head = _open_pairs(collection_id, timezone.now()).order_by("id")[:RECHECK_HEAD]
-    implied = [
-        pk
-        for pk, a, b in head.values_list("id", "a_id", "b_id")
-        if result.inference.implied(a, b) is not None
-    ]
-    if implied:
-        Pair.objects.filter(pk__in=implied).update(status=Pair.Status.RETIRED)
-    LabelingSettings.objects.filter(pk=labeling.pk).update(
-        implied_pairs=result.inference.implied_count(),
-        flagged_pairs=len(contradicting),
-        inference_epoch=result.epoch,
-    )
+    head = result.head
+    if head is None:
+        head = list(
+            _open_pairs(collection_id, now)
+            .order_by("id")[:RECHECK_HEAD]
+            .values_list("id", "a_id", "b_id")
+        )
+    implied = [pk for pk, a, b in head if result.inference.implied(a, b) is not None]
+    flagged_on = [pk for pk, flag in result.flags.items() if flag]
+    flagged_off = [pk for pk, flag in result.flags.items() if not flag]
+    sql = _WRITE_REFRESH.format(pair=Pair._meta.db_table, settings=LabelingSettings._meta.db_table)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            sql,
+            {
+                "on": flagged_on,
+                "off": flagged_off,
+                "retire": implied,
+                "all": flagged_on + flagged_off + implied,
+                "implied": result.inference.implied_count(),
+                "flagged": len(contradicting),
+                "epoch": result.epoch,
+                "settings": labeling.pk,
+            },
+        )
     return len(contradicting)
+
+
+# The writes of refresh_flags in one statement: changed flags, implied pairs retired, counters.
+_WRITE_REFRESH = """
+    WITH changed AS (
+        UPDATE {pair} SET
+            flagged = CASE WHEN id = ANY(%(on)s) THEN true
+                           WHEN id = ANY(%(off)s) THEN false ELSE flagged END,
+            status = CASE WHEN id = ANY(%(retire)s) THEN 'retired' ELSE status END
+        WHERE id = ANY(%(all)s)
+        RETURNING 1
+    )
+    UPDATE {settings}
+    SET implied_pairs = %(implied)s, flagged_pairs = %(flagged)s, inference_epoch = %(epoch)s
+    WHERE id = %(settings)s
+"""
 
 
 def _after_answer(collection_id: int) -> None:
@@ -196,43 +232,143 @@ def _store_answer(
     # audited=False: the caller (mark_many) writes one row for all its answers.
     if answer not in Answer.values:
         raise ValueError(f"answer must be one of {', '.join(Answer.values)}")
-    with transaction.atomic():
-        _lock_collection(pair.collection_id)
-        if idempotency_key:
-            seen = ConstraintRevision.objects.filter(
-                annotator=user, idempotency_key=idempotency_key
-            ).first()
-            if seen is not None:
-                existing = Constraint.objects.filter(pair_id=seen.pair_id, annotator=user).first()
-                if existing is None:
-                    # The answer was undone since; replaying the key must not bring it back.
-                    existing = Constraint(pair_id=seen.pair_id, annotator=user, answer=seen.answer)
-                return Stored(existing, created=False)
-        pair = Pair.objects.select_for_update().get(pk=pair.pk)
-        before = (pair.final_answer, pair.answered_at)
-        ConstraintRevision.objects.create(
-            pair=pair, annotator=user, answer=answer, source=source, idempotency_key=idempotency_key
+    try:
+        with transaction.atomic():
+            if audited:
+                # Before the collection lock, in the answer's transaction: a rolled-back answer
+                # (a replayed key found below) leaves no row, and the lock is held shorter.
+                Event.record(
+                    Event.Action.ANSWER,
+                    user,
+                    pair.collection_id,
+                    pair,
+                    answer=answer,
+                    source=source,
+                )
+            _lock_collection(pair.collection_id)
+            stored, train = _write_answer(pair, user, answer, idempotency_key, source, when)
+    except _KeySeen as seen:
+        existing = Constraint.objects.filter(pair_id=seen.pair_id, annotator=user).first()
+        if existing is None:
+            # The answer was undone since; replaying the key must not bring it back.
+            existing = Constraint(pair_id=seen.pair_id, annotator=user, answer=seen.answer)
+        return Stored(existing, created=False)
+    if train:
+        collection_id = pair.collection_id
+        transaction.on_commit(lambda: _after_answer(collection_id))
+    return stored
+
+
+class _KeySeen(Exception):  # noqa: N818 - control flow, not an error
+    """The idempotency key was used before: the answer's transaction rolls back."""
+
+    def __init__(self, pair_id: int, answer: str) -> None:
+        super().__init__(pair_id)
+        self.pair_id, self.answer = pair_id, answer
+
+
+# Under the collection lock, one statement: the pair (locked), whether the caller used this
+# idempotency key before, the other annotators' answers, the settings the refresh needs, and
+# whether a training policy may want to hear about the answer.
+_ANSWER_STATE = """
+    SELECT p.resolved, p.adjudicated, p.answered_at,
+           (SELECT r.pair_id FROM {revision} r
+            WHERE %(key)s <> '' AND r.annotator_id = %(user)s AND r.idempotency_key = %(key)s
+            LIMIT 1),
+           (SELECT r.answer FROM {revision} r
+            WHERE %(key)s <> '' AND r.annotator_id = %(user)s AND r.idempotency_key = %(key)s
+            LIMIT 1),
+           ARRAY(SELECT c.answer FROM {constraint} c
+                 WHERE c.pair_id = p.id AND (c.annotator_id IS NULL OR c.annotator_id <> %(user)s)),
+           s.id, s.inference_epoch,
+           EXISTS(SELECT 1 FROM {policy} t
+                  WHERE t.collection_id = p.collection_id AND t.retrain_after_answers > 0)
+    FROM {pair} p LEFT JOIN {settings} s ON s.collection_id = p.collection_id
+    WHERE p.id = %(pair)s
+    FOR UPDATE OF p
+"""
+
+# The answer's writes in one statement: the history row, the caller's answer (replacing their
+# earlier one), and the pair's resolved view with its lease released.
+_WRITE_ANSWER = """
+    WITH rev AS (
+        INSERT INTO {revision} (pair_id, annotator_id, answer, source, idempotency_key, created_at)
+        VALUES (%(pair)s, %(user)s, %(answer)s, %(source)s, %(key)s, %(now)s)
+    ), con AS (
+        INSERT INTO {constraint} (pair_id, answer, source, annotator_id, annotator_name,
+                                  idempotency_key, created_at, updated_at)
+        VALUES (%(pair)s, %(answer)s, %(source)s, %(user)s, '', %(key)s, %(created)s, %(now)s)
+        ON CONFLICT (pair_id, annotator_id) WHERE annotator_id IS NOT NULL DO UPDATE SET
+            answer = EXCLUDED.answer, source = EXCLUDED.source,
+            idempotency_key = EXCLUDED.idempotency_key, created_at = EXCLUDED.created_at,
+            updated_at = EXCLUDED.updated_at
+        RETURNING id, annotator_name
+    )
+    UPDATE {pair} SET resolved = %(resolved)s, agreement = %(agreement)s,
+        answer_count = %(count)s, status = 'answered', answered_at = %(answered_at)s,
+        leased_by_id = NULL, lease_expires_at = NULL
+    WHERE id = %(pair)s
+    RETURNING (SELECT id FROM con), (SELECT annotator_name FROM con)
+"""
+
+
+def _write_answer(
+    pair: Pair, user: User, answer: str, key: str, source: str, when: datetime | None
+) -> tuple[Stored, bool]:
+    """The part of an answer under the collection lock: five round trips with the commit (the
+    state, the writes, the refresh's read and writes). Returns (stored, whether to call
+    after_answer)."""
+    from worker.models import TrainingPolicy
+
+    tables = {
+        "pair": Pair._meta.db_table,
+        "revision": ConstraintRevision._meta.db_table,
+        "constraint": Constraint._meta.db_table,
+        "settings": LabelingSettings._meta.db_table,
+        "policy": TrainingPolicy._meta.db_table,
+    }
+    with connection.cursor() as cursor:
+        cursor.execute(
+            _ANSWER_STATE.format(**tables), {"pair": pair.pk, "user": user.pk, "key": key}
         )
-        constraint, _ = Constraint.objects.update_or_create(
-            pair=pair,
-            annotator=user,
-            defaults={
-                "answer": answer,
-                "source": source,
-                "idempotency_key": idempotency_key,
-                "created_at": when or timezone.now(),
+        state = cursor.fetchone()
+    if state is None:
+        raise Pair.DoesNotExist(f"pair {pair.pk} is gone")
+    resolved_was, adjudicated, answered_was, seen_pair, seen_answer, others = state[:6]
+    settings_id, epoch, train = state[6:]
+    if seen_pair is not None:
+        raise _KeySeen(seen_pair, seen_answer)
+    now = timezone.now()
+    resolved, agreement, count = majority([*others, answer])
+    answered_at = now if resolved != resolved_was else answered_was
+    created = when or now
+    with connection.cursor() as cursor:
+        cursor.execute(
+            _WRITE_ANSWER.format(**tables),
+            {
+                "pair": pair.pk, "user": user.pk, "answer": answer, "source": source,
+                "key": key, "now": now, "created": created, "resolved": resolved,
+                "agreement": agreement, "count": count, "answered_at": answered_at,
             },
+        )  # fmt: skip
+        constraint_id, annotator_name = cursor.fetchone()
+    before = (adjudicated or resolved_was, answered_was)
+    pair.resolved, pair.agreement, pair.answer_count = resolved, agreement, count
+    pair.adjudicated, pair.answered_at, pair.status = adjudicated, answered_at, Pair.Status.ANSWERED
+    pair.leased_by, pair.lease_expires_at = None, None
+    if settings_id is None:
+        labeling = settings_for(pair.collection_id)
+    else:
+        labeling = LabelingSettings(
+            pk=settings_id, collection_id=pair.collection_id, inference_epoch=epoch
         )
-        _resolve(pair)
-        pair.leased_by, pair.lease_expires_at = None, None
-        pair.save()
-        refresh_flags(pair.collection_id, pair, before)
-        if audited:
-            Event.record(
-                Event.Action.ANSWER, user, pair.collection_id, pair, answer=answer, source=source
-            )
-        transaction.on_commit(lambda: _after_answer(pair.collection_id))
-    return Stored(constraint, created=True)
+    refresh_flags(pair.collection_id, pair, before, labeling)
+    constraint = Constraint(
+        pk=constraint_id, pair=pair, annotator=user, annotator_name=annotator_name,
+        answer=answer, source=source, idempotency_key=key, created_at=created, updated_at=now,
+    )  # fmt: skip
+    constraint._state.adding, constraint._state.db = False, connection.alias
+    return Stored(constraint, created=True), bool(train)
 
 
 def undo_answer(pair: Pair, user: User) -> bool:
@@ -308,39 +444,14 @@ def next_pair(collection: Collection, user: User, exclude: Iterable[int] = ()) -
     labeling = settings_for(collection)
     now = timezone.now()
     lease = timedelta(seconds=labeling.lease_seconds)
-    held = (
-        Pair.objects.filter(
-            collection=collection,
-            status=Pair.Status.QUEUED,
-            leased_by=user,
-            lease_expires_at__gt=now,
-        )
-        .exclude(pk__in=excluded)
-        .order_by("id")
-        .first()
-    )
-    if held is not None:
-        Pair.objects.filter(pk=held.pk).update(lease_expires_at=now + lease)
-        held.lease_expires_at = now + lease
-        return held
     for attempt in range(2):
-        with transaction.atomic():
-            chosen = (
-                _open_pairs(collection, now)
-                .exclude(pk__in=excluded)
-                .select_for_update(skip_locked=True)
-                .order_by("id")
-                .first()
-            )
-            if chosen is not None:
-                chosen.leased_by = user
-                chosen.lease_expires_at = now + lease
-                chosen.save(update_fields=["leased_by", "lease_expires_at"])
-        if chosen is not None:
+        claimed = _claim(collection.pk, user.pk, excluded, now, now + lease)
+        if claimed is not None:
+            pair, open_left = claimed
             stale = labeling.mined_version_id != collection.active_version_id
-            if stale or _open_pairs(collection, now).count() < labeling.low_water:
+            if stale or open_left < labeling.low_water:
                 _request_mining(collection, labeling)
-            return chosen
+            return pair
         # An empty queue: mine a small batch now rather than show an idle annotator nothing.
         if (
             attempt == 0
@@ -349,6 +460,62 @@ def next_pair(collection: Collection, user: User, exclude: Iterable[int] = ()) -
         ):
             return None
     return None
+
+
+# One statement leases the next pair: a pair the caller still holds first (a reloaded page), else
+# the first open one (never leased or lease expired) that no other transaction has locked (SKIP
+# LOCKED: two annotators asking at once never get the same pair). It returns the pair with both
+# images' files and how many open pairs were left besides it, counted in the same snapshot.
+_CLAIM = """
+    WITH chosen AS (
+        SELECT id, (lease_expires_at IS NOT NULL AND lease_expires_at > %(now)s) AS held
+        FROM {pair}
+        WHERE collection_id = %(collection)s AND status = 'queued' AND NOT (id = ANY(%(exclude)s))
+          AND (lease_expires_at IS NULL OR lease_expires_at < %(now)s
+               OR (leased_by_id = %(user)s AND lease_expires_at > %(now)s))
+        ORDER BY (leased_by_id = %(user)s AND lease_expires_at > %(now)s) IS TRUE DESC, id
+        LIMIT 1
+        FOR UPDATE SKIP LOCKED
+    ), open AS (
+        SELECT count(*) AS n FROM {pair}
+        WHERE collection_id = %(collection)s AND status = 'queued'
+          AND (lease_expires_at IS NULL OR lease_expires_at < %(now)s)
+    )
+    UPDATE {pair} p SET leased_by_id = %(user)s, lease_expires_at = %(until)s
+    FROM chosen, open, {image} ia, {image} ib
+    WHERE p.id = chosen.id AND ia.id = p.a_id AND ib.id = p.b_id
+    RETURNING p.id, p.strategy, p.a_id, ia.file, p.b_id, ib.file,
+              open.n - (CASE WHEN chosen.held THEN 0 ELSE 1 END)
+"""
+
+
+def _claim(
+    collection_id: int, user_id: int, exclude: list[int], now: datetime, until: datetime
+) -> tuple[Pair, int] | None:
+    """(the leased pair with its images, open pairs left), or None when none is free."""
+    sql = _CLAIM.format(pair=Pair._meta.db_table, image=Image._meta.db_table)
+    params: dict[str, Any] = {
+        "collection": collection_id, "user": user_id, "exclude": exclude,
+        "now": now, "until": until,
+    }  # fmt: skip
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        row = cursor.fetchone()
+    if row is None:
+        return None
+    pk, strategy, a_id, a_file, b_id, b_file, open_left = row
+    pair = Pair(
+        pk=pk,
+        collection_id=collection_id,
+        a=Image(pk=a_id, collection_id=collection_id, file=a_file),
+        b=Image(pk=b_id, collection_id=collection_id, file=b_file),
+        strategy=strategy,
+        status=Pair.Status.QUEUED,
+        leased_by_id=user_id,
+        lease_expires_at=until,
+    )
+    pair._state.adding, pair._state.db = False, connection.alias
+    return pair, int(open_left)
 
 
 def adjudicate(pair: Pair, curator: User, answer: str) -> None:

@@ -81,17 +81,18 @@ class AnswerSerializer(serializers.Serializer):
 )
 @api_view(["GET"])
 def next_pair(request: Request, pk: int) -> Response:
-    collection = get_collection_for_user(request.user, pk)
+    # One query for the collection, the caller's role and the labeling settings.
+    collection = get_collection_for_user(
+        request.user, pk, queryset=Collection.objects.select_related("labeling_settings")
+    )
     raw = request.query_params.get("exclude", "")
     try:
         exclude = [int(x) for x in raw.split(",") if x.strip()]
     except ValueError:
         raise ValidationError({"exclude": "comma-separated pair ids"}) from None
-    collection = Collection.objects.select_related("active_version").get(pk=collection.pk)
     pair = actions.next_pair(collection, _user(request), exclude)
     if pair is None:
         return Response(status=status.HTTP_204_NO_CONTENT)
-    pair = Pair.objects.select_related("a", "b").get(pk=pair.pk)
     return Response(pair_payload(request, pair))
 
 
@@ -104,7 +105,8 @@ def next_pair(request: Request, pk: int) -> Response:
 @parser_classes([JSONParser])
 @throttle_classes([AnswerRateThrottle])
 def answer(request: Request, pair_id: int) -> Response:
-    pair = get_in_collection_for_user(request.user, PAIRS, pair_id)
+    # The pair and the caller's role in one query; the answer needs neither image.
+    pair = get_in_collection_for_user(request.user, Pair.objects.all(), pair_id)
     serializer = AnswerSerializer(data=request.data)
     serializer.is_valid(raise_exception=True)
     stored = actions.record_answer(

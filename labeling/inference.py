@@ -200,6 +200,9 @@ class Refreshed:
     flags: dict[int, bool]  # pair id -> the flag to store, for pairs whose stored flag differs
     epoch: str  # the epoch to store
     full: bool  # everything was replayed
+    # The open pairs at the head of the queue (id, a, b), fetched in the same round trip when the
+    # caller asked for them (`head`) and the refresh was incremental; None otherwise.
+    head: list[tuple[int, int, int]] | None = None
 
 
 # collection id -> this process's replay. Used only under the collection's advisory lock.
@@ -235,31 +238,46 @@ def replay_rows(collection_id: int) -> list[Row]:
     return [_row(*row) for row in rows]
 
 
-def _rows_after(collection_id: int, key: tuple[datetime, int]) -> tuple[list[Row], int, int, bool]:
+def _rows_after(
+    collection_id: int, key: tuple[datetime, int], head: tuple[datetime, int] | None = None
+) -> tuple[list[Row], int, int, bool, list[tuple[int, int, int]] | None]:
     """(pairs after `key` in (answered_at, id) order, count and id sum of all replayed pairs,
-    whether any has no answered_at): one round trip."""
+    whether any has no answered_at, and with `head` = (now, n) the first n open queued pairs):
+    one round trip."""
     table = Pair._meta.db_table
     sql = f"""
         WITH r AS (
             SELECT id, a_id, b_id, resolved, adjudicated, flagged, answered_at
             FROM {table} WHERE {_IN_REPLAY}
         )
-        SELECT t.n, t.s, t.has_null,
+        (SELECT 'r' AS part, t.n, t.s, t.has_null,
                r.id, r.a_id, r.b_id, r.resolved, r.adjudicated, r.flagged, r.answered_at
         FROM (
             SELECT count(*) AS n, coalesce(sum(id), 0) AS s,
                    coalesce(bool_or(answered_at IS NULL), false) AS has_null
             FROM r
         ) t
-        LEFT JOIN r ON (r.answered_at, r.id) > (%s, %s)
-        ORDER BY r.answered_at, r.id
+        LEFT JOIN r ON (r.answered_at, r.id) > (%s, %s))
+        UNION ALL
+        (SELECT 'h', NULL::bigint, NULL::numeric, NULL::boolean, q.id, q.a_id, q.b_id,
+                NULL::varchar, NULL::varchar, NULL::boolean, NULL::timestamptz
+        FROM {table} q
+        WHERE %s AND q.collection_id = %s AND q.status = 'queued'
+          AND (q.lease_expires_at IS NULL OR q.lease_expires_at < %s)
+        ORDER BY q.id LIMIT %s)
     """  # noqa: S608 - the table name is the model's, the values are parameters
+    now, n = head if head is not None else (key[0], 0)
     with connection.cursor() as cursor:
-        cursor.execute(sql, [collection_id, key[0], key[1]])
+        cursor.execute(
+            sql, [collection_id, key[0], key[1], head is not None, collection_id, now, n]
+        )
         fetched = cursor.fetchall()
-    total, id_sum, has_null = int(fetched[0][0]), int(fetched[0][1]), bool(fetched[0][2])
-    rows = [_row(*row[3:]) for row in fetched if row[3] is not None]
-    return rows, total, id_sum, has_null
+    counted = [row for row in fetched if row[0] == "r"]
+    total, id_sum, has_null = int(counted[0][1]), int(counted[0][2]), bool(counted[0][3])
+    rows = [_row(*row[4:]) for row in counted if row[4] is not None]
+    rows.sort(key=lambda row: row.key or (key[0], 0))
+    queued = sorted((row[4], row[5], row[6]) for row in fetched if row[0] == "h")
+    return rows, total, id_sum, has_null, queued if head is not None else None
 
 
 def _hold(collection_id: int, entry: Replayed) -> None:
@@ -303,12 +321,20 @@ def _full(collection_id: int, epoch: str, rotate: bool, appended: int | None) ->
     return Refreshed(inference, flags, epoch, full=True)
 
 
-def refresh(collection_id: int, epoch: str, change: str, pair_id: int | None = None) -> Refreshed:
+def refresh(
+    collection_id: int,
+    epoch: str,
+    change: str,
+    pair_id: int | None = None,
+    head: tuple[datetime, int] | None = None,
+) -> Refreshed:
     """The collection's inference after a change, and the flags to store.
 
     `epoch` is the stored one; `change` says what the caller did (FULL, APPEND of `pair_id`, or
     UNCHANGED). The caller holds the collection's advisory lock inside a transaction, stores the
     returned flags and epoch, and must route every change of a pair's answers through here.
+    With `head` = (now, n), an incremental refresh also returns the first n open queued pairs
+    from the same round trip.
     """
     entry = _replays.get(collection_id)
     if change == FULL:
@@ -316,7 +342,7 @@ def refresh(collection_id: int, epoch: str, change: str, pair_id: int | None = N
     appended = pair_id if change == APPEND else None
     if entry is None or entry.pending or entry.epoch != epoch or not epoch:
         return _full(collection_id, epoch, rotate=False, appended=appended)
-    rows, total, id_sum, has_null = _rows_after(collection_id, entry.last_key)
+    rows, total, id_sum, has_null, queued = _rows_after(collection_id, entry.last_key, head)
     if (
         has_null
         or entry.count + len(rows) != total
@@ -339,4 +365,4 @@ def refresh(collection_id: int, epoch: str, change: str, pair_id: int | None = N
         entry.last_key = max(entry.last_key, last)
         entry.count += len(rows)
         entry.id_sum += sum(row.pair.pair_id for row in rows)
-    return Refreshed(entry.inference, flags, epoch, full=False)
+    return Refreshed(entry.inference, flags, epoch, full=False, head=queued)

@@ -236,6 +236,11 @@ def quotas(mix: dict[str, float], n: int) -> dict[str, int]:
 
 
 def settings_for(collection: Collection | int) -> LabelingSettings:
+    if isinstance(collection, Collection):
+        # Loaded with the collection (select_related("labeling_settings")): no query.
+        cached = collection._state.fields_cache.get("labeling_settings")
+        if isinstance(cached, LabelingSettings):
+            return cached
     collection_id = collection.pk if isinstance(collection, Collection) else int(collection)
     obj, _ = LabelingSettings.objects.get_or_create(collection_id=collection_id)
     return obj

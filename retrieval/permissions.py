@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from typing import TypeVar
+from typing import TypeVar, cast
 
 from django.contrib.auth.models import AnonymousUser, User
 from django.core.exceptions import PermissionDenied
-from django.db.models import Model, QuerySet
+from django.db.models import IntegerField, Model, OuterRef, QuerySet, Subquery
 from django.http import Http404
 
 from retrieval.models import Collection, Membership
@@ -32,12 +32,44 @@ def visible_collections(user: User | AnonymousUser) -> QuerySet[Collection]:
     return Collection.objects.filter(members__user=user)
 
 
+def with_role(
+    user: User | AnonymousUser,
+    queryset: QuerySet[InCollection],
+    collection_field: str = "collection",
+) -> QuerySet[InCollection]:
+    """`queryset` with `user`'s role in each row's collection as `_role` (None for no membership):
+    the row and the permission check in one query. Superusers need no lookup."""
+    if getattr(user, "is_superuser", False):
+        return queryset
+    member = cast(User, user)  # authenticated: the callers return 404 for anonymous first
+    role = Membership.objects.filter(collection=OuterRef(collection_field), user=member).values(
+        "role"
+    )[:1]
+    annotated = queryset.annotate(_role=Subquery(role, output_field=IntegerField()))
+    return cast("QuerySet[InCollection]", annotated)
+
+
+def _checked_role(user: User | AnonymousUser, row: Model | None) -> int | None:
+    if row is None or not user.is_authenticated:
+        return None
+    if getattr(user, "is_superuser", False):
+        return Role.ADMIN
+    return getattr(row, "_role", None)
+
+
 def get_collection_for_user(
-    user: User | AnonymousUser, pk: int, min_role: int = Role.ANNOTATOR
+    user: User | AnonymousUser,
+    pk: int,
+    min_role: int = Role.ANNOTATOR,
+    queryset: QuerySet[Collection] | None = None,
 ) -> Collection:
-    """The collection if `user` holds at least `min_role` in it; 404 if not a member, else 403."""
-    collection = Collection.objects.filter(pk=pk).first()
-    role = role_in(user, collection) if collection is not None else None
+    """The collection if `user` holds at least `min_role` in it; 404 if not a member, else 403.
+    One query (the membership is a subquery); `queryset` may add select_related."""
+    if not user.is_authenticated:
+        raise Http404("No such collection")
+    base = Collection.objects.all() if queryset is None else queryset
+    collection = with_role(user, base, "pk").filter(pk=pk).first()
+    role = _checked_role(user, collection)
     if collection is None or role is None:
         raise Http404("No such collection")
     if role < min_role:
@@ -52,9 +84,16 @@ def get_in_collection_for_user(
     min_role: int = Role.ANNOTATOR,
 ) -> InCollection:
     """A row that belongs to a collection (a job, a model version, a pair) under the same rule as
-    its collection: 404 when it does not exist or `user` is no member, 403 for too low a role."""
-    found = queryset.filter(pk=pk).first()
-    if found is None:
+    its collection: 404 when it does not exist or `user` is no member, 403 for too low a role.
+    One query: the membership is a subquery of the row's."""
+    if not user.is_authenticated:
         raise Http404("Not found")
-    get_collection_for_user(user, found.collection_id, min_role)  # type: ignore[attr-defined]
+    found = with_role(user, queryset).filter(pk=pk).first()
+    role = _checked_role(user, found)
+    if found is None or role is None:
+        raise Http404("Not found")
+    if role < min_role:
+        # Only the refusal names the collection: fetched here, not for every allowed request.
+        name = Collection.objects.filter(pk=found.collection_id).values_list("name", flat=True)  # type: ignore[attr-defined]
+        raise PermissionDenied(f"This needs the {Role(min_role).label} role in {name.first()}")
     return found
