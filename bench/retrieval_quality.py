@@ -38,6 +38,7 @@ from retrieval.autoret.data import ImageSet, load_dataset  # noqa: E402
 from retrieval.autoret.embed import embed_images  # noqa: E402
 from retrieval.autoret.evaluate import evaluate_retrieval  # noqa: E402
 from retrieval.autoret.model import AutoRet, create_model  # noqa: E402
+from retrieval.autoret.pairs import AUGMENT_PRESETS  # noqa: E402
 from retrieval.autoret.train import TrainConfig, train  # noqa: E402
 
 
@@ -87,16 +88,17 @@ CONFIGS: dict[str, BenchConfig] = {
         model=NARROW,
         batch_size=128,
         device="cpu",
-        # Sized for 30 minutes while other processes hold one of the 2 cores: with the whole
-        # 60,000-image train split as database, embedding alone took 70-140 s per AutoRet row.
-        images_per_row=16_384,
+        # 2.6 epochs of the 20,000-image subset per row. At 16,384 (0.8 epochs) every method was
+        # still in the early dip below the untrained network; with the whole 60,000-image split
+        # as database, embedding alone took 70-140 s per AutoRet row on loaded cores.
+        images_per_row=65_536,
         train_size=20_000,
         queries=1_000,
-        # batch-all with 10 % labels would push the run past 30 minutes; ask for it with --rows.
+        # alpha 100 (0.10 below alpha 10 at 16,384 images) and batch-all with 10 % labels would
+        # push the run past 30 minutes; ask for them with --rows.
         rows=(
             "raw",
             "untrained",
-            "autoembedder-a100",
             "autoembedder-a10",
             "autoret",
             "simclr",
@@ -104,6 +106,7 @@ CONFIGS: dict[str, BenchConfig] = {
             "autoret-labels-5",
             "autoret-labels-10",
             "autoret-batch-all",
+            "autoret-neighbors",
         ),
     ),
     "gpu": BenchConfig(
@@ -141,6 +144,17 @@ ROWS: dict[str, Row] = {
     "autoret-batch-all": Row(
         "AutoRet, batch-all pairs (ours)", "autoret", {"pairing": "batch-all"}
     ),
+    "autoret-neighbors": Row(
+        "AutoRet, neighbour pairs 0.5 (ours)", "autoret", {"neighbor_pairs": 0.5}
+    ),
+    "autoret-light": Row(
+        "AutoRet, light augmentation (ours)", "autoret", {"augment": AUGMENT_PRESETS["light"]}
+    ),
+    "autoret-neighbors-light": Row(
+        "AutoRet, neighbour pairs 0.5 + light augmentation (ours)",
+        "autoret",
+        {"neighbor_pairs": 0.5, "augment": AUGMENT_PRESETS["light"]},
+    ),
     "autoret-batch-all-labels-10": Row(
         "AutoRet, batch-all pairs (ours), 10 % labels",
         "autoret",
@@ -175,12 +189,20 @@ def _train_config(bench: BenchConfig, row: Row, seed: int, n_train: int) -> Trai
     )
 
 
-def _embed_timed(model: AutoRet, data: ImageSet, bench: BenchConfig) -> tuple[np.ndarray, float]:
+def _embed_timed(
+    model: AutoRet, data: ImageSet, bench: BenchConfig
+) -> tuple[np.ndarray, np.ndarray, float]:
+    """(projection, features, seconds): one pass yields both, as the projection is linear."""
+    model.config = dataclasses.replace(model.config, embed_from="features")
     if bench.device == "cuda":
         torch.cuda.synchronize()
     start = time.perf_counter()
-    vectors = embed_images(model, data, bench.embed_batch, bench.device, progress=True)
-    return vectors, time.perf_counter() - start
+    features = embed_images(model, data, bench.embed_batch, bench.device, progress=True)
+    with torch.inference_mode():
+        weight = model.projection.weight.detach().float().cpu().numpy()
+        bias = model.projection.bias.detach().float().cpu().numpy()
+    projection = features @ weight.T + bias
+    return projection.astype(np.float32), features, time.perf_counter() - start
 
 
 def run_row(
@@ -199,6 +221,7 @@ def run_row(
         start = time.perf_counter()
         q, db = flat(queries.images), flat(train_set.images)
         embed_s = time.perf_counter() - start
+        q_features = db_features = None
     else:
         torch.manual_seed(seed)
         model = create_model(
@@ -216,11 +239,11 @@ def run_row(
                 epochs=trained.epochs,
                 train_img_s=trained.images_per_s,
                 final_loss=trained.final_loss,
-                train_config={k: v for k, v in cfg.to_dict().items() if k != "augment"},
+                train_config=cfg.to_dict(),
             )
         model.to(bench.device)
-        q, q_s = _embed_timed(model, queries, bench)
-        db, db_s = _embed_timed(model, train_set, bench)
+        q, q_features, q_s = _embed_timed(model, queries, bench)
+        db, db_features, db_s = _embed_timed(model, train_set, bench)
         embed_s = q_s + db_s
     result["embed_s"] = embed_s
     result["embed_img_s"] = (len(queries) + len(train_set)) / max(embed_s, 1e-9)
@@ -234,6 +257,13 @@ def run_row(
         device=bench.device,
     )
     result.update(map=scores["map"], precision=scores["precision"], dim=int(q.shape[1]))
+    if q_features is not None and db_features is not None:
+        # "features": the vector before the final projection (ModelConfig.embed_from).
+        features = evaluate_retrieval(
+            q_features, queries.labels, db_features, train_set.labels, bench.k,
+            bench.precision_k, device=bench.device,
+        )  # fmt: skip
+        result.update(map_features=features["map"], features_dim=int(q_features.shape[1]))
     result["load_average_1min"] = os.getloadavg()[0]
     return result
 
@@ -253,14 +283,15 @@ def format_table(results: Sequence[dict[str, Any]], bench: BenchConfig) -> str:
 
     lines = [
         f"| method | train s | images seen | train img/s | embed img/s "
-        f"| mAP@{bench.k} | P@{bench.precision_k} |",
-        "|---|---|---|---|---|---|---|",
+        f"| mAP@{bench.k} | P@{bench.precision_k} | mAP@{bench.k}, features |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         lines.append(
             f"| {r['label']} | {number(r.get('train_s'), '.0f')} "
             f"| {number(r.get('images_seen'), ',')} | {number(r.get('train_img_s'), ',.0f')} "
-            f"| {number(r['embed_img_s'], ',.0f')} | {r['map']:.3f} | {r['precision']:.3f} |"
+            f"| {number(r['embed_img_s'], ',.0f')} | {r['map']:.3f} | {r['precision']:.3f} "
+            f"| {number(r.get('map_features'), '.3f')} |"
         )
     return "\n".join(lines)
 

@@ -21,6 +21,7 @@ from retrieval.autoret.data import DataError, load_dataset
 from retrieval.autoret.embed import embed_images
 from retrieval.autoret.evaluate import evaluate_retrieval
 from retrieval.autoret.model import PRESETS, AutoRet, create_model
+from retrieval.autoret.pairs import AUGMENT_PRESETS
 from retrieval.autoret.train import TrainConfig, train
 
 BACKBONES = {
@@ -62,6 +63,12 @@ def _parser() -> argparse.ArgumentParser:
         default=TrainConfig.neighbor_pairs,
         help="fraction of self-supervised can-link pairs made of an image and a pixel-space "
         "nearest neighbour instead of its own copy (ours; sampled pairing)",
+    )
+    t.add_argument(
+        "--augment",
+        choices=sorted(AUGMENT_PRESETS),
+        default="default",
+        help="augmentation strength: default (the spec's parameters) or light (ours)",
     )
     t.add_argument("--batch-size", type=int, default=TrainConfig.batch_size, help="pairs per step")
     t.add_argument("--lr", type=float, default=TrainConfig.lr)
@@ -109,6 +116,7 @@ def _train(args: argparse.Namespace) -> None:
         alpha=args.alpha,
         pairing=args.pairing,
         neighbor_pairs=args.neighbor_pairs,
+        augment=AUGMENT_PRESETS[args.augment],
         batch_size=args.batch_size,
         lr=args.lr,
         epochs=args.epochs,

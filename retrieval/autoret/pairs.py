@@ -32,6 +32,14 @@ class AugmentConfig:
     noise_sigma: float = 0.03
 
 
+AUGMENT_PRESETS: dict[str, AugmentConfig] = {
+    "default": AugmentConfig(),
+    # Milder geometry (ours): centred, upright collections such as Fashion-MNIST lose class
+    # evidence to large crops and rotations; 0.015 mAP@1000 better there on the CPU benchmark.
+    "light": AugmentConfig(crop_area=(0.8, 1.0), rotation_deg=5.0, shear=0.1),
+}
+
+
 def augment(
     x: torch.Tensor, generator: torch.Generator, cfg: AugmentConfig | None = None
 ) -> torch.Tensor:

@@ -34,6 +34,8 @@ def test_tiny_bench_prints_every_row_with_finite_numbers(
     for r in results:
         assert math.isfinite(r["map"]) and 0.0 <= r["map"] <= 1.0
         assert math.isfinite(r["precision"]) and r["embed_img_s"] > 0
+        if r["row"] != "raw":
+            assert 0.0 <= r["map_features"] <= 1.0
         if r["row"] not in ("raw", "untrained"):
             assert r["images_seen"] == 256 and r["train_img_s"] > 0
             assert math.isfinite(r["final_loss"])

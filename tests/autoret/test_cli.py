@@ -169,10 +169,12 @@ def test_train_with_batch_all_pairing_records_it_in_the_checkpoint(
     assert read_info(out)["train"]["pairing"] == "batch-all"
 
 
-def test_train_with_neighbor_pairs_records_them_in_the_checkpoint(
+def test_train_with_neighbor_pairs_and_light_augmentation_records_them(
     tiny_npz: Path, tmp_path: Path
 ) -> None:
     out = tmp_path / "ckpt"
-    argv = ["train", "--data", str(tiny_npz), "--out", str(out), "--epochs", "1"]
-    assert main([*argv, "--batch-size", "8", "--neighbor-pairs", "0.75", "--no-progress"]) == 0
-    assert read_info(out)["train"]["neighbor_pairs"] == 0.75
+    argv = ["train", "--data", str(tiny_npz), "--out", str(out), "--epochs", "1", "--no-progress"]
+    assert main([*argv, "--batch-size", "8", "--neighbor-pairs", "0.75", "--augment", "light"]) == 0
+    recorded = read_info(out)["train"]
+    assert recorded["neighbor_pairs"] == 0.75
+    assert recorded["augment"]["crop_area"] == [0.8, 1.0] and recorded["augment"]["shear"] == 0.1
