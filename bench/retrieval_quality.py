@@ -155,6 +155,16 @@ ROWS: dict[str, Row] = {
         "autoret",
         {"neighbor_pairs": 0.5, "augment": AUGMENT_PRESETS["light"]},
     ),
+    "simclr-light": Row(
+        "SimCLR-style peer, light augmentation",
+        "autoret",
+        {
+            "loss": "nt-xent",
+            "pairing": "batch-all",
+            "temperature": 0.2,
+            "augment": AUGMENT_PRESETS["light"],
+        },
+    ),
     "autoret-batch-all-labels-10": Row(
         "AutoRet, batch-all pairs (ours), 10 % labels",
         "autoret",
