@@ -46,6 +46,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ["AUTORET_DB_NAME"] = BENCH_DB
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 
+from config.embedded import drop_database  # noqa: E402
 from retrieval.autoret.data import ImageSet, load_dataset  # noqa: E402
 from retrieval.autoret.embed import embed_images  # noqa: E402
 from retrieval.autoret.evaluate import evaluate_retrieval  # noqa: E402
@@ -183,23 +184,6 @@ def answers_to_reach(curve: list[dict[str, float]], target: float) -> float | No
     return next((p["answers"] for p in curve if p["map"] >= target), None)
 
 
-def drop_database() -> None:
-    import psycopg
-    from django.conf import settings
-    from django.db import connections
-
-    from config.embedded import ensure_postgres
-
-    connections.close_all()
-    assert settings.EMBEDDED_POSTGRES_DIR is not None
-    address = ensure_postgres(settings.EMBEDDED_POSTGRES_DIR, "postgres")
-    with psycopg.connect(
-        host=address.socket_dir, port=address.port, user="postgres", dbname="postgres",
-        autocommit=True,
-    ) as conn:  # fmt: skip
-        conn.execute(f"DROP DATABASE IF EXISTS {BENCH_DB} WITH (FORCE)")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -249,14 +233,14 @@ def main() -> None:
     train_set = subset(load_dataset("fashion-mnist:train"), args.train_size, args.seed)
     queries = subset(load_dataset("fashion-mnist:test"), args.queries, args.seed + 1)
     base = create_model("autoret", in_channels=1, image_size=28, **MODEL)
-    drop_database()  # a killed earlier run leaves it behind
+    drop_database(BENCH_DB)  # a killed earlier run leaves it behind
     curves: dict[str, list[dict[str, float]]] = {}
     try:
         call_command("migrate", verbosity=0)
         for row in rows:
             curves[row] = run_row(row, args, train_set, queries, base)
     finally:
-        drop_database()
+        drop_database(BENCH_DB)
     report(curves, args)
 
 

@@ -26,18 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ["AUTORET_DB_NAME"] = BENCH_DB
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 
-
-def drop_database() -> None:
-    from django.conf import settings
-    from django.db import connections
-
-    from config.embedded import ensure_postgres, maintenance_connection
-
-    connections.close_all()
-    assert settings.EMBEDDED_POSTGRES_DIR is not None
-    address = ensure_postgres(settings.EMBEDDED_POSTGRES_DIR, "postgres")
-    with maintenance_connection(address) as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {BENCH_DB} WITH (FORCE)")
+from config.embedded import drop_database  # noqa: E402
 
 
 def run(args: argparse.Namespace) -> None:
@@ -116,12 +105,12 @@ def main() -> None:
     django.setup()
     from django.core.management import call_command
 
-    drop_database()
+    drop_database(BENCH_DB)
     try:
         call_command("migrate", verbosity=0)
         run(args)
     finally:
-        drop_database()
+        drop_database(BENCH_DB)
 
 
 if __name__ == "__main__":

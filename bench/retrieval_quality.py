@@ -209,10 +209,10 @@ def _embed_timed(
     start = time.perf_counter()
     features = embed_images(model, data, bench.embed_batch, bench.device, progress=True)
     with torch.inference_mode():
-        weight = model.projection.weight.detach().float().cpu().numpy()
-        bias = model.projection.bias.detach().float().cpu().numpy()
-    projection = features @ weight.T + bias
-    return projection.astype(np.float32), features, time.perf_counter() - start
+        weight = model.projection.weight
+        x = torch.from_numpy(features).to(weight.device)
+        projection = model.projection(x).float().cpu().numpy()
+    return projection, features, time.perf_counter() - start
 
 
 def run_row(

@@ -41,6 +41,8 @@ K = 10
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 
+from config.embedded import drop_database  # noqa: E402
+
 
 def clustered(n: int, rng: np.random.Generator, clusters: int = 100) -> np.ndarray:
     """n points around `clusters` Gaussian centres (spread 4 around, 1 within)."""
@@ -300,19 +302,6 @@ def page_rows(version_id: int, ids: list[int], n: int, repeats: int = 30) -> lis
     return rows
 
 
-def drop_database() -> None:
-    from django.conf import settings
-    from django.db import connections
-
-    from config.embedded import ensure_postgres, maintenance_connection
-
-    connections.close_all()
-    assert settings.EMBEDDED_POSTGRES_DIR is not None
-    address = ensure_postgres(settings.EMBEDDED_POSTGRES_DIR, "postgres")
-    with maintenance_connection(address) as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {BENCH_DB} WITH (FORCE)")
-
-
 def main() -> None:
     global BENCH_DB
     parser = argparse.ArgumentParser(
@@ -352,7 +341,7 @@ def main() -> None:
 
     if settings.EMBEDDED_POSTGRES_DIR is None:
         sys.exit("error: bench/search.py runs on the embedded PostgreSQL; unset DATABASE_URL")
-    drop_database()  # a previous run that was killed leaves it behind
+    drop_database(BENCH_DB)  # a previous run that was killed leaves it behind
     try:
         call_command("migrate", verbosity=0)
         print(
@@ -388,7 +377,7 @@ def main() -> None:
         print("|---|---|---|---|")
         print("\n".join(page_table))
     finally:
-        drop_database()
+        drop_database(BENCH_DB)
 
 
 if __name__ == "__main__":

@@ -94,6 +94,22 @@ def _ensure_database(address: PostgresAddress, database: str) -> None:
                 conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(database)))
 
 
+def drop_database(database: str) -> None:
+    """Drop `database` from the embedded PostgreSQL if it exists, closing this process's and any
+    other sessions on it first: the throwaway databases of the benchmarks."""
+    from django.conf import settings
+    from django.db import connections
+    from psycopg import sql
+
+    pgdata = settings.EMBEDDED_POSTGRES_DIR
+    if pgdata is None:
+        raise EmbeddedServiceError("benchmark databases live in the embedded PostgreSQL")
+    connections.close_all()
+    with maintenance_connection(ensure_postgres(pgdata, "postgres")) as conn:
+        drop = sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)")
+        conn.execute(drop.format(sql.Identifier(database)))
+
+
 def postgres_running(pgdata: Path) -> bool:
     """Whether an embedded PostgreSQL already runs in `pgdata` (started by any process)."""
     from pgserver.utils import PostmasterInfo
