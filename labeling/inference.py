@@ -130,18 +130,8 @@ class Inference:
 
 def resolved_pairs(collection: Collection | int) -> list[tuple[ResolvedPair, bool]]:
     """Every pair with a same/different final answer in replay order, with its flag."""
-    rows = (
-        Pair.objects.filter(collection=collection)
-        .exclude(resolved__in=["", Answer.UNSURE], adjudicated="")
-        .exclude(adjudicated=Answer.UNSURE)
-        .order_by("-adjudicated", "answered_at", "id")
-        .values_list("id", "a_id", "b_id", "resolved", "adjudicated", "flagged")
-    )
-    # "-adjudicated" puts rulings ("same"/"different") before the empty string: curators first.
-    return [
-        (ResolvedPair(pid, a, b, adjudicated or resolved), bool(flagged))
-        for pid, a, b, resolved, adjudicated, flagged in rows
-    ]
+    collection_id = collection.pk if isinstance(collection, Collection) else collection
+    return [(row.pair, row.flagged) for row in replay_rows(collection_id)]
 
 
 def replay(pairs: Iterable[ResolvedPair]) -> Inference:
@@ -227,7 +217,7 @@ def _row(pid: int, a: int, b: int, resolved: str, adjudicated: str, flagged: boo
 
 
 def replay_rows(collection_id: int) -> list[Row]:
-    """Every pair with a same/different final answer in replay order (as resolved_pairs)."""
+    """Every pair with a same/different final answer in replay order, the row for each."""
     rows = (
         Pair.objects.filter(collection_id=collection_id)
         .exclude(resolved__in=["", Answer.UNSURE], adjudicated="")
@@ -235,6 +225,7 @@ def replay_rows(collection_id: int) -> list[Row]:
         .order_by("-adjudicated", "answered_at", "id")
         .values_list("id", "a_id", "b_id", "resolved", "adjudicated", "flagged", "answered_at")
     )
+    # "-adjudicated" puts rulings ("same"/"different") before the empty string: curators first.
     return [_row(*row) for row in rows]
 
 
