@@ -28,6 +28,11 @@ from retrieval.models import Collection, Embedding, ModelVersion
 NEIGHBOURS = 10
 MAX_SAMPLE = 400
 CLUSTERS = 16
+# merge-gain: the largest groups it asks about, the members that stand for a group's centre, and
+# how many of its nearest groups an image or group is asked against.
+GROUPS = 50
+GROUP_SAMPLE = 64
+NEAREST_GROUPS = 3
 DEFAULT_ALPHA = 10.0  # retrieval/autoret/train.py TrainConfig.alpha
 
 
@@ -181,22 +186,73 @@ def diverse(ctx: MiningContext, n: int) -> list[Candidate]:
     return chosen
 
 
+def _squared_distances(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """|x_i - y_j|^2 for every row pair, without the x * y * D intermediate."""
+    out = (x * x).sum(1)[:, None] + (y * y).sum(1)[None, :] - 2.0 * (x @ y.T)
+    return np.maximum(out, 0.0)
+
+
 def merge_gain(ctx: MiningContext, n: int) -> list[Candidate]:
-    """Near pairs across two groups, largest product of group sizes first: one "same" answer
-    implies size(A) x size(B) pairs."""
-    groups = sorted(ctx.inference.groups().values(), key=len, reverse=True)[:50]
-    if not groups:
-        return []
-    seeds = [image_id for members in groups for image_id in members[:5]]
-    rows = queries.neighbour_lists(ctx.version, seeds, NEIGHBOURS * 2)
+    """Pairs whose answer settles the most pairs, whichever it is.
+
+    Between groups A and B a "same" implies |A| x |B| must-links and a "different" as many
+    cannot-links. Each sampled image that is in no group yet is asked against its nearest
+    groups, and each group against its nearest other groups; a group is shown by its member
+    nearest the group's centre. Every image's or group's nearest candidate comes first, the
+    largest product of sizes first among those, then the second nearest, and so on: an
+    annotator who says "same" to an image and its nearest group labels the image, one who says
+    "different" rules the whole group out for it. Before any group exists, images are asked
+    against their nearest neighbour, which starts the groups.
+    """
     inference = ctx.inference
-    scored = [
-        Candidate(a, b, float(inference.group_size(a) * inference.group_size(b)))
-        for a, b, _ in rows
-        if inference.find(a) != inference.find(b)
-    ]
-    # sorted() is stable: among equal gains the nearer neighbour (rows are by distance) wins.
-    return ctx.take(sorted(scored, key=lambda c: -c.score), n)
+    loose = [i for i in ctx.sample(_sample_size(n)) if inference.group_size(i) == 1]
+    groups = sorted(inference.groups().values(), key=len, reverse=True)[:GROUPS]
+    if not groups:
+        rows = queries.neighbour_lists(ctx.version, loose, 1)
+        return ctx.take([Candidate(a, b, 1.0) for a, b, _ in sorted(rows, key=lambda r: r[2])], n)
+    shown = [ctx.rng.sample(g, GROUP_SAMPLE) if len(g) > GROUP_SAMPLE else g for g in groups]
+    vectors = queries.vectors_of(ctx.version, [i for ids in shown for i in ids] + loose)
+    units: list[tuple[int, int]] = []  # (the image shown, size)
+    centres: list[np.ndarray] = []
+    for members, ids in zip(groups, shown, strict=True):
+        present = [i for i in ids if i in vectors]
+        if not present:
+            continue
+        stack = np.stack([vectors[i] for i in present])
+        centre = stack.mean(0)
+        units.append((present[int(((stack - centre) ** 2).sum(1).argmin())], len(members)))
+        centres.append(centre)
+    n_groups = len(units)
+    for image_id in loose:
+        if image_id in vectors:
+            units.append((image_id, 1))
+            centres.append(vectors[image_id])
+    if n_groups == 0 or len(units) < 2:
+        return []
+    distances = _squared_distances(np.stack(centres), np.stack(centres[:n_groups]))
+    ranked: list[tuple[int, int, float, int, int]] = []
+    ruled_out: list[int] = []  # loose images that every group is known to differ from
+    for u, (shown_id, size) in enumerate(units):
+        rank = 0
+        for t in np.argsort(distances[u]).tolist():
+            other, other_size = units[t]
+            if t == u or inference.implied(shown_id, other) is not None:
+                continue
+            ranked.append((rank, -size * other_size, float(distances[u, t]), shown_id, other))
+            rank += 1
+            if rank == NEAREST_GROUPS:
+                break
+        if rank == 0 and u >= n_groups:
+            ruled_out.append(shown_id)
+    ranked.sort()
+    # An image no group fits may start a group of its own: asked first against its nearest
+    # neighbours (those not ruled out), so a kind of image no group has reached yet gets one.
+    starts = queries.neighbour_lists(ctx.version, ruled_out, NEAREST_GROUPS)
+    return ctx.take(
+        [Candidate(a, b, 1.0) for a, b, _ in starts]
+        + [Candidate(a, b, float(-gain)) for _, gain, _, a, b in ranked],
+        n,
+    )
 
 
 def random_pairs(ctx: MiningContext, n: int) -> list[Candidate]:

@@ -232,6 +232,19 @@ def vector_of(version: VersionRef, image_id: int) -> np.ndarray | None:
     return None if row is None else _to_numpy(row[0])
 
 
+def vectors_of(version: VersionRef, image_ids: Sequence[int]) -> dict[int, np.ndarray]:
+    """image_id -> stored vector in one version, in one query; images without one are left out."""
+    if not image_ids:
+        return {}
+    with _cursor() as cursor:
+        cursor.execute(
+            f"SELECT image_id, vector FROM {TABLE} WHERE {_version_filter(_version_id(version))} "
+            "AND image_id = ANY(%s)",
+            [[int(i) for i in image_ids]],
+        )
+        return {int(i): _to_numpy(v) for i, v in cursor.fetchall()}
+
+
 def graph_bytes(rows: int, params: IndexParams) -> int:
     """About how much memory pgvector 0.6 takes to build this graph in memory: the vector plus
     2m neighbour slots of 16 bytes per element (1.66 kB per row measured at m 32, dim 128)."""

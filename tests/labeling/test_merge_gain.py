@@ -1,0 +1,86 @@
+"""merge-gain asks the questions whose answers settle the most pairs: an image against its
+nearest group, groups against each other, and nearest neighbours before any group exists.
+
+The fixture's 24 images lie in 4 tight clusters of the embedding space (image i in cluster
+i % 4), far apart from each other."""
+
+from __future__ import annotations
+
+import pytest
+
+from labeling import actions, strategies
+from labeling.inference import infer
+from labeling.models import Answer
+
+pytestmark = pytest.mark.django_db
+
+
+def cluster(image_id: int, images) -> int:
+    return [x.pk for x in images].index(image_id) % 4
+
+
+def propose(collection, n: int):
+    collection.refresh_from_db()
+    ctx = strategies.MiningContext.build(collection, collection.active_version, seed=0)
+    return strategies.merge_gain(ctx, n)
+
+
+def link(collection, annotator, a, b, answer=Answer.SAME) -> None:
+    actions.record_answer(actions.pair_for(collection, a.pk, b.pk), annotator, answer)
+
+
+def test_without_groups_it_asks_nearest_neighbours(collection, images):
+    proposed = propose(collection, 10)
+    assert len(proposed) == 10
+    for c in proposed:
+        assert cluster(c.a, images) == cluster(c.b, images)
+
+
+def test_a_loose_image_is_asked_first_against_its_nearest_group(collection, images, annotator):
+    x = images
+    link(collection, annotator, x[0], x[4])
+    link(collection, annotator, x[4], x[8])  # a group of 3 in cluster 0
+    link(collection, annotator, x[1], x[5])  # a group of 2 in cluster 1
+    groups = {frozenset(m) for m in infer(collection).groups().values()}
+    assert groups == {frozenset({x[0].pk, x[4].pk, x[8].pk}), frozenset({x[1].pk, x[5].pk})}
+    grouped = {x[i].pk for i in (0, 4, 8, 1, 5)}
+
+    proposed = propose(collection, 60)
+    first_for: dict[int, int] = {}
+    for c in proposed:
+        for loose, other in ((c.a, c.b), (c.b, c.a)):
+            if loose not in grouped and other in grouped:
+                first_for.setdefault(loose, other)
+    # Every loose image is asked about, against a group member; one in cluster 0 or 1 first
+    # against its own cluster's group.
+    assert set(first_for) == {i.pk for i in x} - grouped
+    for loose, member in first_for.items():
+        if cluster(loose, images) in (0, 1):
+            assert cluster(member, images) == cluster(loose, images)
+    # The two groups are asked against each other, scored by the pairs one answer settles.
+    across = [c for c in proposed if c.a in grouped and c.b in grouped]
+    assert len(across) == 1 and across[0].score == 3 * 2
+    # Nearest first: the questions about the larger group come before those about the smaller.
+    scores = [c.score for c in proposed]
+    assert scores[0] == 6 and scores.index(2) > scores.index(3)
+
+
+def test_a_group_ruled_out_for_an_image_is_not_asked_again(collection, images, annotator):
+    x = images
+    link(collection, annotator, x[0], x[4])
+    link(collection, annotator, x[12], x[0], Answer.DIFFERENT)
+    proposed = propose(collection, 60)
+    pairs = {(min(c.a, c.b), max(c.a, c.b)) for c in proposed}
+    assert (min(x[12].pk, x[4].pk), max(x[12].pk, x[4].pk)) not in pairs
+    assert all(infer(collection).implied(c.a, c.b) is None for c in proposed)
+
+
+def test_an_image_no_group_fits_is_asked_against_its_neighbours(collection, images, annotator):
+    x = images
+    link(collection, annotator, x[0], x[4])
+    link(collection, annotator, x[1], x[0], Answer.DIFFERENT)  # cluster 1: the only group is not it
+    proposed = propose(collection, 60)
+    first = next(c for c in proposed if x[1].pk in (c.a, c.b))
+    other = first.b if first.a == x[1].pk else first.a
+    assert cluster(other, images) == 1  # a neighbour of its own kind, not the ruled-out group
+    assert proposed.index(first) < 3  # before the questions about the group
