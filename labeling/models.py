@@ -40,11 +40,11 @@ class Strategy(models.TextChoices):
 
 
 DEFAULT_MIX: dict[str, float] = {
-    Strategy.UNCERTAIN: 0.4,
-    Strategy.MERGE_GAIN: 0.2,
-    Strategy.DIVERSE: 0.15,
-    Strategy.DISAGREEMENT: 0.15,
+    Strategy.MERGE_GAIN: 0.8,
+    Strategy.UNCERTAIN: 0.1,
     Strategy.RANDOM: 0.1,
+    Strategy.DIVERSE: 0.0,
+    Strategy.DISAGREEMENT: 0.0,
 }
 
 

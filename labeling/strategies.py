@@ -196,13 +196,15 @@ def merge_gain(ctx: MiningContext, n: int) -> list[Candidate]:
     """Pairs whose answer settles the most pairs, whichever it is.
 
     Between groups A and B a "same" implies |A| x |B| must-links and a "different" as many
-    cannot-links. Each sampled image that is in no group yet is asked against its nearest
-    groups, and each group against its nearest other groups; a group is shown by its member
-    nearest the group's centre. Every image's or group's nearest candidate comes first, the
-    largest product of sizes first among those, then the second nearest, and so on: an
-    annotator who says "same" to an image and its nearest group labels the image, one who says
-    "different" rules the whole group out for it. Before any group exists, images are asked
-    against their nearest neighbour, which starts the groups.
+    cannot-links. Each group is asked against its nearest other groups (largest product of
+    sizes first), and each sampled image that is in no group yet against its nearest groups; a
+    group is shown by its member nearest the group's centre. An annotator who says "same" to an
+    image and a group labels the image, one who says "different" rules the whole group out for
+    it. Among the images, those torn between their two nearest groups (the smallest relative
+    margin between the two distances) come first: their answer settles what the model is least
+    sure of. Everything's nearest candidate comes before anything's second nearest. An image
+    that every group is ruled out for is asked against its nearest neighbours, which starts a
+    group of a new kind; before any group exists, every question is of that kind.
     """
     inference = ctx.inference
     loose = [i for i in ctx.sample(_sample_size(n)) if inference.group_size(i) == 1]
@@ -230,27 +232,34 @@ def merge_gain(ctx: MiningContext, n: int) -> list[Candidate]:
     if n_groups == 0 or len(units) < 2:
         return []
     distances = _squared_distances(np.stack(centres), np.stack(centres[:n_groups]))
-    ranked: list[tuple[int, int, float, int, int]] = []
+    ranked: list[tuple[int, int, float, float, int, int, int]] = []
     ruled_out: list[int] = []  # loose images that every group is known to differ from
     for u, (shown_id, size) in enumerate(units):
-        rank = 0
+        nearest: list[tuple[int, int, float]] = []
         for t in np.argsort(distances[u]).tolist():
             other, other_size = units[t]
-            if t == u or inference.implied(shown_id, other) is not None:
-                continue
-            ranked.append((rank, -size * other_size, float(distances[u, t]), shown_id, other))
-            rank += 1
-            if rank == NEAREST_GROUPS:
-                break
-        if rank == 0 and u >= n_groups:
+            if t != u and inference.implied(shown_id, other) is None:
+                nearest.append((other, other_size, float(distances[u, t])))
+                if len(nearest) == NEAREST_GROUPS:
+                    break
+        if not nearest and u >= n_groups:
             ruled_out.append(shown_id)
+        # Groups against groups first, largest gain first; then loose images, those torn
+        # between their two nearest groups first (the relative margin of the distances).
+        loose_image = u >= n_groups
+        far = [d for _, _, d in nearest[:2]]
+        margin = (far[1] - far[0]) / (far[1] + far[0] + 1e-12) if len(far) == 2 else 1.0
+        for rank, (other, other_size, d) in enumerate(nearest):
+            gain = size * other_size
+            order = margin if loose_image else float(-gain)
+            ranked.append((rank, int(loose_image), order, d, gain, shown_id, other))
     ranked.sort()
     # An image no group fits may start a group of its own: asked first against its nearest
     # neighbours (those not ruled out), so a kind of image no group has reached yet gets one.
     starts = queries.neighbour_lists(ctx.version, ruled_out, NEAREST_GROUPS)
     return ctx.take(
         [Candidate(a, b, 1.0) for a, b, _ in starts]
-        + [Candidate(a, b, float(-gain)) for _, gain, _, a, b in ranked],
+        + [Candidate(a, b, float(gain)) for *_, gain, a, b in ranked],
         n,
     )
 

@@ -6,6 +6,8 @@ i % 4), far apart from each other."""
 
 from __future__ import annotations
 
+import importlib
+
 import pytest
 
 from labeling import actions, strategies
@@ -60,9 +62,11 @@ def test_a_loose_image_is_asked_first_against_its_nearest_group(collection, imag
     # The two groups are asked against each other, scored by the pairs one answer settles.
     across = [c for c in proposed if c.a in grouped and c.b in grouped]
     assert len(across) == 1 and across[0].score == 3 * 2
-    # Nearest first: the questions about the larger group come before those about the smaller.
-    scores = [c.score for c in proposed]
-    assert scores[0] == 6 and scores.index(2) > scores.index(3)
+    assert proposed[0] == across[0]  # groups against groups first
+    # Then the loose images torn between two groups: those of clusters 2 and 3, as far from
+    # one group as from the other, before those that sit in a group's cluster.
+    torn = [c for c in proposed[1:] if c.score in (2, 3)][:4]
+    assert all(cluster(c.a if c.a not in grouped else c.b, images) in (2, 3) for c in torn)
 
 
 def test_a_group_ruled_out_for_an_image_is_not_asked_again(collection, images, annotator):
@@ -84,3 +88,25 @@ def test_an_image_no_group_fits_is_asked_against_its_neighbours(collection, imag
     other = first.b if first.a == x[1].pk else first.a
     assert cluster(other, images) == 1  # a neighbour of its own kind, not the ruled-out group
     assert proposed.index(first) < 3  # before the questions about the group
+
+
+def test_collections_on_the_old_default_mix_move_to_the_new_one(collection):
+    from django.apps import apps
+
+    from labeling.models import LabelingSettings, default_mix
+    from retrieval.models import Collection
+
+    migration = importlib.import_module("labeling.migrations.0005_merge_gain_default_mix")
+    assert default_mix() == migration.NEW
+    untouched = strategies.settings_for(collection)
+    untouched.strategy_mix = migration.OLD
+    untouched.save()
+    chosen = strategies.settings_for(Collection.objects.create(name="chosen mix"))
+    chosen.strategy_mix = {"random": 1.0}
+    chosen.save()
+
+    migration.forwards(apps, None)
+    assert LabelingSettings.objects.get(pk=untouched.pk).strategy_mix == migration.NEW
+    assert LabelingSettings.objects.get(pk=chosen.pk).strategy_mix == {"random": 1.0}
+    migration.backwards(apps, None)
+    assert LabelingSettings.objects.get(pk=untouched.pk).strategy_mix == migration.OLD
