@@ -6,12 +6,14 @@
 
 A simulated annotator answers from Fashion-MNIST's true classes (same class = "same"). For each
 strategy row (the collection's default mix, each strategy alone, and `random`) the loop is the
-platform's own: `labeling.strategies.mine` queues B pairs of the active version, the annotator
-answers them through `labeling.actions.record_answer`, `labeling.training.known_constraints`
-gives the must/cannot-links, the network trains for a fixed budget of images from the previous
-round's weights, the train subset is re-embedded into a new active version, and mAP@1000 is
-measured with test images as queries against the train subset (`evaluate_retrieval`). Every row
-starts from the same seeded network and its round-0 embedding.
+platform's own: `labeling.strategies.mine` queues pairs of the active version, the annotator
+answers B of them in queue order through `labeling.actions.record_answer` (skipping those an
+earlier answer retired as implied, as the labeling page never shows them),
+`labeling.training.known_constraints` gives the must/cannot-links, the network trains for a
+fixed budget of images from the previous round's weights, the train subset is re-embedded into a
+new active version, and mAP@1000 is measured with test images as queries against the train
+subset (`evaluate_retrieval`). Every row starts from the same seeded network and its round-0
+embedding.
 
 Runs in its own database (`autoret_bench_al`, or AUTORET_BENCH_AL_DB, created, migrated and
 dropped afterwards). Prints the labels-to-quality table (mAP@1000 after each number of answers)
@@ -61,7 +63,8 @@ MODEL: dict[str, Any] = {
     "patch_dim": 128,
     "rnn_hidden": 128,
 }
-ROWS = ["default", "uncertain", "disagreement", "diverse", "merge-gain", "random"]
+# "none" answers nothing: the self-supervised training alone, what the answers are measured against.
+ROWS = ["default", "uncertain", "disagreement", "diverse", "merge-gain", "random", "none"]
 
 
 def subset(data: ImageSet, n: int | None, seed: int) -> ImageSet:
@@ -143,6 +146,7 @@ def run_row(
         seed=args.seed,
         epochs=math.ceil(args.images_per_round / (2 * args.batch_size))
         / math.ceil(len(train_set) / args.batch_size),
+        known_fraction=args.known_fraction,
         checkpoint_every_s=1e9,
         progress_bar=False,
         amp=False,
@@ -155,28 +159,51 @@ def run_row(
     ]
     answers = 0
     for round_number in range(1, args.rounds + 1):
-        collection.refresh_from_db()
-        strategies.mine(collection, n=args.batch, seed=args.seed + round_number)
-        for pair in Pair.objects.filter(collection=collection, status=Pair.Status.QUEUED)[
-            : args.batch
-        ]:
-            same = label_of[pair.a_id] == label_of[pair.b_id]
-            actions.record_answer(pair, oracle, "same" if same else "different")
-            answers += 1
-        Pair.objects.filter(collection=collection, status=Pair.Status.QUEUED).delete()
+        answered, attempt = 0, 0
+        while row != "none" and answered < args.batch:
+            # Twice what is still needed: answers retire the queued pairs they come to imply.
+            collection.refresh_from_db()
+            attempt += 1
+            seed = args.seed + 1000 * round_number + attempt
+            if not strategies.mine(collection, n=2 * (args.batch - answered), seed=seed):
+                break
+            queued = Pair.objects.filter(collection=collection, status=Pair.Status.QUEUED)
+            for pair in queued.order_by("id"):
+                if answered == args.batch:
+                    break
+                pair.refresh_from_db(fields=["status"])
+                if pair.status != Pair.Status.QUEUED:
+                    continue  # retired as implied by an earlier answer: nobody is shown it
+                same = label_of[pair.a_id] == label_of[pair.b_id]
+                actions.record_answer(pair, oracle, "same" if same else "different")
+                answered += 1
+            queued.delete()
+        # "none" is plotted where the others are after this round, with no answers behind it.
+        answers += args.batch if row == "none" else answered
         must, cannot = known_constraints(collection)
         known = KnownPairs.from_constraints(
             len(ids),
             [(index_of[a], index_of[b]) for a, b in must],
             [(index_of[a], index_of[b]) for a, b in cannot],
         )
-        train(model, train_set, cfg, known=known)
+        if not args.continue_training:
+            # As the platform's worker does for every new version: from scratch (here from the
+            # one seeded network every round and row starts from), so the curve measures answers,
+            # not training time.
+            model.load_state_dict(base.state_dict())
+        train(model, train_set, cfg, known=known if must or cannot else None)
         db = embed_images(model, train_set, 512)
         new_version(collection, ids, db, args.alpha)
         q = embed_images(model, queries, 512)
         score = evaluate_retrieval(q, queries.labels, db, train_set.labels)["map"]
         curve.append({"answers": answers, "map": score})
-        print(f"  {row}: {answers} answers, mAP@1000 {score:.4f}", file=sys.stderr, flush=True)
+        grouped = int(known.sizes[known.sizes > 1].sum())
+        print(
+            f"  {row}: {answers} answers, mAP@1000 {score:.4f}, {grouped} images in groups, "
+            f"known pairs {known.counts()}",
+            file=sys.stderr,
+            flush=True,
+        )
     return curve
 
 
@@ -197,6 +224,17 @@ def main() -> None:
     parser.add_argument("--train-size", type=int, default=5_000)
     parser.add_argument("--queries", type=int, default=1_000)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--continue-training",
+        action="store_true",
+        help="train each round on from the previous round's weights instead of from scratch",
+    )
+    parser.add_argument(
+        "--known-fraction",
+        type=float,
+        default=TrainConfig.known_fraction,
+        help="share of each batch's can-link and cannot-link pairs drawn from the answers",
+    )
     parser.add_argument("--out", type=Path)
     parser.add_argument("--threads", type=int, default=None, help="torch threads per process")
     parser.add_argument(
@@ -208,7 +246,7 @@ def main() -> None:
         for folder in args.results.split(","):
             earlier = json.loads((Path(folder) / "results.json").read_text())
             merged |= earlier["curves"]
-            for name in ("rounds", "batch", "images_per_round", "train_size", "queries"):
+            for name in ("rounds", "batch", "images_per_round", "train_size", "queries", "seed"):
                 setattr(args, name, earlier["args"][name])
         report(merged, args)
         return
