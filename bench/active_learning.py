@@ -35,6 +35,7 @@ import datetime
 import json
 import math
 import os
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -242,13 +243,14 @@ def main() -> None:
     )
     args = parser.parse_args()
     if args.results:
-        merged: dict[str, list[dict[str, float]]] = {}
+        runs: dict[str, list[tuple[int, list[dict[str, float]]]]] = {}
         for folder in args.results.split(","):
             earlier = json.loads((Path(folder) / "results.json").read_text())
-            merged |= earlier["curves"]
+            for row, curve in earlier["curves"].items():
+                runs.setdefault(row.split(" (seed")[0], []).append((earlier["args"]["seed"], curve))
             for name in ("rounds", "batch", "images_per_round", "train_size", "queries", "seed"):
                 setattr(args, name, earlier["args"][name])
-        report(merged, args)
+        report(merge_seeds(runs), args)
         return
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -282,6 +284,26 @@ def main() -> None:
     report(curves, args)
 
 
+def merge_seeds(
+    runs: dict[str, list[tuple[int, list[dict[str, float]]]]],
+) -> dict[str, list[dict[str, float]]]:
+    """One curve per row; a row run with several seeds becomes its mean ("row (mean of N
+    seeds)", listed first, so random's mean is the target) followed by each seed's curve."""
+    curves: dict[str, list[dict[str, float]]] = {}
+    for row, seeded in runs.items():
+        if len(seeded) == 1:
+            curves[row] = seeded[0][1]
+            continue
+        points = zip(*(curve for _, curve in seeded), strict=True)
+        curves[f"{row} (mean of {len(seeded)} seeds)"] = [
+            {"answers": group[0]["answers"], "map": statistics.fmean(p["map"] for p in group)}
+            for group in points
+        ]
+        for seed, curve in sorted(seeded):
+            curves[f"{row} (seed {seed})"] = curve
+    return curves
+
+
 def report(curves: dict[str, list[dict[str, float]]], args: argparse.Namespace) -> None:
     print(
         f"# active learning: {datetime.date.today()}, {os.cpu_count()} CPUs, train "
@@ -293,7 +315,8 @@ def report(curves: dict[str, list[dict[str, float]]], args: argparse.Namespace) 
         "| strategy | " + " | ".join(f"{a:.0f}" for a in steps) + " | answers to random's final |"
     )
     print("|---|" + "---:|" * (len(steps) + 1))
-    target = curves["random"][-1]["map"] if "random" in curves else None
+    target_row = next((row for row in curves if row.split(" (")[0] == "random"), None)
+    target = curves[target_row][-1]["map"] if target_row is not None else None
     for row, curve in curves.items():
         reach = answers_to_reach(curve, target) if target is not None else None
         cells = " | ".join(f"{p['map']:.4f}" for p in curve)
@@ -311,10 +334,20 @@ def report(curves: dict[str, list[dict[str, float]]], args: argparse.Namespace) 
         except ImportError:
             return
         figure, axes = plt.subplots(figsize=(7, 4.5))
+        colours: dict[str, str] = {}
         for row, curve in curves.items():
-            axes.plot(
-                [p["answers"] for p in curve], [p["map"] for p in curve], marker="o", label=row
+            base = row.split(" (")[0]
+            one_seed = "(seed " in row  # drawn faint beside its row's mean
+            line = axes.plot(
+                [p["answers"] for p in curve],
+                [p["map"] for p in curve],
+                marker="" if one_seed else "o",
+                linestyle=":" if one_seed else "-",
+                alpha=0.5 if one_seed else 1.0,
+                color=colours.get(base),
+                label=None if one_seed else row,
             )
+            colours.setdefault(base, line[0].get_color())
         axes.set_xlabel("answers")
         axes.set_ylabel("mAP@1000")
         axes.legend()
