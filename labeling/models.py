@@ -40,9 +40,9 @@ class Strategy(models.TextChoices):
 
 
 DEFAULT_MIX: dict[str, float] = {
-    Strategy.MERGE_GAIN: 0.8,
-    Strategy.UNCERTAIN: 0.1,
-    Strategy.RANDOM: 0.1,
+    Strategy.MERGE_GAIN: 1.0,
+    Strategy.UNCERTAIN: 0.0,
+    Strategy.RANDOM: 0.0,
     Strategy.DIVERSE: 0.0,
     Strategy.DISAGREEMENT: 0.0,
 }

@@ -4,7 +4,7 @@ a mix somebody chose is left alone. Reversible the same way."""
 from django.db import migrations
 
 OLD = {"uncertain": 0.4, "merge-gain": 0.2, "diverse": 0.15, "disagreement": 0.15, "random": 0.1}
-NEW = {"merge-gain": 0.8, "uncertain": 0.1, "random": 0.1, "diverse": 0.0, "disagreement": 0.0}
+NEW = {"merge-gain": 1.0, "uncertain": 0.0, "random": 0.0, "diverse": 0.0, "disagreement": 0.0}
 
 
 def _swap(apps, old: dict, new: dict) -> None:
