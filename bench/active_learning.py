@@ -334,7 +334,7 @@ def report(curves: dict[str, list[dict[str, float]]], args: argparse.Namespace) 
         except ImportError:
             return
         figure, axes = plt.subplots(figsize=(7, 4.5))
-        colours: dict[str, str] = {}
+        colours: dict[str, Any] = {}
         for row, curve in curves.items():
             base = row.split(" (")[0]
             one_seed = "(seed " in row  # drawn faint beside its row's mean
