@@ -10,6 +10,7 @@ old one, `ConstraintRevision` keeps every answer ever given), or one imported an
 from __future__ import annotations
 
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.db import models
 
 from retrieval.models import Collection, Image, ModelVersion
@@ -52,6 +53,23 @@ def default_mix() -> dict[str, float]:
     return {str(k): v for k, v in DEFAULT_MIX.items()}
 
 
+def validate_mix(mix: object) -> None:
+    """A strategy mix: strategy name -> weight >= 0, at least one weight above 0."""
+    names = [str(s) for s in Strategy if s]
+    if not isinstance(mix, dict) or not mix:
+        raise ValidationError(f"the mix maps strategy names ({', '.join(names)}) to weights")
+    unknown = sorted(str(k) for k in mix if k not in names)
+    if unknown:
+        raise ValidationError(
+            f"unknown strategies {', '.join(unknown)}; choose from {', '.join(names)}"
+        )
+    for name, weight in mix.items():
+        if isinstance(weight, bool) or not isinstance(weight, int | float) or weight < 0:
+            raise ValidationError(f"the weight of {name} must be a number >= 0, not {weight!r}")
+    if not any(weight > 0 for weight in mix.values()):
+        raise ValidationError("at least one strategy needs a weight above 0")
+
+
 class LabelingSettings(models.Model):
     """Per-collection knobs of the labeling loop; created on first use with the defaults."""
 
@@ -59,7 +77,7 @@ class LabelingSettings(models.Model):
         Collection, on_delete=models.CASCADE, related_name="labeling_settings"
     )
     # Strategy name -> weight; the weights need not sum to 1.
-    strategy_mix = models.JSONField(default=default_mix)
+    strategy_mix = models.JSONField(default=default_mix, validators=[validate_mix])
     lease_seconds = models.PositiveIntegerField(default=300)
     batch_size = models.PositiveIntegerField(default=200)
     # When the queue holds fewer unanswered pairs than this, a mining task is queued.

@@ -1,6 +1,9 @@
 """merge-gain asks the questions whose answers settle the most pairs: an image against its
 nearest group, groups against each other, and nearest neighbours before any group exists.
 
+Also the strategy mix merge-gain leads by default: the migration to it, its validation, and the
+admin page where a site admin sets another.
+
 The fixture's 24 images lie in 4 tight clusters of the embedding space (image i in cluster
 i % 4), far apart from each other."""
 
@@ -12,7 +15,8 @@ import pytest
 
 from labeling import actions, strategies
 from labeling.inference import infer
-from labeling.models import Answer
+from labeling.models import Answer, Pair, default_mix
+from labeling.tasks import mine_pairs
 
 pytestmark = pytest.mark.django_db
 
@@ -93,7 +97,7 @@ def test_an_image_no_group_fits_is_asked_against_its_neighbours(collection, imag
 def test_collections_on_the_old_default_mix_move_to_the_new_one(collection):
     from django.apps import apps
 
-    from labeling.models import LabelingSettings, default_mix
+    from labeling.models import LabelingSettings
     from retrieval.models import Collection
 
     migration = importlib.import_module("labeling.migrations.0005_merge_gain_default_mix")
@@ -110,3 +114,47 @@ def test_collections_on_the_old_default_mix_move_to_the_new_one(collection):
     assert LabelingSettings.objects.get(pk=chosen.pk).strategy_mix == {"random": 1.0}
     migration.backwards(apps, None)
     assert LabelingSettings.objects.get(pk=untouched.pk).strategy_mix == migration.OLD
+
+
+@pytest.mark.parametrize(
+    ("mix", "message"),
+    [
+        ({"merge-gain": 1, "guess": 1}, "unknown strategies guess"),
+        ({"random": -1, "uncertain": 1}, "must be a number >= 0"),
+        ({"random": "a lot"}, "must be a number >= 0"),
+        ({"random": 0, "uncertain": 0}, "at least one strategy"),
+        ([], "maps strategy names"),
+    ],
+)
+def test_a_bad_mix_is_refused_with_its_reason(mix, message):
+    from django.core.exceptions import ValidationError
+
+    from labeling.models import validate_mix
+
+    with pytest.raises(ValidationError, match=message):
+        validate_mix(mix)
+
+
+def test_a_site_admin_sets_the_mix_in_the_admin_and_a_bad_one_changes_nothing(
+    collection, images, admin
+):
+    from django.test import Client
+
+    from labeling.models import LabelingSettings
+
+    settings = strategies.settings_for(collection)
+    client = Client()
+    client.force_login(admin)
+    url = f"/admin/labeling/labelingsettings/{settings.pk}/change/"
+    form = {"lease_seconds": 300, "batch_size": 200, "low_water": 50}
+    bad = client.post(url, {**form, "strategy_mix": '{"merge-gain": 1, "guess": 2}'})
+    assert bad.status_code == 200 and b"unknown strategies guess" in bad.content
+    assert LabelingSettings.objects.get(pk=settings.pk).strategy_mix == default_mix()
+    good = client.post(url, {**form, "strategy_mix": '{"uncertain": 1, "random": 1}'})
+    assert good.status_code == 302, good.content
+    assert LabelingSettings.objects.get(pk=settings.pk).strategy_mix == {
+        "uncertain": 1,
+        "random": 1,
+    }
+    mine_pairs(collection.pk)
+    assert set(Pair.objects.values_list("strategy", flat=True)) <= {"uncertain", "random"}
