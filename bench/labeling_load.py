@@ -137,7 +137,8 @@ def run_annotator(
                     annotator.throttled += 1
                 else:
                     annotator.errors += 1
-            annotator.latencies.append(time.perf_counter() - started)
+            if key in annotator.acknowledged:  # a refused answer is no answer: not timed
+                annotator.latencies.append(time.perf_counter() - started)
         except (OSError, http.client.HTTPException):
             annotator.errors += 1
             connection.close()
@@ -258,9 +259,10 @@ def measure(args: argparse.Namespace) -> None:
     )
     print(
         "| think s | load avg before / after | answers | answers/s | p50 next+answer (ms) | "
-        "p95 (ms) | errors | 429 | empty queue | lost | duplicated | pairs held twice |"
+        "p95 (ms) | answers per annotator, min-max | errors | 429 | empty queue | lost | "
+        "duplicated | pairs held twice |"
     )
-    print("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---:|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|")
     for think in args.think:
         annotators = [Annotator(a.username, a.token) for a in accounts]
         print(run_mode(args, collection_id, annotators, think), flush=True)
@@ -289,9 +291,11 @@ def run_mode(
     lost, duplicated, double_served = audit(annotators, collection_id)
     p50 = statistics.median(latencies) * 1000 if latencies else float("nan")
     p95 = latencies[int(0.95 * (answers - 1))] * 1000 if latencies else float("nan")
+    per_annotator = [len(a.latencies) for a in annotators]  # how evenly the server serves them
     return (
         f"| {think:g} | {load_before:.2f} / {load_after:.2f} | {answers} | "
         f"{answers / elapsed:.1f} | {p50:.1f} | {p95:.1f} | "
+        f"{min(per_annotator)}-{max(per_annotator)} | "
         f"{sum(a.errors for a in annotators)} | {sum(a.throttled for a in annotators)} | "
         f"{sum(a.empty for a in annotators)} | {lost} | {duplicated} | {double_served} |"
     )
