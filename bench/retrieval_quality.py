@@ -152,6 +152,9 @@ ROWS: dict[str, Row] = {
     "autoret-neighbors": Row(
         "AutoRet, neighbour pairs 0.5 (ours)", "autoret", {"neighbor_pairs": 0.5}
     ),
+    "autoret-init-scale": Row(
+        "AutoRet, projection scaled at init (ours)", "autoret", {"init_scale": True}
+    ),
     "autoret-light": Row(
         "AutoRet, light augmentation (ours)", "autoret", {"augment": AUGMENT_PRESETS["light"]}
     ),

@@ -65,6 +65,13 @@ def _parser() -> argparse.ArgumentParser:
         "nearest neighbour instead of its own copy (ours; sampled pairing)",
     )
     t.add_argument(
+        "--init-scale",
+        action=argparse.BooleanOptionalAction,
+        default=TrainConfig.init_scale,
+        help="scale the final projection at the start so that training images lie alpha/2 apart "
+        "(ours)",
+    )
+    t.add_argument(
         "--augment",
         choices=sorted(AUGMENT_PRESETS),
         default="default",
@@ -116,6 +123,7 @@ def _train(args: argparse.Namespace) -> None:
         alpha=args.alpha,
         pairing=args.pairing,
         neighbor_pairs=args.neighbor_pairs,
+        init_scale=args.init_scale,
         augment=AUGMENT_PRESETS[args.augment],
         batch_size=args.batch_size,
         lr=args.lr,

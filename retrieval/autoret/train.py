@@ -50,6 +50,11 @@ class TrainConfig:
     neighbor_pairs (ours): the fraction of self-supervised can-link pairs that pair an image with
     one of its `neighbor_k` nearest neighbours in pixel space (centred grey thumbnails, cosine)
     instead of with an augmented copy of itself; 0 is the paper's pairing. Sampled pairing only.
+    init_scale (ours): before the first step, centre and scale the final projection on a seeded
+    sample of the training images so that their median pairwise distance is alpha/2. A freshly
+    initialized network maps all images within about alpha/500 of each other, and the
+    AutoEmbedder loss first has to grow that scale; the size of the gap also varies with the
+    initialization. The AutoEmbedder loss only (the nt-xent loss is scale-free).
     """
 
     alpha: float = 10.0
@@ -68,6 +73,7 @@ class TrainConfig:
     temperature: float = 0.2
     neighbor_pairs: float = 0.0
     neighbor_k: int = 5
+    init_scale: bool = False
     seed: int = 0
     device: str = "cpu"
     amp: bool = True
@@ -120,6 +126,34 @@ class TrainResult:
     stopped: str  # "finished" (budget reached) or "cancelled" (callback returned False)
     known_pairs: dict[str, int] | None
     checkpoint: Path | None
+
+
+@torch.no_grad()
+def scale_projection(model: AutoRet, images: torch.Tensor, target: float, seed: int) -> float:
+    """Rescales `model.projection` in place so that a seeded sample of `images` (uint8, N x C x H
+    x W, on the model's device), seen in training mode, is centred on 0 with median pairwise
+    distance `target`; returns the factor. The projection is linear, so e' = s * (e - mean) is
+    W' = s W, b' = s (b - mean)."""
+    generator = torch.Generator().manual_seed(seed)
+    index = torch.randperm(images.shape[0], generator=generator)[:256].to(images.device)
+    # Measured as the loss will see the images: in training mode, where batch norm uses the
+    # batch's statistics (at initialization far from its running ones), which stay untouched.
+    kept = {name: buffer.clone() for name, buffer in model.named_buffers()}
+    was_training = model.training
+    model.train()
+    e = model(images[index].float().div(255.0)).float()
+    model.train(was_training)
+    for name, buffer in model.named_buffers():
+        buffer.copy_(kept[name])
+    median = torch.pdist(e).median().item() if e.shape[0] > 1 else 0.0
+    if not median > 0.0:
+        return 1.0  # every image maps to one point: nothing to scale
+    factor = target / median
+    projection = model.projection
+    projection.weight.mul_(factor)
+    if projection.bias is not None:
+        projection.bias.sub_(e.mean(0).to(projection.bias.dtype)).mul_(factor)
+    return factor
 
 
 def train(
@@ -183,6 +217,9 @@ def train(
         step, elapsed_before, history = info["step"], info["elapsed_s"], info["loss_history"]
         sampler.generator.set_state(rng["sampler"])
         augment_rng.set_state(rng["augment"])
+
+    if step == 0 and cfg.init_scale and cfg.loss == "autoembedder":
+        scale_projection(model, images, cfg.alpha / 2, cfg.seed)
 
     steps_per_epoch = math.ceil(len(data) / cfg.batch_size)
     epochs = cfg.epochs if cfg.epochs is not None or cfg.minutes is not None else 1.0

@@ -159,3 +159,51 @@ def test_nt_xent_needs_batch_all_pairing_and_no_known_pairs(random_images: Image
     cfg = TrainConfig(loss="nt-xent", pairing="batch-all", labels_fraction=0.5, progress_bar=False)
     with pytest.raises(ValueError, match="no use for known pairs"):
         train(tiny_model(), random_images, cfg)
+
+
+def test_init_scale_centres_the_projection_at_half_alpha_on_the_training_images(
+    random_images: ImageSet,
+) -> None:
+    from retrieval.autoret.train import scale_projection
+
+    model = tiny_model()
+    x = random_images.images.float() / 255
+    with torch.no_grad():
+        before = model.features(x)  # training mode, as the loss sees it
+    buffers = {k: v.clone() for k, v in model.named_buffers()}
+    factor = scale_projection(model, random_images.images, target=5.0, seed=0)
+    assert factor > 1.0
+    # Batch norm's running statistics are as they were: only the projection changed.
+    assert all(torch.equal(buffers[k], v) for k, v in model.named_buffers())
+    with torch.no_grad():
+        e, after = model(x), model.features(x)
+    # The whole (small) set is the sample: its median pairwise distance is the target, its mean 0.
+    assert torch.pdist(e).median().item() == pytest.approx(5.0, rel=1e-3)
+    assert e.mean(0).abs().max().item() < 1e-3 * 5.0
+    assert torch.allclose(before, after)
+
+
+def test_init_scale_applies_on_a_fresh_start_only(
+    random_images: ImageSet, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import retrieval.autoret.train as training
+
+    calls: list[float] = []
+    real = training.scale_projection
+
+    def counted(*args: object, **kwargs: object) -> float:
+        calls.append(real(*args, **kwargs))  # type: ignore[arg-type]
+        return calls[-1]
+
+    monkeypatch.setattr(training, "scale_projection", counted)
+    cfg = TrainConfig(batch_size=8, epochs=2, progress_bar=False, log_every=2, init_scale=True)
+    plain, scaled = tiny_model(), tiny_model()
+    train(plain, random_images, QUICK)
+    assert calls == []  # off by default
+    result = train(scaled, random_images, cfg, out_dir=tmp_path)
+    assert len(calls) == 1 and calls[0] > 1.0 and math.isfinite(result.final_loss)
+    assert scaled.projection.weight.abs().mean() > 10 * plain.projection.weight.abs().mean()
+    # Resuming (one more epoch from the checkpoint) must not rescale what training learned.
+    longer = TrainConfig(**{**cfg.to_dict(), "epochs": 3, "augment": cfg.augment})
+    train(scaled, random_images, longer, out_dir=tmp_path, resume=True)
+    assert len(calls) == 1
