@@ -138,12 +138,18 @@ def disagreement(ctx: MiningContext, n: int) -> list[Candidate]:
     return ctx.take(sorted(moved, key=lambda c: -c.score), n)
 
 
+def _squared_distances(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """|x_i - y_j|^2 for every row pair, without the x * y * D intermediate."""
+    out = (x * x).sum(1)[:, None] + (y * y).sum(1)[None, :] - 2.0 * (x @ y.T)
+    return np.maximum(out, 0.0)
+
+
 def _kmeans(vectors: np.ndarray, k: int, rng: random.Random, steps: int = 10) -> np.ndarray:
     """Cluster index per row (Lloyd's algorithm from random rows); good enough to spread pairs."""
     centres = vectors[rng.sample(range(len(vectors)), k)]
     labels = np.zeros(len(vectors), dtype=np.int64)
     for _ in range(steps):
-        labels = ((vectors[:, None, :] - centres[None, :, :]) ** 2).sum(-1).argmin(1)
+        labels = _squared_distances(vectors, centres).argmin(1)
         for c in range(k):
             members = vectors[labels == c]
             if len(members):
@@ -184,12 +190,6 @@ def diverse(ctx: MiningContext, n: int) -> list[Candidate]:
             if len(chosen) >= n:
                 break
     return chosen
-
-
-def _squared_distances(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """|x_i - y_j|^2 for every row pair, without the x * y * D intermediate."""
-    out = (x * x).sum(1)[:, None] + (y * y).sum(1)[None, :] - 2.0 * (x @ y.T)
-    return np.maximum(out, 0.0)
 
 
 def merge_gain(ctx: MiningContext, n: int) -> list[Candidate]:
@@ -235,6 +235,7 @@ def merge_gain(ctx: MiningContext, n: int) -> list[Candidate]:
     ranked: list[tuple[int, int, float, float, int, int, int]] = []
     ruled_out: list[int] = []  # loose images that every group is known to differ from
     for u, (shown_id, size) in enumerate(units):
+        loose_image = u >= n_groups
         nearest: list[tuple[int, int, float]] = []
         for t in np.argsort(distances[u]).tolist():
             other, other_size = units[t]
@@ -242,11 +243,10 @@ def merge_gain(ctx: MiningContext, n: int) -> list[Candidate]:
                 nearest.append((other, other_size, float(distances[u, t])))
                 if len(nearest) == NEAREST_GROUPS:
                     break
-        if not nearest and u >= n_groups:
+        if not nearest and loose_image:
             ruled_out.append(shown_id)
         # Groups against groups first, largest gain first; then loose images, those torn
         # between their two nearest groups first (the relative margin of the distances).
-        loose_image = u >= n_groups
         far = [d for _, _, d in nearest[:2]]
         margin = (far[1] - far[0]) / (far[1] + far[0] + 1e-12) if len(far) == 2 else 1.0
         for rank, (other, other_size, d) in enumerate(nearest):

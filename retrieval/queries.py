@@ -222,14 +222,7 @@ def _exact_scan(
 
 def vector_of(version: VersionRef, image_id: int) -> np.ndarray | None:
     """The stored vector of one image in one version, or None if it has none yet."""
-    with _cursor() as cursor:
-        cursor.execute(
-            f"SELECT vector FROM {TABLE} WHERE {_version_filter(_version_id(version))} "
-            "AND image_id = %s",
-            [image_id],
-        )
-        row = cursor.fetchone()
-    return None if row is None else _to_numpy(row[0])
+    return vectors_of(version, [image_id]).get(int(image_id))
 
 
 def vectors_of(version: VersionRef, image_ids: Sequence[int]) -> dict[int, np.ndarray]:
