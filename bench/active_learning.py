@@ -10,10 +10,11 @@ platform's own: `labeling.strategies.mine` queues pairs of the active version, t
 answers B of them in queue order through `labeling.actions.record_answer` (skipping those an
 earlier answer retired as implied, as the labeling page never shows them),
 `labeling.training.known_constraints` gives the must/cannot-links, the network trains for a
-fixed budget of images from the previous round's weights, the train subset is re-embedded into a
-new active version, and mAP@1000 is measured with test images as queries against the train
-subset (`evaluate_retrieval`). Every row starts from the same seeded network and its round-0
-embedding.
+fixed budget of images from scratch (from the round-0 network, as the worker trains every new
+version; --continue-training trains on from the previous round's weights instead), the train
+subset is re-embedded into a new active version, and mAP@1000 is measured with test images as
+queries against the train subset (`evaluate_retrieval`). Every row starts from the same seeded
+network and its round-0 embedding.
 
 Runs in its own database (`autoret_bench_al`, or AUTORET_BENCH_AL_DB, created, migrated and
 dropped afterwards). Prints the labels-to-quality table (mAP@1000 after each number of answers)
