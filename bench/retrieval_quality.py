@@ -173,6 +173,36 @@ ROWS: dict[str, Row] = {
             "augment": AUGMENT_PRESETS["light"],
         },
     ),
+    "autoret-cosine": Row(
+        "AutoRet, cosine learning rate (ours)", "autoret", {"lr_schedule": "cosine", "warmup": 0.05}
+    ),
+    "autoret-sphere-5": Row(
+        "AutoRet, sphere radius 5 (ours)", "autoret", {}, {"sphere_radius": 5.0}
+    ),
+    "autoret-sphere-7": Row(
+        "AutoRet, sphere radius 7.07 (ours)", "autoret", {}, {"sphere_radius": 7.0711}
+    ),
+    "autoret-sphere-5-light": Row(
+        "AutoRet, sphere radius 5 + light augmentation (ours)",
+        "autoret",
+        {"augment": AUGMENT_PRESETS["light"]},
+        {"sphere_radius": 5.0},
+    ),
+    "autoret-sphere-5-neighbors-light": Row(
+        "AutoRet, sphere radius 5 + neighbour pairs 0.5 + light augmentation (ours)",
+        "autoret",
+        {"neighbor_pairs": 0.5, "augment": AUGMENT_PRESETS["light"]},
+        {"sphere_radius": 5.0},
+    ),
+    "autoret-sphere-5-batch-all": Row(
+        "AutoRet, sphere radius 5 + batch-all pairs (ours)",
+        "autoret",
+        {"pairing": "batch-all"},
+        {"sphere_radius": 5.0},
+    ),
+    "autoret-sphere-10": Row(
+        "AutoRet, sphere radius 10 (ours)", "autoret", {}, {"sphere_radius": 10.0}
+    ),
     "autoret-batch-all-labels-10": Row(
         "AutoRet, batch-all pairs (ours), 10 % labels",
         "autoret",
@@ -219,7 +249,7 @@ def _embed_timed(
     with torch.inference_mode():
         weight = model.projection.weight
         x = torch.from_numpy(features).to(weight.device)
-        projection = model.projection(x).float().cpu().numpy()
+        projection = model.project(x).float().cpu().numpy()
     return projection, features, time.perf_counter() - start
 
 

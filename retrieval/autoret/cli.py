@@ -72,6 +72,24 @@ def _parser() -> argparse.ArgumentParser:
         "(ours)",
     )
     t.add_argument(
+        "--sphere-radius",
+        type=float,
+        help="put every embedding on the sphere of this radius (ours; alpha 10 with radius 5 "
+        "asks cannot-link pairs to be opposite)",
+    )
+    t.add_argument(
+        "--lr-schedule",
+        choices=["constant", "cosine"],
+        default=TrainConfig.lr_schedule,
+        help="constant (the reference code) or cosine decay to 0 over the budget (ours)",
+    )
+    t.add_argument(
+        "--warmup",
+        type=float,
+        default=TrainConfig.warmup,
+        help="fraction of the budget over which the learning rate rises linearly from 0",
+    )
+    t.add_argument(
         "--augment",
         choices=sorted(AUGMENT_PRESETS),
         default="default",
@@ -112,6 +130,8 @@ def _train(args: argparse.Namespace) -> None:
         overrides["embed_from"] = args.embed_from
     if args.image_size:
         overrides["image_size"] = args.image_size
+    if args.sphere_radius is not None:
+        overrides["sphere_radius"] = args.sphere_radius
     preset_size = PRESETS[args.model].get("image_size")
     data = load_dataset(args.data, args.image_size or preset_size)
     # The model records the size it was trained at, so embedding other data resizes to match.
@@ -127,6 +147,8 @@ def _train(args: argparse.Namespace) -> None:
         augment=AUGMENT_PRESETS[args.augment],
         batch_size=args.batch_size,
         lr=args.lr,
+        lr_schedule=args.lr_schedule,
+        warmup=args.warmup,
         epochs=args.epochs,
         minutes=args.minutes,
         labels_fraction=args.labels_fraction,

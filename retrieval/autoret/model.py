@@ -64,6 +64,11 @@ class ModelConfig:
     # "features" embeds with the vector before the final projection, which retrieved slightly
     # better in the reference prototype (docs/benchmark-anchors.md).
     embed_from: Literal["projection", "features"] = "projection"
+    # (ours) None keeps the projection as it is (the method). A radius R puts every embedding on
+    # the sphere of radius R (L2-normalized, times R): distances lie in [0, 2R], so the loss's
+    # alpha is a fixed angle (alpha = R * sqrt(2) is orthogonal) and no vector can satisfy the
+    # cannot-link target by growing its norm.
+    sphere_radius: float | None = None
     # Images are resized to image_size x image_size for training and embedding; None keeps them.
     image_size: int | None = None
 
@@ -311,6 +316,8 @@ class AutoRet(nn.Module):
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
+        if cfg.sphere_radius is not None and not cfg.sphere_radius > 0:
+            raise ValueError(f"sphere_radius must be positive, got {cfg.sphere_radius}")
         if cfg.patching and cfg.grid < 1:
             raise ValueError("grid must be at least 1")
         if cfg.patching and cfg.grid == 1 and not cfg.include_whole_image:
@@ -373,9 +380,16 @@ class AutoRet(nn.Module):
         last_layer = hidden[-directions:]  # directions x B x hidden
         return last_layer.transpose(0, 1).reshape(batch, -1)
 
+    def project(self, features: torch.Tensor) -> torch.Tensor:
+        """Features -> the embedding: the final projection, then the sphere when configured."""
+        e = self.projection(features)
+        if self.config.sphere_radius is not None:
+            e = nn.functional.normalize(e.float(), dim=1) * self.config.sphere_radius
+        return e
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """B x C x H x W in [0, 1] -> B x embed_dim, the vectors the pairwise loss shapes."""
-        return self.projection(self.features(x))
+        return self.project(self.features(x))
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """Retrieval vectors: B x output_dim, from the projection or the features (`embed_from`)."""

@@ -50,6 +50,9 @@ class TrainConfig:
     neighbor_pairs (ours): the fraction of self-supervised can-link pairs that pair an image with
     one of its `neighbor_k` nearest neighbours in pixel space (centred grey thumbnails, cosine)
     instead of with an augmented copy of itself; 0 is the paper's pairing. Sampled pairing only.
+    lr_schedule (ours): "constant" keeps lr (the reference code); "cosine" decays it to 0 over the
+    budget (steps, or seconds with --minutes), after a linear warmup over the first `warmup`
+    fraction of it.
     init_scale (ours): before the first step, centre and scale the final projection on a seeded
     sample of the training images so that their median pairwise distance, in training mode, is
     alpha/2. A fresh narrow network puts them about 0.77 apart there (alpha/13 at alpha 10), so
@@ -74,6 +77,8 @@ class TrainConfig:
     neighbor_pairs: float = 0.0
     neighbor_k: int = 5
     init_scale: bool = False
+    lr_schedule: Literal["constant", "cosine"] = "constant"
+    warmup: float = 0.0
     seed: int = 0
     device: str = "cpu"
     amp: bool = True
@@ -93,6 +98,10 @@ class TrainConfig:
             raise ValueError(f"neighbor_pairs must be in [0, 1], got {self.neighbor_pairs}")
         if self.neighbor_pairs > 0 and self.pairing != "sampled":
             raise ValueError("neighbor pairs replace sampled can-link pairs: use sampled pairing")
+        if self.lr_schedule not in ("constant", "cosine"):
+            raise ValueError(f"lr_schedule must be constant or cosine, got {self.lr_schedule!r}")
+        if not 0.0 <= self.warmup < 1.0:
+            raise ValueError(f"warmup must be in [0, 1), got {self.warmup}")
         if self.neighbor_k < 1:
             raise ValueError(f"neighbor_k must be at least 1, got {self.neighbor_k}")
 
@@ -154,6 +163,16 @@ def scale_projection(model: AutoRet, images: torch.Tensor, target: float, seed: 
     if projection.bias is not None:
         projection.bias.sub_(e.mean(0).to(projection.bias.dtype)).mul_(factor)
     return factor
+
+
+def _lr_factor(cfg: TrainConfig, done: float) -> float:
+    """The learning rate's multiplier when `done` (0..1) of the budget is spent."""
+    if done < cfg.warmup:
+        return (done + 1e-3) / cfg.warmup
+    if cfg.lr_schedule == "cosine":
+        rest = (done - cfg.warmup) / (1.0 - cfg.warmup)
+        return 0.5 * (1.0 + math.cos(math.pi * min(rest, 1.0)))
+    return 1.0
 
 
 def train(
@@ -274,6 +293,12 @@ def train(
             # Paper-literal: only the second image of each pair is altered.
             x = torch.cat([x[:pairs], augment(x[pairs:], augment_rng, cfg.augment)])
         x = x.contiguous(memory_format=memory_format)
+        if cfg.lr_schedule != "constant" or cfg.warmup > 0:
+            done = step / total_steps if total_steps is not None else 0.0
+            if budget_s is not None:
+                done = max(done, elapsed() / budget_s)
+            for group in optimizer.param_groups:
+                group["lr"] = cfg.lr * _lr_factor(cfg, done)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=on_cuda and cfg.amp):
             e = model(x)
         if cfg.loss == "nt-xent":

@@ -178,3 +178,21 @@ def test_train_with_neighbor_pairs_and_light_augmentation_records_them(
     recorded = read_info(out)["train"]
     assert recorded["neighbor_pairs"] == 0.75
     assert recorded["augment"]["crop_area"] == [0.8, 1.0] and recorded["augment"]["shear"] == 0.1
+
+
+def test_sphere_radius_and_cosine_schedule_are_recorded_and_embeddings_lie_on_the_sphere(
+    tiny_npz: Path, tmp_path: Path
+) -> None:
+    out, vectors = tmp_path / "ckpt", tmp_path / "v.npy"
+    argv = ["train", "--data", str(tiny_npz), "--out", str(out), "--epochs", "1", "--no-progress"]
+    options = ["--sphere-radius", "5", "--lr-schedule", "cosine", "--warmup", "0.1"]
+    assert main([*argv, "--batch-size", "8", *options]) == 0
+    info = read_info(out)
+    assert info["model"]["sphere_radius"] == 5.0
+    assert info["train"]["lr_schedule"] == "cosine" and info["train"]["warmup"] == 0.1
+    assert (
+        main(["embed", "--checkpoint", str(out), "--data", str(tiny_npz), "--out", str(vectors)])
+        == 0
+    )
+    norms = np.linalg.norm(np.load(vectors), axis=1)
+    assert np.allclose(norms, 5.0, atol=1e-4)

@@ -109,3 +109,17 @@ def test_config_round_trips_through_json_dict() -> None:
 def test_unknown_preset_is_refused() -> None:
     with pytest.raises(ValueError, match="unknown model"):
         create_model("vgg")
+
+
+def test_sphere_radius_puts_every_embedding_on_that_sphere_and_keeps_features() -> None:
+    plain, sphere = tiny_model().eval(), tiny_model(sphere_radius=5.0).eval()
+    sphere.load_state_dict(plain.state_dict())
+    x = torch.rand(4, 1, 16, 16)
+    with torch.no_grad():
+        norms = sphere(x).norm(dim=1)
+        assert torch.allclose(norms, torch.full_like(norms, 5.0), atol=1e-4)
+        # The same direction as the plain projection: only the length changes.
+        assert torch.allclose(sphere(x), 5.0 * torch.nn.functional.normalize(plain(x), dim=1))
+        assert torch.equal(sphere.features(x), plain.features(x))
+    with pytest.raises(ValueError, match="sphere_radius must be positive"):
+        tiny_model(sphere_radius=0.0)

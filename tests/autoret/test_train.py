@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 
@@ -207,3 +208,37 @@ def test_init_scale_applies_on_a_fresh_start_only(
     longer = TrainConfig(**{**cfg.to_dict(), "epochs": 3, "augment": cfg.augment})
     train(scaled, random_images, longer, out_dir=tmp_path, resume=True)
     assert len(calls) == 1
+
+
+def test_cosine_schedule_warms_up_decays_to_zero_and_is_validated() -> None:
+    from retrieval.autoret.train import _lr_factor
+
+    cfg = TrainConfig(lr_schedule="cosine", warmup=0.1)
+    assert _lr_factor(cfg, 0.0) < 0.02 and _lr_factor(cfg, 0.05) == pytest.approx(0.51)
+    assert _lr_factor(cfg, 0.1) == pytest.approx(1.0)
+    assert _lr_factor(cfg, 0.55) == pytest.approx(0.5)
+    assert _lr_factor(cfg, 1.0) == pytest.approx(0.0, abs=1e-12)
+    factors = [_lr_factor(cfg, i / 100) for i in range(10, 101)]
+    assert all(a >= b for a, b in zip(factors, factors[1:], strict=False))
+    assert _lr_factor(TrainConfig(), 0.7) == 1.0
+    with pytest.raises(ValueError, match="lr_schedule"):
+        TrainConfig(lr_schedule="step")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="warmup"):
+        TrainConfig(warmup=1.0)
+
+
+def test_cosine_run_resumes_to_the_same_result_and_differs_from_constant(
+    random_images: ImageSet, tmp_path: Path
+) -> None:
+    cosine = dataclasses.replace(QUICK, lr_schedule="cosine", warmup=0.2)
+    full = tiny_model()
+    train(full, random_images, cosine)
+    constant = tiny_model()
+    train(constant, random_images, QUICK)
+    assert not _same_weights(full, constant)
+
+    interrupted = tiny_model()
+    train(interrupted, random_images, cosine, tmp_path, callback=lambda p: p.step < 6)
+    resumed = tiny_model(seed=99)
+    train(resumed, random_images, cosine, tmp_path, resume=True)
+    assert _same_weights(resumed, full)
