@@ -216,6 +216,22 @@ ROWS: dict[str, Row] = {
         "autoret",
         {"pairing": "batch-all", "labels_fraction": 0.10},
     ),
+    "autoret-batch-all-light": Row(
+        "AutoRet, batch-all pairs + light augmentation (ours)",
+        "autoret",
+        {"pairing": "batch-all", "augment": AUGMENT_PRESETS["light"]},
+    ),
+    "autoret-sphere-5-batch-all-light-labels-10": Row(
+        "AutoRet, our recipe, 10 % labels",
+        "autoret",
+        {"pairing": "batch-all", "augment": AUGMENT_PRESETS["light"], "labels_fraction": 0.10},
+        {"sphere_radius": 5.0},
+    ),
+    "autoret-labels-100": Row(
+        "AutoRet, all labels (upper bound)",
+        "autoret",
+        {"labels_fraction": 1.0, "known_fraction": 1.0},
+    ),
 }
 
 
