@@ -55,7 +55,7 @@ from retrieval.autoret.data import ImageSet, load_dataset  # noqa: E402
 from retrieval.autoret.embed import embed_images  # noqa: E402
 from retrieval.autoret.evaluate import evaluate_retrieval  # noqa: E402
 from retrieval.autoret.model import AutoRet, create_model  # noqa: E402
-from retrieval.autoret.pairs import KnownPairs  # noqa: E402
+from retrieval.autoret.pairs import AUGMENT_PRESETS, KnownPairs  # noqa: E402
 from retrieval.autoret.train import TrainConfig, train  # noqa: E402
 
 # The narrow network of bench/retrieval_quality.py: trains at CPU speed.
@@ -64,6 +64,12 @@ MODEL: dict[str, Any] = {
     "context_channels": 64,
     "patch_dim": 128,
     "rnn_hidden": 128,
+}
+# How each round trains: the faithful configuration (what the worker trains), or our recipe of
+# bench/retrieval_quality.py (sphere radius 5, batch-all pairs, light augmentation).
+RECIPES: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
+    "faithful": ({}, {}),
+    "ours": ({"sphere_radius": 5.0}, {"pairing": "batch-all", "augment": AUGMENT_PRESETS["light"]}),
 }
 # "none" answers nothing: the self-supervised training alone, what the answers are measured against.
 ROWS = ["default", "uncertain", "disagreement", "diverse", "merge-gain", "random", "none"]
@@ -140,7 +146,8 @@ def run_row(
     if row != "default":
         settings.strategy_mix = {row: 1.0}
         settings.save()
-    model = create_model("autoret", in_channels=1, image_size=28, **MODEL)
+    model_overrides, train_overrides = RECIPES[args.recipe]
+    model = create_model("autoret", in_channels=1, image_size=28, **MODEL, **model_overrides)
     model.load_state_dict(base.state_dict())
     cfg = TrainConfig(
         batch_size=args.batch_size,
@@ -152,6 +159,7 @@ def run_row(
         checkpoint_every_s=1e9,
         progress_bar=False,
         amp=False,
+        **train_overrides,
     )
     db = embed_images(model, train_set, 512)
     new_version(collection, ids, db, args.alpha)
@@ -237,6 +245,12 @@ def main() -> None:
         default=TrainConfig.known_fraction,
         help="share of each batch's can-link and cannot-link pairs drawn from the answers",
     )
+    parser.add_argument(
+        "--recipe",
+        choices=sorted(RECIPES),
+        default="faithful",
+        help="how each round trains: faithful (the worker's) or ours (retrieval_quality's recipe)",
+    )
     parser.add_argument("--out", type=Path)
     parser.add_argument("--threads", type=int, default=None, help="torch threads per process")
     parser.add_argument(
@@ -273,7 +287,7 @@ def main() -> None:
     torch.manual_seed(args.seed)
     train_set = subset(load_dataset("fashion-mnist:train"), args.train_size, args.seed)
     queries = subset(load_dataset("fashion-mnist:test"), args.queries, args.seed + 1)
-    base = create_model("autoret", in_channels=1, image_size=28, **MODEL)
+    base = create_model("autoret", in_channels=1, image_size=28, **MODEL, **RECIPES[args.recipe][0])
     drop_database(BENCH_DB)  # a killed earlier run leaves it behind
     curves: dict[str, list[dict[str, float]]] = {}
     try:
