@@ -55,8 +55,8 @@ from retrieval.autoret.data import ImageSet, load_dataset  # noqa: E402
 from retrieval.autoret.embed import embed_images  # noqa: E402
 from retrieval.autoret.evaluate import evaluate_retrieval  # noqa: E402
 from retrieval.autoret.model import AutoRet, create_model  # noqa: E402
-from retrieval.autoret.pairs import AUGMENT_PRESETS, KnownPairs  # noqa: E402
-from retrieval.autoret.train import TrainConfig, train  # noqa: E402
+from retrieval.autoret.pairs import KnownPairs  # noqa: E402
+from retrieval.autoret.train import RECIPE_MODEL, RECIPE_TRAIN, TrainConfig, train  # noqa: E402
 
 # The narrow network of bench/retrieval_quality.py: trains at CPU speed.
 MODEL: dict[str, Any] = {
@@ -65,11 +65,11 @@ MODEL: dict[str, Any] = {
     "patch_dim": 128,
     "rnn_hidden": 128,
 }
-# How each round trains: the faithful configuration (what the worker trains), or our recipe of
-# bench/retrieval_quality.py (sphere radius 5, batch-all pairs, light augmentation).
+# How each round trains: the faithful configuration (what the worker trains), or our recipe
+# (retrieval.autoret.train's RECIPE_MODEL and RECIPE_TRAIN).
 RECIPES: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "faithful": ({}, {}),
-    "ours": ({"sphere_radius": 5.0}, {"pairing": "batch-all", "augment": AUGMENT_PRESETS["light"]}),
+    "ours": (RECIPE_MODEL, RECIPE_TRAIN),
 }
 # "none" answers nothing: the self-supervised training alone, what the answers are measured against.
 ROWS = ["default", "uncertain", "disagreement", "diverse", "merge-gain", "random", "none"]

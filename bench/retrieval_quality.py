@@ -39,7 +39,7 @@ from retrieval.autoret.embed import embed_images  # noqa: E402
 from retrieval.autoret.evaluate import evaluate_retrieval  # noqa: E402
 from retrieval.autoret.model import AutoRet, create_model  # noqa: E402
 from retrieval.autoret.pairs import AUGMENT_PRESETS, AugmentConfig  # noqa: E402
-from retrieval.autoret.train import TrainConfig, train  # noqa: E402
+from retrieval.autoret.train import RECIPE_MODEL, RECIPE_TRAIN, TrainConfig, train  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -230,8 +230,8 @@ ROWS: dict[str, Row] = {
     "autoret-sphere-5-batch-all-light": Row(
         "AutoRet, sphere radius 5 + batch-all pairs + light augmentation (ours)",
         "autoret",
-        {"pairing": "batch-all", "augment": AUGMENT_PRESETS["light"]},
-        {"sphere_radius": 5.0},
+        RECIPE_TRAIN,
+        RECIPE_MODEL,
     ),
     "autoret-batch-all-labels-10": Row(
         "AutoRet, batch-all pairs (ours), 10 % labels",
@@ -246,19 +246,14 @@ ROWS: dict[str, Row] = {
     "autoret-sphere-5-batch-all-light-labels-10": Row(
         "AutoRet, our recipe, 10 % labels",
         "autoret",
-        {"pairing": "batch-all", "augment": AUGMENT_PRESETS["light"], "labels_fraction": 0.10},
-        {"sphere_radius": 5.0},
+        {**RECIPE_TRAIN, "labels_fraction": 0.10},
+        RECIPE_MODEL,
     ),
     "autoret-sphere-5-batch-all-light-labels-100": Row(
         "AutoRet, our recipe, all labels (upper bound)",
         "autoret",
-        {
-            "pairing": "batch-all",
-            "augment": AUGMENT_PRESETS["light"],
-            "labels_fraction": 1.0,
-            "known_fraction": 1.0,
-        },
-        {"sphere_radius": 5.0},
+        {**RECIPE_TRAIN, "labels_fraction": 1.0, "known_fraction": 1.0},
+        RECIPE_MODEL,
     ),
     "autoret-labels-100": Row(
         "AutoRet, all labels (upper bound)",
