@@ -10,7 +10,6 @@ import torch
 from retrieval.autoret.checkpoint import read_info
 from retrieval.autoret.data import FASHION_MNIST_DIR, DataError, ImageSet, load_dataset
 from retrieval.autoret.embed import embed_images
-from retrieval.autoret.evaluate import map_at_k
 from retrieval.autoret.train import Progress, TrainConfig, train
 from tests.autoret.conftest import tiny_model
 
@@ -103,26 +102,30 @@ def test_known_pairs_from_labels_are_mixed_in_and_counted(random_images: ImageSe
 
 @pytest.mark.slow
 @pytest.mark.skipif(not FASHION_MNIST_DIR.is_dir(), reason="Fashion-MNIST IDX files not installed")
-def test_short_training_on_fashion_mnist_lowers_the_loss_and_beats_the_untrained_network() -> None:
-    # A narrow network keeps this to about a minute on 2 idle cores (several under load). 10 %
-    # labels because, at this budget, self-supervised training is still recovering from its early
-    # dip below the random network, which it overtakes only after a few hundred steps.
+def test_short_training_on_fashion_mnist_lowers_the_loss_and_separates_held_out_classes() -> None:
+    # Behaviour with a wide margin, not a quality claim (those live in bench/): on held-out
+    # images, different classes move apart relative to same-class pairs. On an Intel Xeon with
+    # seeds 0-2 the distance ratio went from 1.2-1.6 to 2.8-3.1, while mAP@100 gained as little
+    # as 0.006 on an AMD EPYC: too thin a margin for a test that must pass on any x86-64 CPU.
     train_set = load_dataset("fashion-mnist:train").subset(range(1500))
     queries = load_dataset("fashion-mnist:test").subset(range(300))
     model = tiny_model("autoembedder", widths=(16, 32, 64), patch_dim=64, embed_dim=32)
+    assert queries.labels is not None
+    labels = torch.as_tensor(queries.labels)
+    same = (labels[:, None] == labels[None]) & ~torch.eye(len(labels), dtype=torch.bool)
+    different = labels[:, None] != labels[None]
 
-    def score() -> float:
-        q, db = embed_images(model, queries), embed_images(model, train_set)
-        assert queries.labels is not None and train_set.labels is not None
-        return map_at_k(q, queries.labels, db, train_set.labels, k=100)
+    def separation() -> float:
+        distances = torch.cdist(*(2 * [torch.as_tensor(embed_images(model, queries))]))
+        return float(distances[different].mean() / distances[same].mean())
 
-    untrained = score()
+    untrained = separation()
     cfg = TrainConfig(batch_size=64, epochs=5, labels_fraction=0.1, progress_bar=False, log_every=5)
     result = train(model, train_set, cfg)
     losses = [h["loss"] for h in result.loss_history]
     assert sum(losses[-4:]) / 4 < 0.7 * sum(losses[:2]) / 2
-    trained = score()
-    assert trained > untrained + 0.02, (untrained, trained)
+    trained = separation()
+    assert trained > untrained + 0.6, (untrained, trained)
 
 
 @pytest.mark.parametrize(
