@@ -1,0 +1,306 @@
+"""Retrieval quality of pretrained patch features and the head trained on them (issue 13, a).
+
+    .venv/bin/python bench/feature_quality.py --seeds 0,1,2 --out var/bench/features-fm
+
+Fashion-MNIST, the CPU protocol of bench/retrieval_quality.py: all 10,000 test images as queries
+against a seeded 20,000-image subset of the train images as database (and training set, without
+labels except in the partially labelled rows). Relevant = same class, Euclidean ranking; mAP@1000
+and P@100 of the vectors as they are and L2-normalised.
+
+Features are extracted once per feature configuration and seed and cached under --cache
+(extraction is the slow part on a CPU); every head row reads only that cache. Rows from
+bench/retrieval_quality.py (the from-scratch networks) run through its own code with its `cpu`
+budget. Prints one Markdown table per seed and a summary over seeds; --out writes results.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from retrieval.autoret.data import ImageSet, load_dataset  # noqa: E402
+from retrieval.autoret.evaluate import evaluate_retrieval  # noqa: E402
+from retrieval.autoret.features import FeatureConfig, FeatureStage, extract_features  # noqa: E402
+from retrieval.autoret.head import FeatureHead, HeadConfig  # noqa: E402
+from retrieval.autoret.head_training import (  # noqa: E402
+    HeadTrainConfig,
+    embed_features,
+    train_head,
+)
+from retrieval.autoret.pairs import KnownPairs  # noqa: E402
+
+SCRATCH_ROWS = {
+    "scratch-faithful": "autoret",
+    "scratch-recipe": "autoret-sphere-5-batch-all-light",
+    "simclr-light": "simclr-light",
+}
+HEAD_ROWS = {
+    "head": 0.0,
+    "head-labels-1": 0.01,
+    "head-labels-5": 0.05,
+    "head-labels-10": 0.10,
+}
+ROWS = ("raw", "frozen", "version-1", *HEAD_ROWS, *SCRATCH_ROWS)
+DEFAULT_ROWS = ("raw", "frozen", "version-1", *HEAD_ROWS)
+
+
+def _subset(data: ImageSet, size: int | None, seed: int) -> ImageSet:
+    if size is None or size >= len(data):
+        return data
+    generator = torch.Generator().manual_seed(seed)
+    return data.subset(torch.randperm(len(data), generator=generator)[:size].sort().values)
+
+
+def cached_features(
+    name: str, data: ImageSet, cfg: FeatureConfig, cache: Path
+) -> tuple[torch.Tensor, float]:
+    """(features N x T x F float16, extraction images/s when it ran now, else as recorded)."""
+    path = cache / f"{name}-{cfg.key}.pt"
+    if path.exists():
+        stored = torch.load(path, weights_only=True)
+        if stored["features"].shape[0] == len(data):
+            return stored["features"], float(stored["images_per_s"])
+    stage = FeatureStage(cfg)
+    start = time.perf_counter()
+    features = extract_features(stage, data, batch_size=256, progress=True)
+    rate = len(data) / (time.perf_counter() - start)
+    cache.mkdir(parents=True, exist_ok=True)
+    torch.save({"features": features, "images_per_s": rate}, path)
+    return features, rate
+
+
+def _scores(q: torch.Tensor, q_labels: Any, db: torch.Tensor, db_labels: Any) -> dict[str, float]:
+    raw = evaluate_retrieval(q, q_labels, db, db_labels, 1000, 100)
+    unit = evaluate_retrieval(
+        F.normalize(q.float(), dim=1),
+        q_labels,
+        F.normalize(db.float(), dim=1),
+        db_labels,
+        1000,
+        100,
+    )
+    return {
+        "map": raw["map"],
+        "precision": raw["precision"],
+        "map_l2": unit["map"],
+        "precision_l2": unit["precision"],
+    }
+
+
+def run_seed(
+    seed: int,
+    rows: Sequence[str],
+    feature_cfg: FeatureConfig,
+    head_cfg: HeadConfig,
+    train_cfg: HeadTrainConfig,
+    cache: Path,
+    train_size: int,
+    queries_size: int | None,
+) -> list[dict[str, Any]]:
+    database = _subset(load_dataset("fashion-mnist:train"), train_size, seed)
+    queries = _subset(load_dataset("fashion-mnist:test"), queries_size, seed + 1)
+    assert database.labels is not None and queries.labels is not None
+    results: list[dict[str, Any]] = []
+    need_features = any(r != "raw" and r not in SCRATCH_ROWS for r in rows)
+    if need_features:
+        tag = f"fashion-mnist-s{seed}-{len(database)}-{len(queries)}"
+        db_f, db_rate = cached_features(f"{tag}-db", database, feature_cfg, cache)
+        q_f, q_rate = cached_features(f"{tag}-q", queries, feature_cfg, cache)
+        extract_rate = (len(database) + len(queries)) / (
+            len(database) / db_rate + len(queries) / q_rate
+        )
+    for name in rows:
+        print(f"== seed {seed}: {name}", file=sys.stderr, flush=True)
+        row: dict[str, Any] = {"row": name, "seed": seed}
+        start = time.perf_counter()
+        if name == "raw":
+            q, db = queries.images.flatten(1).float(), database.images.flatten(1).float()
+        elif name == "frozen":
+            q, db = q_f[:, -1].float(), db_f[:, -1].float()
+            row["extract_img_s"] = extract_rate
+        elif name in SCRATCH_ROWS:
+            from retrieval_quality import CONFIGS, run_row
+
+            scratch = run_row(SCRATCH_ROWS[name], CONFIGS["cpu"], database, queries, seed)
+            row.update(train_s=scratch.get("train_s"), embed_img_s=scratch["embed_img_s"])
+            row.update(map=scratch["map"], precision=scratch["precision"])
+            row["load_average_1min"] = os.getloadavg()[0]
+            results.append(row)
+            continue
+        else:
+            torch.manual_seed(seed)
+            head = FeatureHead(head_cfg, feature_cfg.dim)
+            head.fit(db_f, seed=seed)
+            row["extract_img_s"] = extract_rate
+            if name in HEAD_ROWS:
+                fraction = HEAD_ROWS[name]
+                known = (
+                    KnownPairs.from_labels(database.labels, fraction, seed) if fraction else None
+                )
+                cfg = dataclasses.replace(train_cfg, seed=seed)
+                trained = train_head(head, db_f, cfg, known=known)
+                row.update(
+                    train_s=trained.elapsed_s,
+                    steps=trained.steps,
+                    neighbor_images=trained.neighbor_images,
+                    final_loss=trained.final_loss,
+                )
+            embed_start = time.perf_counter()
+            db, q = embed_features(head, db_f), embed_features(head, q_f)
+            row["head_embed_s"] = time.perf_counter() - embed_start
+        row["vectors_s"] = time.perf_counter() - start
+        row.update(_scores(q, queries.labels, db, database.labels))
+        row["load_average_1min"] = os.getloadavg()[0]
+        print(json.dumps(row), file=sys.stderr, flush=True)
+        results.append(row)
+    return results
+
+
+def _number(value: Any, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def format_table(results: Sequence[dict[str, Any]]) -> str:
+    lines = [
+        "| row | mAP@1000 | P@100 | mAP@1000 L2 | P@100 L2 | train s | extract img/s |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        lines.append(
+            f"| {r['row']} | {r['map']:.3f} | {r['precision']:.3f} "
+            f"| {_number(r.get('map_l2'), '.3f')} | {_number(r.get('precision_l2'), '.3f')} "
+            f"| {_number(r.get('train_s'), '.1f')} | {_number(r.get('extract_img_s'), ',.0f')} |"
+        )
+    return "\n".join(lines)
+
+
+def format_summary(results: Sequence[dict[str, Any]], seeds: Sequence[int]) -> str:
+    """mAP@1000 per seed and the mean, one line per row."""
+    lines = [
+        "| row | " + " | ".join(f"seed {s}" for s in seeds) + " | mean | mean P@100 |",
+        "|---|" + "---|" * (len(seeds) + 2),
+    ]
+    names = list(dict.fromkeys(r["row"] for r in results))
+    for name in names:
+        by_seed = {r["seed"]: r for r in results if r["row"] == name}
+        maps = [by_seed[s]["map"] for s in seeds if s in by_seed]
+        precisions = [by_seed[s]["precision"] for s in seeds if s in by_seed]
+        cells = " | ".join(
+            _number(by_seed[s]["map"] if s in by_seed else None, ".3f") for s in seeds
+        )
+        mean_map, mean_precision = statistics.mean(maps), statistics.mean(precisions)
+        lines.append(f"| {name} | {cells} | {mean_map:.3f} | {mean_precision:.3f} |")
+    return "\n".join(lines)
+
+
+def _overrides(pairs: Sequence[str], cls: type) -> dict[str, Any]:
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, _, value = pair.partition("=")
+        if key not in fields:
+            continue
+        current = getattr(cls(), key)
+        if isinstance(current, bool):
+            out[key] = value.lower() in ("1", "true", "yes")
+        elif current is None:
+            out[key] = float(value)
+        else:
+            out[key] = type(current)(value)
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument("--rows", help=f"comma-separated, from: {', '.join(ROWS)}")
+    parser.add_argument("--seeds", default="0", help="comma-separated seeds (default 0)")
+    parser.add_argument("--train-size", type=int, default=20_000)
+    parser.add_argument("--queries", type=int, help="query subset (default: all 10,000)")
+    parser.add_argument("--cache", type=Path, default=Path("var/bench/feature-cache"))
+    parser.add_argument("--out", type=Path)
+    parser.add_argument("--threads", type=int)
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="override a FeatureConfig, HeadConfig or HeadTrainConfig field (repeatable)",
+    )
+    args = parser.parse_args(argv)
+    rows = [r.strip() for r in args.rows.split(",")] if args.rows else list(DEFAULT_ROWS)
+    unknown = [r for r in rows if r not in ROWS]
+    if unknown:
+        raise SystemExit(f"error: unknown rows {', '.join(unknown)}; choose from {', '.join(ROWS)}")
+    known_fields = {
+        f.name
+        for cls in (FeatureConfig, HeadConfig, HeadTrainConfig)
+        for f in dataclasses.fields(cls)
+    }
+    bad = [s for s in args.set if s.partition("=")[0] not in known_fields]
+    if bad:
+        raise SystemExit(f"error: unknown --set fields: {', '.join(bad)}")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    feature_cfg = FeatureConfig(**_overrides(args.set, FeatureConfig))
+    head_cfg = HeadConfig(**_overrides(args.set, HeadConfig))
+    train_cfg = HeadTrainConfig(**_overrides(args.set, HeadTrainConfig))
+    seeds = [int(s) for s in args.seeds.split(",")]
+    started = datetime.datetime.now(datetime.UTC)
+    load_before = os.getloadavg()
+    wall = time.perf_counter()
+    results: list[dict[str, Any]] = []
+    for seed in seeds:
+        results += run_seed(
+            seed, rows, feature_cfg, head_cfg, train_cfg, args.cache, args.train_size, args.queries
+        )
+    print(
+        f"Fashion-MNIST: features {feature_cfg.key}, head {head_cfg.to_dict()}, training "
+        f"{train_cfg.to_dict()}; {torch.get_num_threads()} threads, load average "
+        f"{load_before[0]:.1f} before / {os.getloadavg()[0]:.1f} after, "
+        f"{time.perf_counter() - wall:.0f} s in all"
+    )
+    for seed in seeds:
+        print(f"\nseed {seed}\n")
+        print(format_table([r for r in results if r["seed"] == seed]))
+    print("\nmAP@1000 by seed\n")
+    print(format_summary(results, seeds))
+    if args.out is not None:
+        args.out.mkdir(parents=True, exist_ok=True)
+        report = {
+            "started": started.isoformat(timespec="seconds"),
+            "wall_s": time.perf_counter() - wall,
+            "load_average": {"before": load_before, "after": os.getloadavg()},
+            "machine": {
+                "processor": platform.processor() or platform.machine(),
+                "cpus": os.cpu_count(),
+                "torch": torch.__version__,
+            },
+            "features": feature_cfg.to_dict(),
+            "head": head_cfg.to_dict(),
+            "training": train_cfg.to_dict(),
+            "rows": results,
+        }
+        (args.out / "results.json").write_text(json.dumps(report, indent=2, default=str))
+    return results
+
+
+if __name__ == "__main__":
+    main()

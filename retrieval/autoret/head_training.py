@@ -1,0 +1,254 @@
+"""Training the head on cached features with the AutoEmbedder loss (sections 1-3), no images.
+
+Each step draws B images' cached patch features and a partner for each, makes two views in feature
+space (Gaussian noise, patch dropout: the whole-image step is always kept) and applies the
+batch-all AutoEmbedder loss on the sphere to every pair of the 2B views: an image and its partner
+are can-link, as are images of one known component; every other pair is cannot-link.
+
+Partners (ours), in order of trust:
+- known pairs (answers, imports, labels and their transitive closure): `known_share` of every
+  batch is drawn from images in a known component, partnered with another member of it, so
+  answers dominate wherever they exist;
+- mutual nearest neighbours in the pretrained space, for `neighbor_pairs` of the rest;
+- otherwise the image itself (the two feature-space views differ).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from retrieval.autoret.head import FeatureHead
+from retrieval.autoret.losses import batch_all_autoembedder_loss
+from retrieval.autoret.pairs import KnownPairs
+from retrieval.autoret.train import Progress
+
+
+@dataclass(frozen=True)
+class HeadTrainConfig:
+    """Settings of `train_head`. The budget is `steps`, cut short by `seconds` when given.
+
+    alpha: the cannot-link target; None puts it at R * sqrt(2), orthogonal on the sphere.
+    neighbor_pairs (ours): share of the self-supervised images partnered with one of their mutual
+    `neighbor_k` nearest neighbours (cosine, in the untrained head's space, among up to
+    `neighbor_pool` images), drawn anew each step; an image without one is partnered with itself.
+    noise, patch_dropout (ours): feature-space augmentation, in standardised units and as the
+    chance of zeroing each grid patch of a view.
+    known_share (ours): share of each batch drawn from images with known pairs.
+    """
+
+    steps: int = 600
+    seconds: float | None = None
+    batch_size: int = 256
+    lr: float = 1e-3
+    alpha: float | None = None
+    can_weight: float = 0.5
+    neighbor_pairs: float = 1.0
+    neighbor_k: int = 1
+    neighbor_pool: int = 20_000
+    noise: float = 0.1
+    patch_dropout: float = 0.2
+    known_share: float = 0.5
+    seed: int = 0
+    device: str = "cpu"
+    log_every: int = 50
+
+    def __post_init__(self) -> None:
+        for name in ("neighbor_pairs", "patch_dropout", "known_share", "can_weight"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {value}")
+        if self.steps < 1 or self.batch_size < 2:
+            raise ValueError("steps must be at least 1 and batch_size at least 2")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class HeadTrainResult:
+    steps: int
+    elapsed_s: float
+    final_loss: float
+    loss_history: list[dict[str, float]]
+    stopped: str  # "finished", "time" (seconds ran out) or "cancelled"
+    neighbor_images: int  # images with at least one neighbour partner
+    known_pairs: dict[str, int] | None
+
+
+@torch.no_grad()
+def mutual_neighbors(
+    vectors: torch.Tensor, k: int, pool: int, seed: int = 0, chunk: int = 2048
+) -> torch.Tensor:
+    """Each row's mutual k-nearest neighbours by cosine: LongTensor N x k, -1 where none.
+
+    j is a mutual neighbour of i when each is among the other's k nearest. Only rows of a seeded
+    sample of `pool` images take part (exact search costs N^2); the others get no neighbour.
+    """
+    n = vectors.shape[0]
+    out = torch.full((n, k), -1, dtype=torch.long)
+    generator = torch.Generator().manual_seed(seed)
+    rows = torch.randperm(n, generator=generator)[:pool].sort().values if n > pool else None
+    z = F.normalize(vectors.float() if rows is None else vectors[rows].float(), dim=1)
+    m = z.shape[0]
+    if m <= k:
+        return out
+    nearest = torch.empty((m, k), dtype=torch.long)
+    for begin in range(0, m, chunk):
+        sims = z[begin : begin + chunk] @ z.T
+        sims[torch.arange(sims.shape[0]), torch.arange(begin, begin + sims.shape[0])] = -2.0
+        nearest[begin : begin + chunk] = sims.topk(k, dim=1).indices
+    local = torch.arange(m)
+    mutual = (nearest[nearest] == local[:, None, None]).any(dim=2)  # m x k
+    ids = local if rows is None else rows
+    out[ids] = torch.where(mutual, ids[nearest], torch.full_like(nearest, -1))
+    return out
+
+
+def _views(
+    p: torch.Tensor, noise: float, dropout: float, generator: torch.Generator
+) -> torch.Tensor:
+    """A feature-space view of reduced features B x T x R: noise, then grid patches dropped."""
+    out = p + noise * torch.randn(p.shape, generator=generator, device=p.device)
+    if dropout > 0 and p.shape[1] > 1:
+        keep = torch.rand((p.shape[0], p.shape[1] - 1, 1), generator=generator) >= dropout
+        out = torch.cat([out[:, :-1] * keep.to(out.dtype), out[:, -1:]], dim=1)
+    return out
+
+
+def _component_partners(known: KnownPairs, index: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    """Another member of each image's known component (itself in a component of one)."""
+    component = known.component_of(index)
+    size = known.sizes[component]
+    rank = (torch.rand(index.shape, generator=g, dtype=torch.float64) * size).long()
+    rank = rank.clamp_(max=size - 1)
+    return known.members[known.offsets[component] + rank]
+
+
+def train_head(
+    head: FeatureHead,
+    features: torch.Tensor,
+    cfg: HeadTrainConfig,
+    known: KnownPairs | None = None,
+    callback: Callable[[Progress], bool | None] | None = None,
+) -> HeadTrainResult:
+    """Trains `head` (already `fit`) in place on cached features N x T x F (float16 is fine).
+
+    `callback` gets a `Progress` every `log_every` steps and may return False to cancel.
+    """
+    n = features.shape[0]
+    if n < 2:
+        raise ValueError("training needs at least two images")
+    if known is not None and known.n_images != n:
+        raise ValueError(f"known pairs cover {known.n_images} images, the features {n}")
+    device = torch.device(cfg.device)
+    head.to(device).train()
+    generator = torch.Generator().manual_seed(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    alpha = cfg.alpha if cfg.alpha is not None else head.config.sphere_radius * math.sqrt(2.0)
+    # Reduce once: the PCA projection is fixed, and B x T x 1280 per step would cost 5x more.
+    with torch.no_grad():
+        reduced = torch.cat(
+            [head.reduced(features[i : i + 4096].to(device)) for i in range(0, n, 4096)]
+        )
+        start = F.normalize(head.skip(reduced[:, -1]), dim=1).cpu()
+    neighbors = torch.full((n, 1), -1, dtype=torch.long)
+    if cfg.neighbor_pairs > 0:
+        neighbors = mutual_neighbors(start, cfg.neighbor_k, cfg.neighbor_pool, cfg.seed)
+        dropped = torch.rand(n, generator=generator) >= cfg.neighbor_pairs
+        neighbors[dropped] = -1
+    n_neighbors = int((neighbors >= 0).any(dim=1).sum())
+    has_known = known is not None and len(known.members) > 1 and cfg.known_share > 0
+    component = known.component_of(torch.arange(n)) if known is not None else None
+    optimizer = torch.optim.Adam(head.parameters(), lr=cfg.lr)
+    b = cfg.batch_size
+    n_known = round(cfg.known_share * b) if has_known else 0
+    history: list[dict[str, float]] = []
+    window: list[float] = []
+    began = time.perf_counter()
+    stopped = "finished"
+    step = 0
+    for step in range(1, cfg.steps + 1):
+        first = torch.randint(n, (b,), generator=generator)
+        pick = neighbors[first, torch.randint(neighbors.shape[1], (b,), generator=generator)]
+        second = torch.where(pick >= 0, pick, first)
+        if n_known:
+            assert known is not None
+            first[:n_known] = known.members[
+                torch.randint(len(known.members), (n_known,), generator=generator)
+            ]
+            second[:n_known] = _component_partners(known, first[:n_known], generator)
+        ids = torch.cat([first, second])
+        pair = torch.arange(b).repeat(2)
+        same = (pair[:, None] == pair[None]) | (ids[:, None] == ids[None])
+        if component is not None:
+            c = component[ids]
+            same |= (c[:, None] == c[None]) & (c[:, None] >= 0)
+        x = _views(reduced[ids.to(device)], cfg.noise, cfg.patch_dropout, generator)
+        loss = batch_all_autoembedder_loss(
+            head.embed_reduced(x), same.to(device), alpha, cfg.can_weight
+        )
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        window.append(float(loss.detach()))
+        elapsed = time.perf_counter() - began
+        out_of_time = cfg.seconds is not None and elapsed >= cfg.seconds
+        if step % cfg.log_every == 0 or step == cfg.steps or out_of_time:
+            mean_loss = sum(window) / len(window)
+            window.clear()
+            history.append({"step": step, "loss": mean_loss, "elapsed_s": elapsed})
+            done = step / cfg.steps
+            if cfg.seconds is not None:
+                done = max(done, elapsed / max(cfg.seconds, 1e-9))
+            progress = Progress(
+                step=step,
+                epoch=step * b / n,
+                images_seen=2 * b * step,
+                loss=mean_loss,
+                images_per_s=2 * b * step / max(elapsed, 1e-9),
+                elapsed_s=elapsed,
+                eta_s=elapsed * (1 - done) / done if done > 0 else None,
+                fraction_done=min(done, 1.0),
+            )
+            if callback is not None and callback(progress) is False:
+                stopped = "cancelled"
+                break
+        if out_of_time:
+            stopped = "time"
+            break
+    head.eval()
+    return HeadTrainResult(
+        steps=step,
+        elapsed_s=time.perf_counter() - began,
+        final_loss=history[-1]["loss"] if history else float("nan"),
+        loss_history=history,
+        stopped=stopped,
+        neighbor_images=n_neighbors,
+        known_pairs=known.counts() if known is not None else None,
+    )
+
+
+@torch.no_grad()
+def embed_features(
+    head: FeatureHead, features: torch.Tensor, batch_size: int = 4096
+) -> torch.Tensor:
+    """Cached features N x T x F -> float32 embeddings N x D, in eval mode, on the CPU."""
+    was_training = head.training
+    head.eval()
+    device = head.skip.weight.device
+    try:
+        out = [
+            head(features[i : i + batch_size].to(device)).float().cpu()
+            for i in range(0, features.shape[0], batch_size)
+        ]
+    finally:
+        head.train(was_training)
+    return torch.cat(out) if out else torch.empty(0, head.config.embed_dim)

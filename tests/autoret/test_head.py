@@ -1,0 +1,153 @@
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from retrieval.autoret.features import FeatureConfig, FeatureStage
+from retrieval.autoret.head import FeatureHead, HeadConfig, PretrainedAutoRet
+from retrieval.autoret.head_training import (
+    HeadTrainConfig,
+    embed_features,
+    mutual_neighbors,
+    train_head,
+)
+from retrieval.autoret.pairs import KnownPairs
+
+SMALL = HeadConfig(embed_dim=8, reduce_dim=16, rnn_hidden=8)
+
+
+def clustered_features(
+    n_per: int = 40, clusters: int = 4, seed: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fake cached features N x 5 x 32: each cluster a direction plus noise, labels N."""
+    g = torch.Generator().manual_seed(seed)
+    centres = torch.randn(clusters, 32, generator=g) * 2
+    labels = torch.arange(clusters).repeat_interleave(n_per)
+    noise = torch.randn(len(labels), 5, 32, generator=g)
+    return (centres[labels][:, None] + noise).abs(), labels
+
+
+def small_head(features: torch.Tensor, cfg: HeadConfig = SMALL) -> FeatureHead:
+    torch.manual_seed(0)
+    head = FeatureHead(cfg, feature_dim=features.shape[2])
+    head.fit(features)
+    return head
+
+
+def test_an_unfitted_head_refuses_to_embed() -> None:
+    with pytest.raises(RuntimeError, match="fit"):
+        FeatureHead(SMALL, feature_dim=32)(torch.rand(2, 5, 32))
+
+
+def test_config_is_validated_and_round_trips() -> None:
+    with pytest.raises(ValueError, match="reduce_dim"):
+        HeadConfig(embed_dim=64, reduce_dim=32)
+    with pytest.raises(ValueError, match="sphere_radius"):
+        HeadConfig(sphere_radius=0)
+    assert HeadConfig.from_dict(SMALL.to_dict()) == SMALL
+
+
+def test_version_one_needs_no_training_it_is_the_standardised_pca_of_the_pooled_features() -> None:
+    features, _ = clustered_features()
+    head = small_head(features)
+    whole = features[:, -1]
+    standard = (whole - whole.mean(0)) / whole.std(0).clamp(min=1e-2)
+    _, _, v = torch.linalg.svd(standard, full_matrices=False)
+    expected = F.normalize(standard @ v[:8].T, dim=1) * 5.0
+    got = embed_features(head, features)
+    # PCA directions are defined up to sign: compare per component.
+    signs = torch.sign((got * expected).sum(0))
+    assert torch.allclose(got * signs, expected, atol=1e-4)
+    assert torch.allclose(got.norm(dim=1), torch.full((len(got),), 5.0), atol=1e-5)
+
+
+def test_fit_works_with_fewer_images_than_the_reduced_width() -> None:
+    features, _ = clustered_features(n_per=2)  # 8 images, reduce_dim 16
+    head = small_head(features)
+    assert torch.isfinite(embed_features(head, features)).all()
+
+
+def test_mutual_neighbors_are_mutual_and_skip_images_outside_the_pool() -> None:
+    points = torch.tensor([[1.0, 0.0], [0.99, 0.14], [0.0, 1.0], [0.14, 0.99], [-1.0, 0.1]])
+    partner = mutual_neighbors(points, k=1, pool=10)
+    assert partner[:, 0].tolist() == [1, 0, 3, 2, -1]
+    pooled = mutual_neighbors(points, k=1, pool=2, seed=0)
+    assert (pooled >= 0).sum() <= 2
+
+
+def test_training_reads_cached_features_only_and_lowers_the_loss() -> None:
+    features, _ = clustered_features()
+    head = small_head(features)
+    result = train_head(head, features, HeadTrainConfig(steps=60, batch_size=32, log_every=10))
+    losses = [h["loss"] for h in result.loss_history]
+    assert result.stopped == "finished" and result.steps == 60
+    assert losses[-1] < losses[0]
+    assert all(math.isfinite(x) for x in losses)
+
+
+def test_every_parameter_of_the_recurrent_head_gets_a_gradient() -> None:
+    features, _ = clustered_features()
+    head = small_head(features)
+    train_head(head, features, HeadTrainConfig(steps=1, batch_size=16))
+    head.train()
+    out = head(features[:16])
+    out.pow(2).sum().backward()
+    for name, p in head.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), name
+
+
+def test_known_pairs_pull_components_together_with_a_wide_margin() -> None:
+    # The classes differ in a weak direction; a strong nuisance direction dominates the pretrained
+    # geometry, so only the known pairs can teach the head which one matters.
+    g = torch.Generator().manual_seed(3)
+    labels = torch.arange(4).repeat_interleave(40)
+    features = torch.rand(160, 5, 32, generator=g) * 0.3
+    features[:, :, :4] += torch.randn(160, 1, 4, generator=g) * 4.0
+    features[:, :, 4:8] += torch.eye(4)[labels][:, None] * 1.5
+    known = KnownPairs.from_labels(labels, 1.0)
+    cfg = HeadTrainConfig(steps=150, batch_size=32, neighbor_pairs=0.0, known_share=1.0)
+
+    def separation(head: FeatureHead) -> float:
+        e = embed_features(head, features)
+        d = torch.cdist(e, e)
+        same = (labels[:, None] == labels[None]) & ~torch.eye(len(labels), dtype=torch.bool)
+        return float(d[labels[:, None] != labels[None]].mean() / d[same].mean())
+
+    head = small_head(features)
+    before = separation(head)
+    train_head(head, features, cfg, known=known)
+    assert separation(head) > before + 0.3, (before, separation(head))
+
+
+def test_training_is_reproducible_and_can_be_cancelled_or_cut_by_time() -> None:
+    features, _ = clustered_features()
+    cfg = HeadTrainConfig(steps=20, batch_size=16, log_every=5)
+    a, b = small_head(features), small_head(features)
+    train_head(a, features, cfg)
+    train_head(b, features, cfg)
+    assert torch.equal(embed_features(a, features), embed_features(b, features))
+
+    cancelled = train_head(small_head(features), features, cfg, callback=lambda p: p.step < 10)
+    assert cancelled.stopped == "cancelled" and cancelled.steps == 10
+    timed = train_head(small_head(features), features, HeadTrainConfig(steps=10**6, seconds=0.0))
+    assert timed.stopped == "time" and timed.steps == 1
+
+
+def test_known_pairs_must_cover_the_features() -> None:
+    features, labels = clustered_features()
+    with pytest.raises(ValueError, match="known pairs cover"):
+        train_head(small_head(features), features, HeadTrainConfig(steps=1),
+                   known=KnownPairs.from_labels(labels[:10], 1.0))  # fmt: skip
+
+
+def test_the_full_model_embeds_images_as_stage_then_head() -> None:
+    model = PretrainedAutoRet(FeatureConfig(input_size=32), HeadConfig(reduce_dim=128))
+    x = torch.rand(3, 1, 28, 28)
+    cached = model.stage(x)
+    model.head.fit(cached.repeat(50, 1, 1) + torch.rand(150, 5, 1280))
+    assert torch.allclose(model.embed(x), model.head(cached))
+    assert model.output_dim == 128
+    assert isinstance(model.stage, FeatureStage)
