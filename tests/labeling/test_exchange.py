@@ -117,6 +117,26 @@ def test_import_with_a_bad_line_stores_nothing_and_names_the_lines(
     assert [e.split(":")[0] for e in response.json()["errors"]] == ["line 1", "line 2"]
 
 
+@pytest.mark.parametrize(
+    ("column", "value", "reason"),
+    [
+        ("annotator", "x" * 151, "longer than 150 characters"),
+        ("time", "2020-13-01T00:00:00", "not an ISO 8601 date and time"),
+        ("time", "2020-01-01T00:00:00+99:00", "not an ISO 8601 date and time"),
+        ("time", "0001-01-01T00:00:00+05:00", "not an ISO 8601 date and time"),
+    ],
+)
+def test_an_impossible_annotator_or_time_is_a_400_naming_the_line(
+    curator_client, collection, images, column, value, reason
+):
+    text = f"a_id,b_id,answer,{column}\n{images[0].pk},{images[1].pk},same,{value}\n"
+    response = upload(curator_client, collection, "c.csv", text)
+    assert response.status_code == 400
+    [error] = response.json()["errors"]
+    assert error.startswith("line 2:") and reason in error
+    assert not Pair.objects.exists()
+
+
 def test_groups_export_carries_the_curators_name(curator_client, collection, answered, curator):
     actions.name_group(collection, answered[2], "sneakers", curator)
     assert Group.objects.get().name == "sneakers"
