@@ -26,6 +26,13 @@ def _user(request: HttpRequest) -> User:
     return request.user  # type: ignore[return-value]  # login_required: never anonymous here
 
 
+def _id(request: HttpRequest, field: str) -> int:
+    try:
+        return int(request.POST.get(field, ""))
+    except ValueError:
+        raise BadRequest(f"{field} must be an id") from None
+
+
 @login_required
 def label(request: HttpRequest, pk: int) -> HttpResponse:
     collection = get_collection_for_user(request.user, pk)
@@ -43,14 +50,14 @@ def groups(request: HttpRequest, pk: int) -> HttpResponse:
     if request.method == "POST":
         get_collection_for_user(request.user, pk, Role.CURATOR)
         if "pair" in request.POST:
-            pair = get_object_or_404(Pair, pk=request.POST["pair"], collection=collection)
+            pair = get_object_or_404(Pair, pk=_id(request, "pair"), collection=collection)
             ruling = request.POST.get("answer", "")
             if ruling not in Answer.values:
                 raise BadRequest("a ruling is same, different or unsure")
             actions.adjudicate(pair, _user(request), ruling)
             messages.success(request, f"Ruled {ruling} on pair {pair.a_id}-{pair.b_id}.")
         else:
-            image = get_object_or_404(Image, pk=request.POST.get("image"), collection=collection)
+            image = get_object_or_404(Image, pk=_id(request, "image"), collection=collection)
             name = request.POST.get("name", "").strip()[:100]
             if not name:
                 raise BadRequest("a group name cannot be empty")

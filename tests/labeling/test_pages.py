@@ -63,6 +63,12 @@ def test_annotator_sees_groups_but_cannot_name_or_adjudicate(collection, images,
     assert not Group.objects.exists()
 
 
+@pytest.mark.parametrize("data", [{"pair": "abc", "answer": "same"}, {"image": "abc", "name": "x"}])
+def test_a_groups_post_with_a_malformed_id_is_a_400(collection, images, curator, data):
+    response = logged_in(curator).post(f"/collections/{collection.pk}/groups/", data)
+    assert response.status_code == 400
+
+
 def test_similar_grid_marks_selected_neighbours_in_one_action(collection, images, annotator):
     client = logged_in(annotator)
     similar = client.get(f"/collections/{collection.pk}/images/{images[0].pk}/similar/")
