@@ -8,7 +8,7 @@ from django.urls import reverse
 from rest_framework.test import APIClient
 
 from retrieval.models import Collection, ModelVersion
-from worker.models import Job
+from worker.models import Job, TrainingPolicy
 
 pytestmark = pytest.mark.django_db
 
@@ -96,6 +96,24 @@ def test_api_starts_training_then_refuses_a_second_start(collection, admin) -> N
     state = api.get(reverse("worker_api:job", args=[job_id])).json()
     assert state["status"] == "queued"
     assert {"status", "progress", "metrics", "error"} <= set(state)
+
+
+def test_api_refuses_true_as_training_minutes(collection, admin) -> None:
+    response = api_for(admin).post(
+        reverse("worker_api:train", args=[collection.pk]), {"minutes": True}, format="json"
+    )
+    assert response.status_code == 400
+    assert "minutes" in response.json()
+    assert not Job.objects.exists()
+
+
+def test_a_retraining_threshold_past_the_column_is_a_400_not_a_500(collection, admin) -> None:
+    response = client_for(admin).post(
+        reverse("worker:training_policy", args=[collection.pk]),
+        {"retrain_after_answers": "99999999999999999999", "minutes": "1"},
+    )
+    assert response.status_code == 400
+    assert not TrainingPolicy.objects.exists()
 
 
 def test_cancel_of_a_queued_job_stops_it_at_once(collection, admin) -> None:
