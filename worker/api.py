@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from drf_spectacular.utils import extend_schema, inline_serializer
 from rest_framework import serializers, status
 from rest_framework.decorators import api_view
@@ -57,8 +59,17 @@ class VersionSerializer(serializers.ModelSerializer):
         return bool(version.collection.active_version_id == version.pk)
 
 
+class NumberField(serializers.FloatField):
+    """A JSON number: DRF's FloatField takes `true` as 1.0, since float(True) is 1."""
+
+    def to_internal_value(self, data: Any) -> float:
+        if isinstance(data, bool):
+            self.fail("invalid")
+        return super().to_internal_value(data)
+
+
 class TrainRequest(serializers.Serializer):
-    minutes = serializers.FloatField(
+    minutes = NumberField(
         required=False,
         min_value=0.01,
         max_value=24 * 60,
