@@ -234,13 +234,25 @@ def from_uploads(
 
 
 def from_zip(name: str, fileobj: IO[bytes], limits: Limits, labels: bool) -> Iterator[Item]:
-    """The entries of a zip; the whole zip is refused when its declared expanded size is over the
-    limit, so a zip bomb is never expanded. zipfile stops each entry at its declared size."""
+    """The entries of a zip; the whole zip is refused when its declared expanded size or its
+    number of files is over the limit, so a zip bomb is never expanded. zipfile stops each entry
+    at its declared size."""
     try:
         archive = zipfile.ZipFile(fileobj)
         entries = [info for info in archive.infolist() if not info.is_dir()]
     except (zipfile.BadZipFile, OSError, ValueError) as error:
         yield name, f"not a readable zip file ({error})"
+        return
+    if len(entries) > limits.max_files:
+        # Refused from the central directory alone: reading each entry only to reject it past
+        # the cap would cost the server the work the cap is there to spare it.
+        yield (
+            name,
+            (
+                f"zip holds {len(entries)} files, over the limit of {limits.max_files} files "
+                "per upload; nothing in it was imported"
+            ),
+        )
         return
     total = sum(info.file_size for info in entries)
     if total > limits.max_zip_bytes:

@@ -4,6 +4,7 @@ refusal, stores nothing over it, and keeps what fits."""
 from __future__ import annotations
 
 import json
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -118,6 +119,31 @@ def test_the_files_per_upload_cap_is_for_the_web_not_the_command(
     archive.write_bytes(zip_bytes(colours(3)))
     call_command("import_images", collection.name, str(archive), "--no-embed", verbosity=0)
     assert Image.objects.filter(collection=collection).count() == 3
+
+
+def test_a_zip_with_more_files_than_the_upload_cap_is_refused_whole_up_front(
+    curator_client: Client, collection, settings, monkeypatch
+) -> None:
+    settings.AUTORET_MAX_FILES_PER_UPLOAD = 2
+    archive = zip_bytes(colours(5))
+    opened: list[str] = []
+    real_open = zipfile.ZipFile.open
+
+    def tracking_open(self, member, *args, **kwargs):
+        opened.append(str(member))
+        return real_open(self, member, *args, **kwargs)
+
+    monkeypatch.setattr(zipfile.ZipFile, "open", tracking_open)
+    response = curator_client.post(
+        f"/api/v1/collections/{collection.pk}/images/",
+        {"files": [SimpleUploadedFile("many.zip", archive)]},
+    )
+    assert response.status_code == 400
+    [rejected] = response.json()["rejected"]
+    assert rejected["name"] == "many.zip"
+    assert "zip holds 5 files, over the limit of 2" in rejected["error"]
+    assert opened == []
+    assert not Image.objects.exists()
 
 
 @pytest.mark.parametrize("name", ["../../../outside.png", "evil\x00.png.html", "..\\..\\x.png"])
