@@ -42,6 +42,11 @@ class SameImage(ValueError):
     """A pair needs two different images."""
 
 
+class KeyReused(ValueError):
+    """An idempotency key the caller already used for another pair: storing nothing silently
+    would lose this answer, and storing it would make the key mean two requests."""
+
+
 def normalize(a: int, b: int) -> tuple[int, int]:
     """The stored order of an unordered pair: smaller id first."""
     if a == b:
@@ -214,7 +219,8 @@ def record_answer(
     """Stores `user`'s answer about `pair`, replacing their earlier one (kept as history), and
     its row in the audit log.
 
-    The same idempotency key from the same user stores nothing the second time.
+    The same idempotency key from the same user stores nothing the second time; on another
+    pair it raises KeyReused.
     """
     return _store_answer(pair, user, answer, idempotency_key, source, when, audited=True)
 
@@ -336,6 +342,8 @@ def _write_answer(
         raise Pair.DoesNotExist(f"pair {pair.pk} is gone")
     resolved_was, adjudicated, answered_was, seen_pair, seen_answer, others = state[:6]
     settings_id, epoch, train = state[6:]
+    if seen_pair is not None and seen_pair != pair.pk:
+        raise KeyReused(f"idempotency key already used for pair {seen_pair}")
     if seen_pair is not None:
         raise _KeySeen(seen_pair, seen_answer)
     now = timezone.now()

@@ -98,8 +98,11 @@ def next_pair(request: Request, pk: int) -> Response:
 
 @extend_schema(
     request=AnswerSerializer,
-    responses={201: OpenApiTypes.OBJECT, 200: OpenApiTypes.OBJECT},
-    summary="Answer a pair (the same idempotency key twice stores one answer)",
+    responses={201: OpenApiTypes.OBJECT, 200: OpenApiTypes.OBJECT, 409: OpenApiTypes.OBJECT},
+    summary=(
+        "Answer a pair (the same idempotency key twice stores one answer; "
+        "on another pair it is a 409)"
+    ),
 )
 @api_view(["POST"])
 @parser_classes([JSONParser])
@@ -109,12 +112,15 @@ def answer(request: Request, pair_id: int) -> Response:
     pair = get_in_collection_for_user(request.user, Pair.objects.all(), pair_id)
     serializer = AnswerSerializer(data=request.data)
     serializer.is_valid(raise_exception=True)
-    stored = actions.record_answer(
-        pair,
-        _user(request),
-        serializer.validated_data["answer"],
-        serializer.validated_data.get("idempotency_key", ""),
-    )
+    try:
+        stored = actions.record_answer(
+            pair,
+            _user(request),
+            serializer.validated_data["answer"],
+            serializer.validated_data.get("idempotency_key", ""),
+        )
+    except actions.KeyReused as reused:
+        return Response({"detail": str(reused)}, status=status.HTTP_409_CONFLICT)
     return Response(
         {"pair_id": pair.pk, "answer": stored.constraint.answer, "stored": stored.created},
         status=status.HTTP_201_CREATED if stored.created else status.HTTP_200_OK,

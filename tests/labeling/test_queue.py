@@ -79,6 +79,21 @@ def test_same_idempotency_key_twice_stores_one_answer(collection, images, annota
     assert Pair.objects.get(pk=pair_id).status == Pair.Status.ANSWERED
 
 
+def test_an_idempotency_key_reused_on_another_pair_is_a_409_not_a_lost_answer(
+    collection, images, annotator
+):
+    client = client_for(annotator)
+    first = actions.pair_for(collection, images[0].pk, images[1].pk)
+    second = actions.pair_for(collection, images[2].pk, images[3].pk)
+    body = {"answer": "same", "idempotency_key": "k-1"}
+    assert client.post(f"/api/v1/pairs/{first.pk}/answer/", body, format="json").status_code == 201
+    reused = client.post(f"/api/v1/pairs/{second.pk}/answer/", body, format="json")
+    assert reused.status_code == 409
+    assert f"pair {first.pk}" in reused.json()["detail"]
+    assert not Constraint.objects.filter(pair=second).exists()
+    assert not ConstraintRevision.objects.filter(pair=second).exists()
+
+
 def test_undo_puts_the_pair_back_to_the_annotator(collection, images, annotator):
     client = client_for(annotator)
     pair_id = client.get(next_url(collection)).json()["pair_id"]
