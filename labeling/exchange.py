@@ -46,12 +46,32 @@ def constraint_rows(collection: Collection) -> Iterator[dict[str, str | int]]:
         }
 
 
+# A spreadsheet runs a cell that starts with one of these as a formula (OWASP "CSV injection").
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _cell(value: str | int) -> str | int:
+    """A CSV cell a spreadsheet shows as text: a leading quote before a formula start, which
+    `_uncell` takes off again when the file is imported."""
+    if isinstance(value, str) and value.startswith(FORMULA_STARTS):
+        return "'" + value
+    return value
+
+
+def _uncell(value: str) -> str:
+    return value[1:] if value.startswith("'") and value[1:].startswith(FORMULA_STARTS) else value
+
+
+def _safe(row: dict[str, str | int]) -> dict[str, str | int]:
+    return {key: _cell(value) for key, value in row.items()}
+
+
 def export_csv(collection: Collection) -> Iterator[str]:
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=FIELDS)
     writer.writeheader()
     for row in constraint_rows(collection):
-        writer.writerow(row)
+        writer.writerow(_safe(row))
         yield buffer.getvalue()
         buffer.seek(0)
         buffer.truncate()
@@ -91,7 +111,7 @@ def export_groups_csv(collection: Collection) -> str:
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=GROUP_FIELDS)
     writer.writeheader()
-    writer.writerows(group_rows(collection))
+    writer.writerows(_safe(row) for row in group_rows(collection))
     return buffer.getvalue()
 
 
@@ -130,7 +150,10 @@ def _records(text: str, fmt: str) -> Iterator[tuple[int, dict[str, object] | str
         yield 1, "the header needs an answer column and a_id/b_id or a_name/b_name"
         return
     for record in reader:
-        yield reader.line_num, dict(record)
+        yield (
+            reader.line_num,
+            {k: _uncell(v) if isinstance(v, str) else v for k, v in record.items()},
+        )
 
 
 def _image(

@@ -146,6 +146,29 @@ def test_groups_export_carries_the_curators_name(curator_client, collection, ans
     assert lines[1:] == [f"1,sneakers,{answered[i].pk},img00{i}.png" for i in range(3)]
 
 
+def test_csv_exports_escape_cells_a_spreadsheet_would_run_as_formulas(
+    curator_client, collection, answered, curator
+):
+    import csv
+    import io
+
+    hostile = ['=HYPERLINK("http://x")', "+1+1", "-2+3", "@SUM(A1)", "\tx", "\rx"]
+    for image, name in zip(answered, hostile, strict=False):
+        image.original_name = name
+        image.save(update_fields=["original_name"])
+    actions.name_group(collection, answered[0], "=cmd|' /c calc'!A0", curator)
+    constraints = export(curator_client, collection, "csv")
+    response = curator_client.get(f"/api/v1/collections/{collection.pk}/groups/export/")
+    groups = b"".join(response.streaming_content).decode()
+    cells = [c for text in (constraints, groups) for r in csv.reader(io.StringIO(text)) for c in r]
+    assert '\'=HYPERLINK("http://x")' in cells and "'-2+3" in cells
+    assert not [c for c in cells if c.startswith(("=", "+", "-", "@", "\t", "\r"))]
+    # The escaped name still names its image when the file is imported back.
+    text = "a_name,b_name,answer\n'+1+1,'@SUM(A1),different\n"
+    assert upload(curator_client, collection, "c.csv", text).status_code == 201
+    assert Pair.objects.get(a=answered[1], b=answered[3]).resolved == Answer.DIFFERENT
+
+
 def test_importing_a_collections_own_export_adds_nothing(curator_client, collection, answered):
     exported = export(curator_client, collection, "csv")
     response = upload(curator_client, collection, "c.csv", exported)
