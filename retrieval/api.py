@@ -16,8 +16,10 @@ from rest_framework.exceptions import ValidationError
 from rest_framework.parsers import MultiPartParser
 from rest_framework.request import Request
 from rest_framework.response import Response
+from rest_framework.validators import UniqueValidator
 
 from retrieval.actions import create_collection, images_after
+from retrieval.forms import NAME_TAKEN
 from retrieval.imports import Limits, embed_later, from_uploads, import_items
 from retrieval.models import Collection, Image
 from retrieval.permissions import Role, get_collection_for_user, visible_collections
@@ -30,6 +32,9 @@ class CollectionSerializer(serializers.ModelSerializer):
         model = Collection
         fields = ["id", "name", "description", "created_at"]
         read_only_fields = ["id", "created_at"]
+        extra_kwargs = {
+            "name": {"validators": [UniqueValidator(Collection.objects.all(), message=NAME_TAKEN)]}
+        }
 
 
 class ImageSerializer(serializers.ModelSerializer):

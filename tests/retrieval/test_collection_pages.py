@@ -53,14 +53,19 @@ def test_anyone_signed_in_creates_a_collection_and_administers_it(
     )
 
 
-def test_duplicate_collection_name_is_a_400_with_the_form(
-    client: Client, curator, collection, password: str
+def test_a_taken_name_is_a_400_that_does_not_say_a_collection_exists(
+    client: Client, outsider, collection, password: str
 ) -> None:
-    response = login(client, curator, password).post(
+    response = login(client, outsider, password).post(
         reverse("retrieval:collection_list"), {"name": collection.name}
     )
     assert response.status_code == 400
-    assert "already exists" in response.content.decode()
+    page = response.content.decode()
+    assert "This name is not available: choose another." in page
+    assert "exists" not in page
+    api = client.post("/api/v1/collections/", {"name": collection.name}, "application/json")
+    assert api.status_code == 400
+    assert api.json() == {"name": ["This name is not available: choose another."]}
 
 
 def test_keyset_pages_show_every_image_once(
