@@ -363,7 +363,8 @@ def import_items(
     """
     limits = limits or Limits.from_settings()
     report = ImportReport()
-    # Counted once: two imports into one collection at the same moment can pass the cap together.
+    # A first estimate, so a full collection is refused before any file is written; each batch
+    # counts again under the collection's lock (_room_locked).
     report.room = max(0, limits.max_collection_images - collection.images.count())
     batch: list[_Checked] = []
     batch_bytes = 0
@@ -438,17 +439,24 @@ def _store(
             image.thumbnail.name = _write(image, "thumbnail", "x.webp", checked.thumbnail)
             written.append(image.thumbnail.name)
         with transaction.atomic():
+            room = _room_locked(collection, limits)
+            if len(to_create) > room:
+                # Another import filled the collection since this one counted.
+                to_create, full = to_create[:room], to_create[room:]
+                report.rejected.extend((checked.name, _full(limits)) for checked, _ in full)
             Image.objects.bulk_create([image for _, image in to_create])
     except IntegrityError:
         # Another import stored some of the same images meanwhile: fall back to one row at a time.
-        _store_one_by_one(collection, to_create, report)
+        _store_one_by_one(collection, to_create, report, limits)
         _delete_unreferenced(written)
     except BaseException:
         _delete_unreferenced(written)
         raise
     else:
         report.created.extend(image.pk for _, image in to_create)
-        report.room -= len(to_create)
+        report.room = room - len(to_create)
+        if len(written) > 2 * len(to_create):
+            _delete_unreferenced(written)
     ids = dict(
         Image.objects.filter(
             collection=collection, sha256__in=[c.sha256 for c in repeats]
@@ -461,17 +469,34 @@ def _store(
             report.rejected.append((checked.name, _full(limits)))
 
 
+def _room_locked(collection: Collection, limits: Limits) -> int:
+    """How many more images the collection may take, counted under its row lock, which is held
+    to the end of the caller's transaction: two imports at once store their batches one after
+    the other and count each other's images. FOR NO KEY UPDATE, so rows that merely reference
+    the collection (answers, audit rows) are not held up."""
+    list(Collection.objects.select_for_update(no_key=True).filter(pk=collection.pk).values("pk"))
+    return max(
+        0, limits.max_collection_images - Image.objects.filter(collection=collection).count()
+    )
+
+
 def _full(limits: Limits) -> str:
     return f"the collection is full: it holds the limit of {limits.max_collection_images} images"
 
 
 def _store_one_by_one(
-    collection: Collection, to_create: list[tuple[_Checked, Image]], report: ImportReport
+    collection: Collection,
+    to_create: list[tuple[_Checked, Image]],
+    report: ImportReport,
+    limits: Limits,
 ) -> None:
     for checked, image in to_create:
         image.pk = None
         try:
             with transaction.atomic():
+                if not _room_locked(collection, limits):
+                    report.rejected.append((checked.name, _full(limits)))
+                    continue
                 image.save()
         except IntegrityError:
             other = Image.objects.get(collection=collection, sha256=checked.sha256)

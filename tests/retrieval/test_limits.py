@@ -90,6 +90,27 @@ def test_an_import_over_the_collection_cap_stores_what_fits_and_names_the_rest(
     assert "collection is full" in response.json()["rejected"][0]["error"]
 
 
+def test_two_imports_at_once_cannot_pass_the_collection_cap_together(collection, settings) -> None:
+    from retrieval.imports import Candidate, Limits, import_items
+
+    settings.AUTORET_MAX_IMAGES_PER_COLLECTION = 3
+    other = colours(2, start=10)
+
+    def read_while_another_import_stores() -> bytes:
+        # This import counted its room (3) before; the other one fills two places meanwhile.
+        import_items(collection, (Candidate(n, lambda d=d: d) for n, d in other.items()))
+        return image_bytes((0, 100, 200))
+
+    items = [Candidate("first.png", read_while_another_import_stores)]
+    items += [Candidate(n, lambda d=d: d) for n, d in colours(2, start=1).items()]
+    report = import_items(collection, iter(items), Limits.from_settings())
+    assert Image.objects.filter(collection=collection).count() == 3
+    assert len(report.created) == 1
+    assert [reason for _, reason in report.rejected] == [
+        "the collection is full: it holds the limit of 3 images"
+    ] * 2
+
+
 def test_a_full_collection_refuses_a_second_copy_within_the_upload_too(
     curator_client: Client, collection, settings
 ) -> None:
