@@ -201,13 +201,18 @@ def activate_version(version: ModelVersion, by: User | None = None) -> None:
     """
     from retrieval.embedding import activate
 
-    if version.status != ModelVersion.Status.READY:
-        raise VersionNotAllowed(
-            f"Version {version.number} is {version.status}; only a ready version can be activated."
-        )
-    activate(version, by)
-    # Images uploaded after this version was embedded get their vectors now.
-    transaction.on_commit(lambda: _enqueue_collection_embedding(version.collection_id))
+    with transaction.atomic():
+        # The status is read under the collection lock delete_embeddings takes to claim a
+        # version: a version read as ready a moment ago may be losing its vectors now.
+        Collection.objects.select_for_update().filter(pk=version.collection_id).exists()
+        current = ModelVersion.objects.values_list("status", flat=True).get(pk=version.pk)
+        if current != ModelVersion.Status.READY:
+            raise VersionNotAllowed(
+                f"Version {version.number} is {current}; only a ready version can be activated."
+            )
+        activate(version, by)
+        # Images uploaded after this version was embedded get their vectors now.
+        transaction.on_commit(lambda: _enqueue_collection_embedding(version.collection_id))
 
 
 def _enqueue_collection_embedding(collection_id: int) -> None:
@@ -222,16 +227,20 @@ def _enqueue_collection_embedding(collection_id: int) -> None:
 def delete_embeddings(version: ModelVersion, by: User | None = None) -> int:
     """Frees an old version's space: its index, then its vectors. Never the active version, nor
     one a running job is filling. Returns how many vectors were deleted."""
-    collection = Collection.objects.get(pk=version.collection_id)
-    if collection.active_version_id == version.pk:
-        raise VersionNotAllowed("The active version's embeddings cannot be deleted.")
-    if Job.objects.filter(version=version, status__in=Job.ACTIVE).exists():
-        raise VersionNotAllowed("A running job is using this version; cancel it first.")
+    with transaction.atomic():
+        # Checked and claimed under the collection lock activation takes: once this commits,
+        # activate_version refuses the version, so search never switches to one losing its
+        # vectors.
+        collection = Collection.objects.select_for_update().get(pk=version.collection_id)
+        if collection.active_version_id == version.pk:
+            raise VersionNotAllowed("The active version's embeddings cannot be deleted.")
+        if Job.objects.filter(version=version, status__in=Job.ACTIVE).exists():
+            raise VersionNotAllowed("A running job is using this version; cancel it first.")
+        ModelVersion.objects.filter(pk=version.pk).update(status=ModelVersion.Status.DELETED)
     # The index goes first: a half-deleted version must never be searchable through it.
     queries.drop_index(version)
     with transaction.atomic():
         deleted, _ = version.embeddings.all().delete()
-        ModelVersion.objects.filter(pk=version.pk).update(status=ModelVersion.Status.DELETED)
         Event.record(
             Event.Action.EMBEDDINGS_DELETE, by, collection, version,
             version=version.number, vectors=deleted,

@@ -186,6 +186,43 @@ def test_delete_embeddings_asks_for_confirmation_first(collection, trained, admi
     assert trained.status == ModelVersion.Status.DELETED
 
 
+def test_a_version_read_as_ready_before_its_deletion_cannot_be_activated(
+    collection, trained
+) -> None:
+    from worker import actions
+
+    seen_ready = ModelVersion.objects.get(pk=trained.pk)
+    actions.delete_embeddings(trained)
+    with pytest.raises(actions.VersionNotAllowed, match="deleted"):
+        actions.activate_version(seen_ready)
+    collection.refresh_from_db()
+    trained.refresh_from_db()
+    assert (collection.active_version_id, trained.status) == (None, ModelVersion.Status.DELETED)
+
+
+def test_an_activation_while_embeddings_are_deleted_is_refused(
+    collection, trained, monkeypatch
+) -> None:
+    from retrieval import queries
+    from worker import actions
+
+    refused: list[str] = []
+    drop_index = queries.drop_index
+
+    def activate_meanwhile(version: ModelVersion) -> None:
+        try:
+            actions.activate_version(ModelVersion.objects.get(pk=trained.pk))
+        except actions.VersionNotAllowed as error:
+            refused.append(str(error))
+        drop_index(version)
+
+    monkeypatch.setattr(queries, "drop_index", activate_meanwhile)
+    actions.delete_embeddings(trained)
+    collection.refresh_from_db()
+    assert collection.active_version_id is None
+    assert refused and "deleted" in refused[0]
+
+
 def test_curator_cannot_activate_or_delete(collection, trained, curator) -> None:
     client = client_for(curator)
     assert client.post(reverse("worker:version_activate", args=[trained.pk])).status_code == 403
