@@ -257,6 +257,10 @@ DATA_UPLOAD_MAX_NUMBER_FILES = AUTORET_MAX_FILES_PER_UPLOAD
 AUTORET_MAX_IMAGES_PER_COLLECTION = env_int(
     "AUTORET_MAX_IMAGES_PER_COLLECTION", 1_000_000, minimum=1
 )
+# Seconds a browser or API import may spend checking and storing files; the files left are
+# refused by name, to be uploaded again. Below gunicorn's --timeout (120 s in compose.yaml,
+# runstack and the Dockerfile), leaving room to receive the upload and answer.
+AUTORET_IMPORT_SECONDS = env_int("AUTORET_IMPORT_SECONDS", 60, minimum=1)
 # Whole request bodies: larger ones get 413 before anything reads them (retrieval.middleware).
 # The default leaves room for one zip at AUTORET_MAX_ZIP_BYTES plus the form around it.
 AUTORET_MAX_REQUEST_BYTES = env_int(

@@ -14,6 +14,7 @@ import hashlib
 import io
 import logging
 import re
+import time
 import warnings
 import zipfile
 from collections.abc import Callable, Iterable, Iterator
@@ -83,6 +84,10 @@ class Limits:
     max_zip_bytes: int
     max_files: int
     max_collection_images: int
+    # Seconds an import may check and store files before it refuses the rest: a web request
+    # must end (its audit row written, its embedding queued) before gunicorn's timeout kills it.
+    # None for commands.
+    max_seconds: float | None = None
 
     @classmethod
     def from_settings(cls) -> Limits:
@@ -92,6 +97,7 @@ class Limits:
             max_zip_bytes=settings.AUTORET_MAX_ZIP_BYTES,
             max_files=settings.AUTORET_MAX_FILES_PER_UPLOAD,
             max_collection_images=settings.AUTORET_MAX_IMAGES_PER_COLLECTION,
+            max_seconds=settings.AUTORET_IMPORT_SECONDS,
         )
 
 
@@ -369,11 +375,16 @@ def import_items(
     batch: list[_Checked] = []
     batch_bytes = 0
     seen = 0
+    deadline = time.monotonic() + limits.max_seconds if limits.max_seconds else None
     for item in items:
         seen += 1
         if seen > limits.max_files:
             name = item[0] if isinstance(item, tuple) else item.name
             report.rejected.append((name, f"over the limit of {limits.max_files} files per upload"))
+            continue
+        if deadline is not None and time.monotonic() > deadline:
+            name = item[0] if isinstance(item, tuple) else item.name
+            report.rejected.append((name, _out_of_time(limits)))
             continue
         if isinstance(item, tuple):
             report.rejected.append(item)
@@ -477,6 +488,13 @@ def _room_locked(collection: Collection, limits: Limits) -> int:
     list(Collection.objects.select_for_update(no_key=True).filter(pk=collection.pk).values("pk"))
     return max(
         0, limits.max_collection_images - Image.objects.filter(collection=collection).count()
+    )
+
+
+def _out_of_time(limits: Limits) -> str:
+    return (
+        f"not imported: this upload used its {limits.max_seconds:g} seconds; upload it again "
+        "for the rest (the files already stored are reported as duplicates)"
     )
 
 

@@ -115,6 +115,36 @@ def test_curator_uploads_through_the_page_and_sees_the_report(
     assert Image.objects.filter(collection=collection).count() == 1
 
 
+def test_a_long_browser_import_ends_in_time_logged_and_queued_for_embedding(
+    client: Client, curator, collection, password: str, settings, monkeypatch,
+    django_capture_on_commit_callbacks,
+) -> None:  # fmt: skip
+    from audit.models import Event
+
+    settings.AUTORET_IMPORT_SECONDS = 1
+    clock = [0.0]
+    check_image = imports.check_image
+
+    def slow_check(*args: object, **kwargs: object) -> imports._Checked:
+        clock[0] += 0.6  # each file takes 0.6 s on this clock
+        return check_image(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(imports.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(imports, "check_image", slow_check)
+    queued: list[int] = []
+    monkeypatch.setattr(imports, "_enqueue_embedding", queued.append)
+    login(client, curator, password)
+    files = [SimpleUploadedFile(f"{i}.png", image_bytes((i, 0, 0))) for i in range(4)]
+    with django_capture_on_commit_callbacks(execute=True):
+        response = client.post(reverse("retrieval:upload", args=[collection.pk]), {"files": files})
+    assert response.status_code == 200
+    assert Image.objects.filter(collection=collection).count() == 2
+    assert "upload it again for the rest" in response.content.decode()
+    event = Event.objects.get(action=Event.Action.IMPORT)
+    assert (event.detail["created"], event.detail["rejected"]) == (2, 2)
+    assert queued == [collection.pk]
+
+
 def test_upload_without_files_is_a_400(client: Client, curator, collection, password: str) -> None:
     response = login(client, curator, password).post(
         reverse("retrieval:upload", args=[collection.pk])
