@@ -221,6 +221,18 @@ REDIS_URL = (
     else f"unix://{redis_socket_path(DATA_DIR / 'redis')}"
 )
 
+# Rate-limit counters (the answer, search and login throttles) live in the Redis every process
+# already shares, so a limit holds across gunicorn processes instead of per process. Short
+# timeouts: a throttle that cannot reach Redis lets the request through (labeling.api).
+CACHES = {
+    "default": {
+        "BACKEND": "django.core.cache.backends.redis.RedisCache",
+        "LOCATION": REDIS_URL,
+        "KEY_PREFIX": "autoret",
+        "OPTIONS": {"socket_timeout": 1, "socket_connect_timeout": 1},
+    }
+}
+
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
@@ -322,8 +334,7 @@ REST_FRAMEWORK = {
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
-    # Counted in Django's default (per-process, in-memory) cache: with several web processes the
-    # limit is per process, which still stops a runaway client.
+    # Counted in the default cache (Redis, shared by every web process).
     "DEFAULT_THROTTLE_RATES": {
         "answers": f"{env_int('AUTORET_ANSWERS_PER_MINUTE', 600, minimum=1)}/min"
     },

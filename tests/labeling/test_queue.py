@@ -276,3 +276,46 @@ def test_answers_past_the_per_minute_limit_get_a_429_and_store_nothing(
     assert codes == [201, 201, 429]
     assert int(response["Retry-After"]) > 0
     assert Constraint.objects.count() == 2
+
+
+def test_the_answer_limit_is_counted_in_the_shared_redis(
+    collection, images, annotator, monkeypatch, settings, live_redis
+):
+    from django.core.cache import caches
+
+    from labeling.api import AnswerRateThrottle
+    from worker.broker import redis_client
+
+    settings.CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": live_redis,
+        }
+    }
+    monkeypatch.setattr(AnswerRateThrottle, "THROTTLE_RATES", {"answers": "2/min"})
+    client = client_for(annotator)
+    codes = []
+    for _ in range(3):
+        pair_id = client.get(next_url(collection)).json()["pair_id"]
+        codes.append(
+            client.post(f"/api/v1/pairs/{pair_id}/answer/", {"answer": "same"}, format="json")
+        )
+        # As if each answer reached another web process: nothing is remembered in this one.
+        caches.close_all()
+    assert [r.status_code for r in codes] == [201, 201, 429]
+    assert any(b"throttle_answers" in key for key in redis_client().keys("*"))
+
+
+def test_an_unreachable_cache_lets_answers_through(
+    collection, images, annotator, settings, tmp_path
+):
+    settings.CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": f"unix://{tmp_path / 'nothing.sock'}",
+        }
+    }
+    client = client_for(annotator)
+    pair_id = client.get(next_url(collection)).json()["pair_id"]
+    response = client.post(f"/api/v1/pairs/{pair_id}/answer/", {"answer": "same"}, format="json")
+    assert response.status_code == 201
