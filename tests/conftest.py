@@ -152,6 +152,9 @@ def pytest_configure(config: pytest.Config) -> None:
     # The platform's cache is its Redis; tests count in memory, each process its own, and the
     # ones about the shared cache point it at the test Redis (tests/labeling/test_queue.py).
     settings.CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+    # Django's test Client.login() authenticates without a request, which django-axes refuses;
+    # tests/test_login_lockout.py turns it on.
+    settings.AXES_ENABLED = False
     _postgres_was_running = _embedded_postgres_running()
 
 
