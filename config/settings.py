@@ -291,6 +291,9 @@ AUTORET_MAX_IMAGES_PER_COLLECTION = env_int(
 # refused by name, to be uploaded again. Below gunicorn's --timeout (120 s in compose.yaml,
 # runstack and the Dockerfile), leaving room to receive the upload and answer.
 AUTORET_IMPORT_SECONDS = env_int("AUTORET_IMPORT_SECONDS", 60, minimum=1)
+# Most pixels a query image (search by upload) may decode to; a JPEG decodes at reduced scale
+# first, so only other formats this large are refused (retrieval.imports.decode_query).
+AUTORET_SEARCH_MAX_PIXELS = env_int("AUTORET_SEARCH_MAX_PIXELS", 4_000_000, minimum=1)
 # Whole request bodies: larger ones get 413 before anything reads them (retrieval.middleware).
 # The default leaves room for one zip at AUTORET_MAX_ZIP_BYTES plus the form around it.
 AUTORET_MAX_REQUEST_BYTES = env_int(
@@ -354,7 +357,8 @@ REST_FRAMEWORK = {
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     # Counted in the default cache (Redis, shared by every web process).
     "DEFAULT_THROTTLE_RATES": {
-        "answers": f"{env_int('AUTORET_ANSWERS_PER_MINUTE', 600, minimum=1)}/min"
+        "answers": f"{env_int('AUTORET_ANSWERS_PER_MINUTE', 600, minimum=1)}/min",
+        "search_uploads": f"{env_int('AUTORET_SEARCHES_BY_IMAGE_PER_MINUTE', 30, minimum=1)}/min",
     },
 }
 SPECTACULAR_SETTINGS = {

@@ -4,10 +4,8 @@ annotators answer, curators adjudicate and exchange files."""
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
-import redis
 from django.contrib.auth.models import User
 from django.http import StreamingHttpResponse
 from drf_spectacular.types import OpenApiTypes
@@ -18,14 +16,12 @@ from rest_framework.exceptions import ValidationError
 from rest_framework.parsers import JSONParser, MultiPartParser
 from rest_framework.request import Request
 from rest_framework.response import Response
-from rest_framework.throttling import UserRateThrottle
 
 from labeling import actions, exchange
 from labeling.models import Answer, Pair
 from retrieval.models import Collection, Image
 from retrieval.permissions import Role, get_collection_for_user, get_in_collection_for_user
-
-log = logging.getLogger(__name__)
+from retrieval.throttles import SharedRateThrottle
 
 PAIRS = Pair.objects.select_related("a", "b")
 
@@ -62,21 +58,11 @@ PairSerializer = inline_serializer(
 )
 
 
-class AnswerRateThrottle(UserRateThrottle):
+class AnswerRateThrottle(SharedRateThrottle):
     """AUTORET_ANSWERS_PER_MINUTE answers per user: a clear 429 with Retry-After, which the
-    labeling page waits out and retries, so nothing is lost.
-
-    Counted in the shared cache (Redis); when Redis cannot be reached the answer goes through:
-    losing a rate limit for a moment is better than refusing every answer with a 500."""
+    labeling page waits out and retries, so nothing is lost."""
 
     scope = "answers"
-
-    def allow_request(self, request: Any, view: Any) -> bool:
-        try:
-            return super().allow_request(request, view)
-        except (redis.RedisError, OSError):
-            log.warning("answer throttle skipped: the cache (Redis) cannot be reached")
-            return True
 
 
 class AnswerSerializer(serializers.Serializer):

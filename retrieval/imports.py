@@ -9,6 +9,7 @@ A file is stored completely (original bytes, WEBP thumbnail, row) or not at all.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import io
@@ -41,6 +42,9 @@ logger = logging.getLogger(__name__)
 # Pillow's decoders for these only: every other format (TIFF, SVG through plugins, PSD, ...) is
 # attack surface the platform has no use for.
 ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP")
+# Query images are decoded to at least this many pixels a side when the format can decode
+# smaller (JPEG): well above any model's input size.
+QUERY_SIDE = 512
 EXTENSIONS = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp", "GIF": "gif", "BMP": "bmp"}
 CONTENT_TYPES = {
     "JPEG": "image/jpeg",
@@ -146,30 +150,17 @@ def check_image(name: str, data: bytes, limits: Limits, label: str = "") -> _Che
     if len(data) > limits.max_file_bytes:
         raise Rejected(f"file is {len(data)} bytes, over the limit of {limits.max_file_bytes}")
     allowed = ", ".join(ALLOWED_FORMATS)
-    with warnings.catch_warnings():
-        # Pillow only warns between MAX_IMAGE_PIXELS and twice that; a warning must stop us too.
-        warnings.simplefilter("error", PILImage.DecompressionBombWarning)
-        try:
-            with PILImage.open(io.BytesIO(data), formats=ALLOWED_FORMATS) as image:
-                _check_pixels(image, limits)
-                image.verify()
-            # verify() leaves the image unusable; decoding fully catches truncated pixel data.
-            with PILImage.open(io.BytesIO(data), formats=ALLOWED_FORMATS) as image:
-                _check_pixels(image, limits)
-                image.load()
-                image_format = str(image.format)
-                width, height = image.size
-                thumbnail = _thumbnail(image)
-        except Rejected:
-            raise
-        except UnidentifiedImageError:
-            raise Rejected(f"not an image in an allowed format ({allowed})") from None
-        except (PILImage.DecompressionBombError, PILImage.DecompressionBombWarning):
-            raise Rejected(
-                f"decompression bomb: more than the limit of {limits.max_pixels} pixels"
-            ) from None
-        except (OSError, SyntaxError, ValueError, EOFError, IndexError) as error:
-            raise Rejected(f"corrupt or truncated {allowed} image ({error})") from None
+    with _decoding(limits):
+        with PILImage.open(io.BytesIO(data), formats=ALLOWED_FORMATS) as image:
+            _check_pixels(image, limits)
+            image.verify()
+        # verify() leaves the image unusable; decoding fully catches truncated pixel data.
+        with PILImage.open(io.BytesIO(data), formats=ALLOWED_FORMATS) as image:
+            _check_pixels(image, limits)
+            image.load()
+            image_format = str(image.format)
+            width, height = image.size
+            thumbnail = _thumbnail(image)
     if image_format not in ALLOWED_FORMATS:
         raise Rejected(f"not an image in an allowed format ({allowed})")
     # After decoding, so that a file that is no image at all keeps that reason.
@@ -190,6 +181,51 @@ def check_image(name: str, data: bytes, limits: Limits, label: str = "") -> _Che
         thumbnail=thumbnail,
         label=label[:100],
     )
+
+
+@contextlib.contextmanager
+def _decoding(limits: Limits) -> Iterator[None]:
+    """Pillow's ways of failing on a bad file, as Rejected with the reason."""
+    allowed = ", ".join(ALLOWED_FORMATS)
+    with warnings.catch_warnings():
+        # Pillow only warns between MAX_IMAGE_PIXELS and twice that; a warning must stop us too.
+        warnings.simplefilter("error", PILImage.DecompressionBombWarning)
+        try:
+            yield
+        except Rejected:
+            raise
+        except UnidentifiedImageError:
+            raise Rejected(f"not an image in an allowed format ({allowed})") from None
+        except (PILImage.DecompressionBombError, PILImage.DecompressionBombWarning):
+            raise Rejected(
+                f"decompression bomb: more than the limit of {limits.max_pixels} pixels"
+            ) from None
+        except (OSError, SyntaxError, ValueError, EOFError, IndexError) as error:
+            raise Rejected(f"corrupt or truncated {allowed} image ({error})") from None
+
+
+def decode_query(data: bytes, limits: Limits, max_pixels: int) -> PILImage.Image:
+    """A query image (search by upload), decoded no larger than embedding needs: it is never
+    stored, so unlike check_image nothing else reads it. A JPEG is decoded at 1/2 to 1/8 scale
+    (Pillow's draft, in the decoder: a 7,000 x 7,000 photo costs what an 875 x 875 one does);
+    an image that would still decode to more than `max_pixels` is refused before decoding."""
+    if not data:
+        raise Rejected("empty file (0 bytes)")
+    if len(data) > limits.max_file_bytes:
+        raise Rejected(f"file is {len(data)} bytes, over the limit of {limits.max_file_bytes}")
+    with _decoding(limits):
+        image = PILImage.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
+        _check_pixels(image, limits)
+        if image.format == "JPEG":
+            image.draft(None, (QUERY_SIDE, QUERY_SIDE))
+        width, height = image.size
+        if width * height > max_pixels:
+            raise Rejected(
+                f"{width}x{height} pixels is over the limit of {max_pixels} for a query image; "
+                "search with a smaller image (a JPEG of any size is fine)"
+            )
+        image.load()
+    return image
 
 
 def _check_pixels(image: PILImage.Image, limits: Limits) -> None:
