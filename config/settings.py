@@ -401,6 +401,10 @@ CELERY_WORKER_HEARTBEAT_SECONDS = env_int("AUTORET_HEARTBEAT_SECONDS", 10, minim
 # checkpoints and re-enqueues itself, so no task outlives the visibility timeout and a killed
 # worker loses at most a checkpoint interval.
 AUTORET_TRAIN_MINUTES = env_int("AUTORET_TRAIN_MINUTES", 10, minimum=1)
+# Quotas (docs/security.md): the most minutes one training job may ask for, and the most one
+# user may ask for in 24 hours over all collections (site admins and the platform exempt).
+AUTORET_MAX_TRAIN_MINUTES = env_int("AUTORET_MAX_TRAIN_MINUTES", 240, minimum=1)
+AUTORET_TRAIN_MINUTES_PER_USER_DAY = env_int("AUTORET_TRAIN_MINUTES_PER_USER_DAY", 480, minimum=1)
 AUTORET_TRAIN_SLICE_SECONDS = env_int("AUTORET_TRAIN_SLICE_SECONDS", 300, minimum=1)
 AUTORET_CHECKPOINT_SECONDS = env_int("AUTORET_CHECKPOINT_SECONDS", 30, minimum=1)
 AUTORET_TRAIN_BATCH_SIZE = env_int("AUTORET_TRAIN_BATCH_SIZE", 128, minimum=2)

@@ -77,6 +77,7 @@ class TrainRequest(serializers.Serializer):
     )
 
 
+QuotaRefusal = inline_serializer("QuotaRefusal", {"detail": serializers.CharField()})
 JobCreated = inline_serializer("JobCreated", {"job_id": serializers.IntegerField()})
 Refusal = inline_serializer(
     "Refusal", {"detail": serializers.CharField(), "job_id": serializers.IntegerField()}
@@ -85,8 +86,8 @@ Refusal = inline_serializer(
 
 @extend_schema(
     request=TrainRequest,
-    responses={202: JobCreated, 409: Refusal},
-    summary="Start training a new version (admin role); 409 while one runs",
+    responses={202: JobCreated, 403: QuotaRefusal, 409: Refusal},
+    summary="Start training a new version (admin role); 409 while one runs, 403 over a quota",
 )
 @api_view(["POST"])
 def train(request: Request, pk: int) -> Response:
@@ -104,6 +105,8 @@ def train(request: Request, pk: int) -> Response:
             {"detail": str(refused), "job_id": refused.job.pk if refused.job else None},
             status=status.HTTP_409_CONFLICT,
         )
+    except actions.TrainingQuota as refused:
+        return Response({"detail": str(refused)}, status=status.HTTP_403_FORBIDDEN)
     return Response({"job_id": job.pk}, status=status.HTTP_202_ACCEPTED)
 
 

@@ -138,6 +138,9 @@ def train(request: HttpRequest, pk: int) -> HttpResponse:
     except actions.TrainingAlreadyRunning as refused:
         messages.error(request, str(refused))
         return _models_page(request, collection, form, status=409)
+    except actions.TrainingQuota as refused:
+        messages.error(request, str(refused))
+        return _models_page(request, collection, form, status=403)
     return redirect("worker:job_detail", pk=job.pk)
 
 

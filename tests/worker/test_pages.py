@@ -8,6 +8,7 @@ from django.urls import reverse
 from rest_framework.test import APIClient
 
 from retrieval.models import Collection, ModelVersion
+from worker import actions
 from worker.models import Job, TrainingPolicy
 
 pytestmark = pytest.mark.django_db
@@ -114,6 +115,46 @@ def test_a_retraining_threshold_past_the_column_is_a_400_not_a_500(collection, a
     )
     assert response.status_code == 400
     assert not TrainingPolicy.objects.exists()
+
+
+@pytest.fixture
+def owner(collection: Collection, django_user_model, password):
+    """An admin of the collection who is no site admin: the quotas bind them."""
+    from retrieval.models import Membership
+
+    user = django_user_model.objects.create_user("owner", "owner@example.org", password)
+    Membership.objects.create(collection=collection, user=user, role=Membership.Role.ADMIN)
+    return user
+
+
+def test_a_training_job_over_the_per_job_cap_is_refused(collection, owner, admin, settings) -> None:
+    settings.AUTORET_MAX_TRAIN_MINUTES = 240
+    url = reverse("worker_api:train", args=[collection.pk])
+    refused = api_for(owner).post(url, {"minutes": 1440}, format="json")
+    assert refused.status_code == 403
+    assert "at most 240 minutes" in refused.json()["detail"]
+    assert not Job.objects.exists()
+    assert api_for(admin).post(url, {"minutes": 1440}, format="json").status_code == 202
+
+
+def test_a_users_training_minutes_per_day_are_capped(collection, owner, settings) -> None:
+    settings.AUTORET_TRAIN_MINUTES_PER_USER_DAY = 100
+    url = reverse("worker:train", args=[collection.pk])
+    client = client_for(owner)
+    assert client.post(url, {"minutes": "60"}).status_code == 302
+    actions.cancel_job(Job.objects.get())
+    refused = client.post(url, {"minutes": "60"})
+    assert refused.status_code == 403
+    assert "limit of 100" in refused.content.decode()
+    assert Job.objects.count() == 1
+    assert client.post(url, {"minutes": "40"}).status_code == 302
+
+
+def test_the_collections_default_minutes_are_held_to_the_cap(collection, owner, settings) -> None:
+    settings.AUTORET_MAX_TRAIN_MINUTES = 30
+    TrainingPolicy.objects.create(collection=collection, minutes=1000)
+    job = actions.start_training(collection, None)
+    assert job.options["minutes"] == 30
 
 
 def test_cancel_of_a_queued_job_stops_it_at_once(collection, admin) -> None:
