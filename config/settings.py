@@ -401,6 +401,13 @@ CELERY_WORKER_HEARTBEAT_SECONDS = env_int("AUTORET_HEARTBEAT_SECONDS", 10, minim
 # checkpoints and re-enqueues itself, so no task outlives the visibility timeout and a killed
 # worker loses at most a checkpoint interval.
 AUTORET_TRAIN_MINUTES = env_int("AUTORET_TRAIN_MINUTES", 10, minimum=1)
+# Who may create collections (and so become their admin): "everyone" signed in, or "staff"
+# (users marked staff in /admin/, and site admins).
+AUTORET_COLLECTION_CREATORS = env_str("AUTORET_COLLECTION_CREATORS", "everyone")
+if AUTORET_COLLECTION_CREATORS not in ("everyone", "staff"):
+    raise ImproperlyConfigured(
+        f"AUTORET_COLLECTION_CREATORS={AUTORET_COLLECTION_CREATORS!r} is not everyone or staff"
+    )
 # Quotas (docs/security.md): the most minutes one training job may ask for, and the most one
 # user may ask for in 24 hours over all collections (site admins and the platform exempt).
 AUTORET_MAX_TRAIN_MINUTES = env_int("AUTORET_MAX_TRAIN_MINUTES", 240, minimum=1)

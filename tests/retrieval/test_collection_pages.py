@@ -53,6 +53,21 @@ def test_anyone_signed_in_creates_a_collection_and_administers_it(
     )
 
 
+def test_when_only_staff_may_create_collections_others_get_403(
+    client: Client, outsider, admin, password: str, settings
+) -> None:
+    settings.AUTORET_COLLECTION_CREATORS = "staff"
+    login(client, outsider, password)
+    assert "New collection" not in client.get("/").content.decode()
+    page = client.post(reverse("retrieval:collection_list"), {"name": "Birds"})
+    api = client.post("/api/v1/collections/", {"name": "Birds"}, "application/json")
+    assert (page.status_code, api.status_code) == (403, 403)
+    assert not Collection.objects.filter(name="Birds").exists()
+    outsider.is_staff = True
+    outsider.save()
+    assert client.post(reverse("retrieval:collection_list"), {"name": "Birds"}).status_code == 302
+
+
 def test_a_taken_name_is_a_400_that_does_not_say_a_collection_exists(
     client: Client, outsider, collection, password: str
 ) -> None:
