@@ -12,7 +12,7 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
 from rest_framework import serializers, status
 from rest_framework.decorators import api_view, parser_classes, throttle_classes
-from rest_framework.exceptions import ValidationError
+from rest_framework.exceptions import Throttled, ValidationError
 from rest_framework.parsers import JSONParser, MultiPartParser
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -157,7 +157,9 @@ class MarkSerializer(serializers.Serializer):
     query = serializers.IntegerField()
     # The answers' one choice set (one enum in the schema); "unsure" is refused below.
     answer = serializers.ChoiceField(choices=Answer.values, help_text="same or different")
-    images = serializers.ListField(child=serializers.IntegerField(), min_length=1, max_length=200)
+    images = serializers.ListField(
+        child=serializers.IntegerField(), min_length=1, max_length=actions.MAX_MARKS
+    )
 
     def validate_answer(self, value: str) -> str:
         if value == Answer.UNSURE:
@@ -172,11 +174,14 @@ class MarkSerializer(serializers.Serializer):
 )
 @api_view(["POST"])
 @parser_classes([JSONParser])
-@throttle_classes([AnswerRateThrottle])
 def mark(request: Request, pk: int) -> Response:
     collection = get_collection_for_user(request.user, pk)
     serializer = MarkSerializer(data=request.data)
     serializer.is_valid(raise_exception=True)
+    # Each marked image is an answer against the answer rate, not the request as one.
+    throttle = AnswerRateThrottle()
+    if not throttle.allow_many(request, len(serializer.validated_data["images"])):
+        raise Throttled(throttle.wait())
     try:
         stored = actions.mark_many(
             collection,

@@ -3,6 +3,8 @@ adjudication queue, and the one-to-many form of the similar-images grid."""
 
 from __future__ import annotations
 
+from math import ceil
+
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.contrib.auth.models import User
@@ -13,6 +15,7 @@ from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_http_methods, require_POST
 
 from labeling import actions
+from labeling.api import AnswerRateThrottle
 from labeling.inference import infer
 from labeling.models import Answer, Constraint, Group, Pair
 from retrieval.models import Image
@@ -112,6 +115,19 @@ def mark(request: HttpRequest, pk: int) -> HttpResponse:
         chosen = [int(x) for x in request.POST.getlist("images")]
     except ValueError:
         raise BadRequest("image ids are numbers") from None
+    if len(chosen) > actions.MAX_MARKS:
+        raise BadRequest(f"mark at most {actions.MAX_MARKS} images at once")
+    # Each marked image is an answer against the answer rate, as through the API.
+    throttle = AnswerRateThrottle()
+    if chosen and not throttle.allow_many(request, len(chosen)):
+        wait = ceil(throttle.wait() or 1)
+        response = HttpResponse(
+            f"Too many answers at once: wait {wait} s, then mark again.",
+            content_type="text/plain; charset=utf-8",
+            status=429,
+        )
+        response["Retry-After"] = str(wait)
+        return response
     if chosen:
         try:
             stored = actions.mark_many(collection, _user(request), query, chosen, answer)

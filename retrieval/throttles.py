@@ -15,8 +15,27 @@ log = logging.getLogger(__name__)
 
 class SharedRateThrottle(UserRateThrottle):
     def allow_request(self, request: Any, view: Any) -> bool:
+        return self.allow_many(request, 1, view)
+
+    def allow_many(self, request: Any, count: int, view: Any = None) -> bool:
+        """DRF's allow_request for `count` requests at once (one-to-many marks count each
+        image): all are allowed and counted, or none."""
         try:
-            return super().allow_request(request, view)
+            limit, duration = self.parse_rate(self.rate)
+            if limit is None or duration is None:
+                return True
+            self.key = self.get_cache_key(request, view)
+            if self.key is None:
+                return True
+            self.history = self.cache.get(self.key, [])
+            self.now = self.timer()
+            while self.history and self.history[-1] <= self.now - duration:
+                self.history.pop()
+            if len(self.history) + count > limit:
+                return self.throttle_failure()
+            self.history[:0] = [self.now] * count
+            self.cache.set(self.key, self.history, duration)
+            return True
         except (redis.RedisError, OSError):
             log.warning("%s throttle skipped: the cache (Redis) cannot be reached", self.scope)
             return True

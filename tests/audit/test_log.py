@@ -91,7 +91,7 @@ def test_undo_writes_one_row(annotator, collection, pair) -> None:
     assert Event.objects.count() == 1
 
 
-def test_one_to_many_marks_write_one_row_for_all_their_answers(annotator, collection) -> None:
+def test_one_to_many_marks_write_one_row_for_their_answers(annotator, collection) -> None:
     query, *others = images(collection, 4)
     response = signed_in(annotator).post(
         f"/api/v1/collections/{collection.pk}/pairs/mark/",
