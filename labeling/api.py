@@ -98,7 +98,20 @@ def next_pair(request: Request, pk: int) -> Response:
 
 @extend_schema(
     request=AnswerSerializer,
-    responses={201: OpenApiTypes.OBJECT, 200: OpenApiTypes.OBJECT, 409: OpenApiTypes.OBJECT},
+    parameters=[
+        OpenApiParameter(
+            "X-Autoret-User",
+            str,
+            OpenApiParameter.HEADER,
+            description="The id of the user who gave the answer; another signed-in user is a 403.",
+        )
+    ],
+    responses={
+        201: OpenApiTypes.OBJECT,
+        200: OpenApiTypes.OBJECT,
+        403: OpenApiTypes.OBJECT,
+        409: OpenApiTypes.OBJECT,
+    },
     summary=(
         "Answer a pair (the same idempotency key twice stores one answer; "
         "on another pair it is a 409)"
@@ -108,6 +121,14 @@ def next_pair(request: Request, pk: int) -> Response:
 @parser_classes([JSONParser])
 @throttle_classes([AnswerRateThrottle])
 def answer(request: Request, pair_id: int) -> Response:
+    # The Label page says whose answer it sends: after a logout and another user's login on the
+    # same browser, it must not be stored as the new user's.
+    sender = request.headers.get("X-Autoret-User", "")
+    if sender and sender != str(request.user.pk):
+        return Response(
+            {"detail": "This answer was given by another user than the one signed in."},
+            status=status.HTTP_403_FORBIDDEN,
+        )
     # The pair and the caller's role in one query; the answer needs neither image.
     pair = get_in_collection_for_user(request.user, Pair.objects.all(), pair_id)
     serializer = AnswerSerializer(data=request.data)

@@ -94,6 +94,27 @@ def test_an_idempotency_key_reused_on_another_pair_is_a_409_not_a_lost_answer(
     assert not ConstraintRevision.objects.filter(pair=second).exists()
 
 
+def test_an_answer_sent_for_another_user_is_a_403_and_stores_nothing(
+    collection, images, annotator, curator
+):
+    pair = actions.pair_for(collection, images[0].pk, images[1].pk)
+    response = client_for(curator).post(
+        f"/api/v1/pairs/{pair.pk}/answer/",
+        {"answer": "same"},
+        format="json",
+        headers={"X-Autoret-User": str(annotator.pk)},
+    )
+    assert response.status_code == 403
+    assert not Constraint.objects.exists()
+    mine = client_for(annotator).post(
+        f"/api/v1/pairs/{pair.pk}/answer/",
+        {"answer": "same"},
+        format="json",
+        headers={"X-Autoret-User": str(annotator.pk)},
+    )
+    assert mine.status_code == 201
+
+
 def test_undo_puts_the_pair_back_to_the_annotator(collection, images, annotator):
     client = client_for(annotator)
     pair_id = client.get(next_url(collection)).json()["pair_id"]
