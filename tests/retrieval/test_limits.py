@@ -3,6 +3,7 @@ refusal, stores nothing over it, and keeps what fits."""
 
 from __future__ import annotations
 
+import functools
 import json
 import zipfile
 from pathlib import Path
@@ -98,11 +99,13 @@ def test_two_imports_at_once_cannot_pass_the_collection_cap_together(collection,
 
     def read_while_another_import_stores() -> bytes:
         # This import counted its room (3) before; the other one fills two places meanwhile.
-        import_items(collection, (Candidate(n, lambda d=d: d) for n, d in other.items()))
+        import_items(
+            collection, (Candidate(n, functools.partial(bytes, d)) for n, d in other.items())
+        )
         return image_bytes((0, 100, 200))
 
     items = [Candidate("first.png", read_while_another_import_stores)]
-    items += [Candidate(n, lambda d=d: d) for n, d in colours(2, start=1).items()]
+    items += [Candidate(n, functools.partial(bytes, d)) for n, d in colours(2, start=1).items()]
     report = import_items(collection, iter(items), Limits.from_settings())
     assert Image.objects.filter(collection=collection).count() == 3
     assert len(report.created) == 1
