@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import re
 import secrets
+from datetime import timedelta
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
@@ -159,6 +160,7 @@ INSTALLED_APPS = [
     "labeling",
     "worker",
     "audit",
+    "axes",
 ]
 
 MIDDLEWARE = [
@@ -172,6 +174,8 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
+    # Last, as django-axes requires: turns a locked-out login into its refusal page.
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "config.urls"
@@ -221,6 +225,18 @@ REDIS_URL = (
     else f"unix://{redis_socket_path(DATA_DIR / 'redis')}"
 )
 
+# Rate-limit counters (the answer, search and login throttles) live in the Redis every process
+# already shares, so a limit holds across gunicorn processes instead of per process. Short
+# timeouts: a throttle that cannot reach Redis lets the request through (labeling.api).
+CACHES = {
+    "default": {
+        "BACKEND": "django.core.cache.backends.redis.RedisCache",
+        "LOCATION": REDIS_URL,
+        "KEY_PREFIX": "autoret",
+        "OPTIONS": {"socket_timeout": 1, "socket_connect_timeout": 1},
+    }
+}
+
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
@@ -228,6 +244,20 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
     {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
 ]
+# Login brute-force protection (django-axes, counted in the database so it holds across
+# processes): after AUTORET_LOGIN_FAILURES wrong passwords for one username from one address,
+# that pair is refused (429) for AUTORET_LOGIN_LOCKOUT_MINUTES, the right password included.
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+AXES_FAILURE_LIMIT = env_int("AUTORET_LOGIN_FAILURES", 5, minimum=1)
+AXES_COOLOFF_TIME = timedelta(minutes=env_int("AUTORET_LOGIN_LOCKOUT_MINUTES", 15, minimum=1))
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+# Successful logins are not logged (the table would only grow); failures are.
+AXES_DISABLE_ACCESS_LOG = True
+AXES_LOCKOUT_TEMPLATE = "registration/locked_out.html"
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "home"
 LOGOUT_REDIRECT_URL = "login"
@@ -257,6 +287,13 @@ DATA_UPLOAD_MAX_NUMBER_FILES = AUTORET_MAX_FILES_PER_UPLOAD
 AUTORET_MAX_IMAGES_PER_COLLECTION = env_int(
     "AUTORET_MAX_IMAGES_PER_COLLECTION", 1_000_000, minimum=1
 )
+# Seconds a browser or API import may spend checking and storing files; the files left are
+# refused by name, to be uploaded again. Below gunicorn's --timeout (120 s in compose.yaml,
+# runstack and the Dockerfile), leaving room to receive the upload and answer.
+AUTORET_IMPORT_SECONDS = env_int("AUTORET_IMPORT_SECONDS", 60, minimum=1)
+# Most pixels a query image (search by upload) may decode to; a JPEG decodes at reduced scale
+# first, so only other formats this large are refused (retrieval.imports.decode_query).
+AUTORET_SEARCH_MAX_PIXELS = env_int("AUTORET_SEARCH_MAX_PIXELS", 4_000_000, minimum=1)
 # Whole request bodies: larger ones get 413 before anything reads them (retrieval.middleware).
 # The default leaves room for one zip at AUTORET_MAX_ZIP_BYTES plus the form around it.
 AUTORET_MAX_REQUEST_BYTES = env_int(
@@ -318,10 +355,10 @@ REST_FRAMEWORK = {
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
-    # Counted in Django's default (per-process, in-memory) cache: with several web processes the
-    # limit is per process, which still stops a runaway client.
+    # Counted in the default cache (Redis, shared by every web process).
     "DEFAULT_THROTTLE_RATES": {
-        "answers": f"{env_int('AUTORET_ANSWERS_PER_MINUTE', 600, minimum=1)}/min"
+        "answers": f"{env_int('AUTORET_ANSWERS_PER_MINUTE', 600, minimum=1)}/min",
+        "search_uploads": f"{env_int('AUTORET_SEARCHES_BY_IMAGE_PER_MINUTE', 30, minimum=1)}/min",
     },
 }
 SPECTACULAR_SETTINGS = {
@@ -364,6 +401,17 @@ CELERY_WORKER_HEARTBEAT_SECONDS = env_int("AUTORET_HEARTBEAT_SECONDS", 10, minim
 # checkpoints and re-enqueues itself, so no task outlives the visibility timeout and a killed
 # worker loses at most a checkpoint interval.
 AUTORET_TRAIN_MINUTES = env_int("AUTORET_TRAIN_MINUTES", 10, minimum=1)
+# Who may create collections (and so become their admin): "everyone" signed in, or "staff"
+# (users marked staff in /admin/, and site admins).
+AUTORET_COLLECTION_CREATORS = env_str("AUTORET_COLLECTION_CREATORS", "everyone")
+if AUTORET_COLLECTION_CREATORS not in ("everyone", "staff"):
+    raise ImproperlyConfigured(
+        f"AUTORET_COLLECTION_CREATORS={AUTORET_COLLECTION_CREATORS!r} is not everyone or staff"
+    )
+# Quotas (docs/security.md): the most minutes one training job may ask for, and the most one
+# user may ask for in 24 hours over all collections (site admins and the platform exempt).
+AUTORET_MAX_TRAIN_MINUTES = env_int("AUTORET_MAX_TRAIN_MINUTES", 240, minimum=1)
+AUTORET_TRAIN_MINUTES_PER_USER_DAY = env_int("AUTORET_TRAIN_MINUTES_PER_USER_DAY", 480, minimum=1)
 AUTORET_TRAIN_SLICE_SECONDS = env_int("AUTORET_TRAIN_SLICE_SECONDS", 300, minimum=1)
 AUTORET_CHECKPOINT_SECONDS = env_int("AUTORET_CHECKPOINT_SECONDS", 30, minimum=1)
 AUTORET_TRAIN_BATCH_SIZE = env_int("AUTORET_TRAIN_BATCH_SIZE", 128, minimum=2)

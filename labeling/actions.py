@@ -38,8 +38,19 @@ from retrieval.models import Collection, Image
 log = logging.getLogger(__name__)
 
 
+# One-to-many marks (the Mark page and the API): at most MAX_MARKS images in one request, stored
+# MARK_CHUNK per transaction (mark_many).
+MAX_MARKS = 200
+MARK_CHUNK = 10
+
+
 class SameImage(ValueError):
     """A pair needs two different images."""
+
+
+class KeyReused(ValueError):
+    """An idempotency key the caller already used for another pair: storing nothing silently
+    would lose this answer, and storing it would make the key mean two requests."""
 
 
 def normalize(a: int, b: int) -> tuple[int, int]:
@@ -214,7 +225,8 @@ def record_answer(
     """Stores `user`'s answer about `pair`, replacing their earlier one (kept as history), and
     its row in the audit log.
 
-    The same idempotency key from the same user stores nothing the second time.
+    The same idempotency key from the same user stores nothing the second time; on another
+    pair it raises KeyReused.
     """
     return _store_answer(pair, user, answer, idempotency_key, source, when, audited=True)
 
@@ -229,7 +241,7 @@ def _store_answer(
     *,
     audited: bool,
 ) -> Stored:
-    # audited=False: the caller (mark_many) writes one row for all its answers.
+    # audited=False: the caller (mark_many) writes one row for each chunk of its answers.
     if answer not in Answer.values:
         raise ValueError(f"answer must be one of {', '.join(Answer.values)}")
     try:
@@ -336,6 +348,8 @@ def _write_answer(
         raise Pair.DoesNotExist(f"pair {pair.pk} is gone")
     resolved_was, adjudicated, answered_was, seen_pair, seen_answer, others = state[:6]
     settings_id, epoch, train = state[6:]
+    if seen_pair is not None and seen_pair != pair.pk:
+        raise KeyReused(f"idempotency key already used for pair {seen_pair}")
     if seen_pair is not None:
         raise _KeySeen(seen_pair, seen_answer)
     now = timezone.now()
@@ -565,20 +579,28 @@ def mark_many(
     image_ids: Iterable[int],
     answer: str,
 ) -> int:
-    """One-to-many: `user` answers (query, image) for every image at once; returns how many."""
-    ids = {int(i) for i in image_ids} - {int(query_id)}
+    """One-to-many: `user` answers (query, image) for every image at once; returns how many.
+
+    At most MAX_MARKS images. They are stored MARK_CHUNK at a time, each chunk in its own
+    transaction with its own audit row, so the collection's lock is held for a few answers at a
+    time and another annotator's answer waits a fraction of a second, not the whole mark."""
+    ids = sorted({int(i) for i in image_ids} - {int(query_id)})
+    if len(ids) > MAX_MARKS:
+        raise ValueError(f"mark at most {MAX_MARKS} images at once")
     if (
-        Image.objects.filter(collection=collection, pk__in=ids | {int(query_id)}).count()
+        Image.objects.filter(collection=collection, pk__in=[*ids, int(query_id)]).count()
         != len(ids) + 1
     ):
         raise Image.DoesNotExist("every image must belong to the collection")
-    with transaction.atomic():
-        for image_id in sorted(ids):
-            pair = pair_for(collection, query_id, image_id)
-            _store_answer(pair, user, answer, "", Source.HUMAN, None, audited=False)
-        query = Image(pk=int(query_id), collection=collection)
-        Event.record(
-            Event.Action.MARK, user, collection, query,
-            answer=answer, count=len(ids), images=sorted(ids)[:100],
-        )  # fmt: skip
+    query = Image(pk=int(query_id), collection=collection)
+    for start in range(0, len(ids), MARK_CHUNK):
+        chunk = ids[start : start + MARK_CHUNK]
+        with transaction.atomic():
+            for image_id in chunk:
+                pair = pair_for(collection, query_id, image_id)
+                _store_answer(pair, user, answer, "", Source.HUMAN, None, audited=False)
+            Event.record(
+                Event.Action.MARK, user, collection, query,
+                answer=answer, count=len(chunk), images=chunk,
+            )  # fmt: skip
     return len(ids)

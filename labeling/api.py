@@ -12,16 +12,16 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
 from rest_framework import serializers, status
 from rest_framework.decorators import api_view, parser_classes, throttle_classes
-from rest_framework.exceptions import ValidationError
+from rest_framework.exceptions import Throttled, ValidationError
 from rest_framework.parsers import JSONParser, MultiPartParser
 from rest_framework.request import Request
 from rest_framework.response import Response
-from rest_framework.throttling import UserRateThrottle
 
 from labeling import actions, exchange
 from labeling.models import Answer, Pair
 from retrieval.models import Collection, Image
 from retrieval.permissions import Role, get_collection_for_user, get_in_collection_for_user
+from retrieval.throttles import SharedRateThrottle
 
 PAIRS = Pair.objects.select_related("a", "b")
 
@@ -58,7 +58,7 @@ PairSerializer = inline_serializer(
 )
 
 
-class AnswerRateThrottle(UserRateThrottle):
+class AnswerRateThrottle(SharedRateThrottle):
     """AUTORET_ANSWERS_PER_MINUTE answers per user: a clear 429 with Retry-After, which the
     labeling page waits out and retries, so nothing is lost."""
 
@@ -98,23 +98,50 @@ def next_pair(request: Request, pk: int) -> Response:
 
 @extend_schema(
     request=AnswerSerializer,
-    responses={201: OpenApiTypes.OBJECT, 200: OpenApiTypes.OBJECT},
-    summary="Answer a pair (the same idempotency key twice stores one answer)",
+    parameters=[
+        OpenApiParameter(
+            "X-Autoret-User",
+            str,
+            OpenApiParameter.HEADER,
+            description="The id of the user who gave the answer; another signed-in user is a 403.",
+        )
+    ],
+    responses={
+        201: OpenApiTypes.OBJECT,
+        200: OpenApiTypes.OBJECT,
+        403: OpenApiTypes.OBJECT,
+        409: OpenApiTypes.OBJECT,
+    },
+    summary=(
+        "Answer a pair (the same idempotency key twice stores one answer; "
+        "on another pair it is a 409)"
+    ),
 )
 @api_view(["POST"])
 @parser_classes([JSONParser])
 @throttle_classes([AnswerRateThrottle])
 def answer(request: Request, pair_id: int) -> Response:
+    # The Label page says whose answer it sends: after a logout and another user's login on the
+    # same browser, it must not be stored as the new user's.
+    sender = request.headers.get("X-Autoret-User", "")
+    if sender and sender != str(request.user.pk):
+        return Response(
+            {"detail": "This answer was given by another user than the one signed in."},
+            status=status.HTTP_403_FORBIDDEN,
+        )
     # The pair and the caller's role in one query; the answer needs neither image.
     pair = get_in_collection_for_user(request.user, Pair.objects.all(), pair_id)
     serializer = AnswerSerializer(data=request.data)
     serializer.is_valid(raise_exception=True)
-    stored = actions.record_answer(
-        pair,
-        _user(request),
-        serializer.validated_data["answer"],
-        serializer.validated_data.get("idempotency_key", ""),
-    )
+    try:
+        stored = actions.record_answer(
+            pair,
+            _user(request),
+            serializer.validated_data["answer"],
+            serializer.validated_data.get("idempotency_key", ""),
+        )
+    except actions.KeyReused as reused:
+        return Response({"detail": str(reused)}, status=status.HTTP_409_CONFLICT)
     return Response(
         {"pair_id": pair.pk, "answer": stored.constraint.answer, "stored": stored.created},
         status=status.HTTP_201_CREATED if stored.created else status.HTTP_200_OK,
@@ -151,7 +178,9 @@ class MarkSerializer(serializers.Serializer):
     query = serializers.IntegerField()
     # The answers' one choice set (one enum in the schema); "unsure" is refused below.
     answer = serializers.ChoiceField(choices=Answer.values, help_text="same or different")
-    images = serializers.ListField(child=serializers.IntegerField(), min_length=1, max_length=200)
+    images = serializers.ListField(
+        child=serializers.IntegerField(), min_length=1, max_length=actions.MAX_MARKS
+    )
 
     def validate_answer(self, value: str) -> str:
         if value == Answer.UNSURE:
@@ -166,11 +195,14 @@ class MarkSerializer(serializers.Serializer):
 )
 @api_view(["POST"])
 @parser_classes([JSONParser])
-@throttle_classes([AnswerRateThrottle])
 def mark(request: Request, pk: int) -> Response:
     collection = get_collection_for_user(request.user, pk)
     serializer = MarkSerializer(data=request.data)
     serializer.is_valid(raise_exception=True)
+    # Each marked image is an answer against the answer rate, not the request as one.
+    throttle = AnswerRateThrottle()
+    if not throttle.allow_many(request, len(serializer.validated_data["images"])):
+        raise Throttled(throttle.wait())
     try:
         stored = actions.mark_many(
             collection,

@@ -8,7 +8,7 @@ import io
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 
 from django.contrib.auth.models import User
 from django.db import transaction
@@ -24,6 +24,7 @@ from retrieval.models import Collection, Image
 FIELDS = ["a_id", "b_id", "a_name", "b_name", "answer", "annotator", "time", "source"]
 GROUP_FIELDS = ["group", "name", "image_id", "original_name"]
 MAX_ERRORS = 50
+ANNOTATOR_MAX = Constraint._meta.get_field("annotator_name").max_length or 150
 
 
 def constraint_rows(collection: Collection) -> Iterator[dict[str, str | int]]:
@@ -45,12 +46,32 @@ def constraint_rows(collection: Collection) -> Iterator[dict[str, str | int]]:
         }
 
 
+# A spreadsheet runs a cell that starts with one of these as a formula (OWASP "CSV injection").
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _cell(value: str | int) -> str | int:
+    """A CSV cell a spreadsheet shows as text: a leading quote before a formula start, which
+    `_uncell` takes off again when the file is imported."""
+    if isinstance(value, str) and value.startswith(FORMULA_STARTS):
+        return "'" + value
+    return value
+
+
+def _uncell(value: str) -> str:
+    return value[1:] if value.startswith("'") and value[1:].startswith(FORMULA_STARTS) else value
+
+
+def _safe(row: dict[str, str | int]) -> dict[str, str | int]:
+    return {key: _cell(value) for key, value in row.items()}
+
+
 def export_csv(collection: Collection) -> Iterator[str]:
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=FIELDS)
     writer.writeheader()
     for row in constraint_rows(collection):
-        writer.writerow(row)
+        writer.writerow(_safe(row))
         yield buffer.getvalue()
         buffer.seek(0)
         buffer.truncate()
@@ -90,7 +111,7 @@ def export_groups_csv(collection: Collection) -> str:
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=GROUP_FIELDS)
     writer.writeheader()
-    writer.writerows(group_rows(collection))
+    writer.writerows(_safe(row) for row in group_rows(collection))
     return buffer.getvalue()
 
 
@@ -129,7 +150,10 @@ def _records(text: str, fmt: str) -> Iterator[tuple[int, dict[str, object] | str
         yield 1, "the header needs an answer column and a_id/b_id or a_name/b_name"
         return
     for record in reader:
-        yield reader.line_num, dict(record)
+        yield (
+            reader.line_num,
+            {k: _uncell(v) if isinstance(v, str) else v for k, v in record.items()},
+        )
 
 
 def _image(
@@ -151,6 +175,20 @@ def _image(
         if found:
             return found
     return f"image {side} ({raw or name!r}) is not in this collection"
+
+
+def _aware_time(text: str) -> datetime | None:
+    """The time in UTC, or None when it is not one: parse_datetime returns None for a malformed
+    string and raises ValueError for a well-formed impossible one (month 13, offset +99:00); a
+    time that leaves the calendar once in UTC (year 1 with a positive offset) overflows."""
+    try:
+        parsed = parse_datetime(text)
+        if parsed is None:
+            return None
+        aware = parsed if timezone.is_aware(parsed) else timezone.make_aware(parsed)
+        return aware.astimezone(UTC)
+    except (ValueError, OverflowError):
+        return None
 
 
 def parse(collection: Collection, text: str, fmt: str) -> list[Row]:
@@ -175,18 +213,21 @@ def parse(collection: Collection, text: str, fmt: str) -> list[Row]:
             problems.append(f"answer {answer!r} is not one of {', '.join(Answer.values)}")
         time = timezone.now()
         if record.get("time"):
-            parsed = parse_datetime(str(record["time"]))
+            parsed = _aware_time(str(record["time"]))
             if parsed is None:
                 problems.append(f"time {record['time']!r} is not an ISO 8601 date and time")
             else:
-                time = parsed if timezone.is_aware(parsed) else timezone.make_aware(parsed)
+                time = parsed
+        annotator = str(record.get("annotator") or "imported")
+        if len(annotator) > ANNOTATOR_MAX:
+            problems.append(f"annotator name is longer than {ANNOTATOR_MAX} characters")
         if not problems and a == b:
             problems.append("a and b are the same image")
         if problems:
             errors.append(f"line {line}: " + "; ".join(problems))
             continue
         assert isinstance(a, int) and isinstance(b, int)
-        rows.append(Row(line, a, b, answer, str(record.get("annotator") or "imported"), time))
+        rows.append(Row(line, a, b, answer, annotator, time))
     if errors:
         raise ImportFailed(errors)
     return rows

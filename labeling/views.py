@@ -3,6 +3,8 @@ adjudication queue, and the one-to-many form of the similar-images grid."""
 
 from __future__ import annotations
 
+from math import ceil
+
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.contrib.auth.models import User
@@ -13,6 +15,7 @@ from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_http_methods, require_POST
 
 from labeling import actions
+from labeling.api import AnswerRateThrottle
 from labeling.inference import infer
 from labeling.models import Answer, Constraint, Group, Pair
 from retrieval.models import Image
@@ -24,6 +27,13 @@ SAMPLES = 8
 
 def _user(request: HttpRequest) -> User:
     return request.user  # type: ignore[return-value]  # login_required: never anonymous here
+
+
+def _id(request: HttpRequest, field: str) -> int:
+    try:
+        return int(request.POST.get(field, ""))
+    except ValueError:
+        raise BadRequest(f"{field} must be an id") from None
 
 
 @login_required
@@ -43,14 +53,14 @@ def groups(request: HttpRequest, pk: int) -> HttpResponse:
     if request.method == "POST":
         get_collection_for_user(request.user, pk, Role.CURATOR)
         if "pair" in request.POST:
-            pair = get_object_or_404(Pair, pk=request.POST["pair"], collection=collection)
+            pair = get_object_or_404(Pair, pk=_id(request, "pair"), collection=collection)
             ruling = request.POST.get("answer", "")
             if ruling not in Answer.values:
                 raise BadRequest("a ruling is same, different or unsure")
             actions.adjudicate(pair, _user(request), ruling)
             messages.success(request, f"Ruled {ruling} on pair {pair.a_id}-{pair.b_id}.")
         else:
-            image = get_object_or_404(Image, pk=request.POST.get("image"), collection=collection)
+            image = get_object_or_404(Image, pk=_id(request, "image"), collection=collection)
             name = request.POST.get("name", "").strip()[:100]
             if not name:
                 raise BadRequest("a group name cannot be empty")
@@ -105,6 +115,19 @@ def mark(request: HttpRequest, pk: int) -> HttpResponse:
         chosen = [int(x) for x in request.POST.getlist("images")]
     except ValueError:
         raise BadRequest("image ids are numbers") from None
+    if len(chosen) > actions.MAX_MARKS:
+        raise BadRequest(f"mark at most {actions.MAX_MARKS} images at once")
+    # Each marked image is an answer against the answer rate, as through the API.
+    throttle = AnswerRateThrottle()
+    if chosen and not throttle.allow_many(request, len(chosen)):
+        wait = ceil(throttle.wait() or 1)
+        response = HttpResponse(
+            f"Too many answers at once: wait {wait} s, then mark again.",
+            content_type="text/plain; charset=utf-8",
+            status=429,
+        )
+        response["Retry-After"] = str(wait)
+        return response
     if chosen:
         try:
             stored = actions.mark_many(collection, _user(request), query, chosen, answer)

@@ -18,6 +18,9 @@ from rest_framework.authtoken.models import TokenProxy
 from retrieval import actions
 from retrieval.models import Collection, Image, Membership, ModelVersion
 
+# Characters of an API key the admin shows.
+TOKEN_PREFIX = 6
+
 
 def _by(request: HttpRequest) -> User:
     return request.user  # type: ignore[return-value]  # the admin: always a signed-in site admin
@@ -81,7 +84,15 @@ admin.site.unregister(TokenProxy)
 
 @admin.register(TokenProxy)
 class RevokeOnlyTokenAdmin(TokenAdmin):
-    """Users create their own tokens (the API token page); site admins can only revoke them."""
+    """Users create their own tokens (the API token page); site admins can only revoke them, and
+    see only the first characters of a key: enough to tell tokens apart, not to use one.
+
+    DRF's authtoken keeps keys in clear (the key is the primary key), so the list, the revoke
+    page, its message and the admin's log are given a copy whose key is cut to that prefix. The
+    copy is never saved: adding and changing are refused, and revoking goes by user.
+    """
+
+    list_display = ("key_prefix", "user", "created")
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
@@ -91,6 +102,22 @@ class RevokeOnlyTokenAdmin(TokenAdmin):
 
     def delete_model(self, request: HttpRequest, obj: TokenProxy) -> None:
         actions.revoke_token(obj.user, _by(request))
+
+    @admin.display(description="key")
+    def key_prefix(self, obj: TokenProxy) -> str:
+        return token_prefix(obj.key)
+
+    def get_object(
+        self, request: HttpRequest, object_id: str, from_field: str | None = None
+    ) -> TokenProxy | None:
+        token = super().get_object(request, object_id, from_field)
+        if token is not None:
+            token.key = token_prefix(token.key)
+        return token
+
+
+def token_prefix(key: str) -> str:
+    return f"{key[:TOKEN_PREFIX]}…"
 
 
 @admin.register(Image)

@@ -12,15 +12,22 @@ from drf_spectacular.utils import (
 )
 from rest_framework import serializers, status
 from rest_framework.decorators import api_view, parser_classes
-from rest_framework.exceptions import ValidationError
+from rest_framework.exceptions import PermissionDenied, ValidationError
 from rest_framework.parsers import MultiPartParser
 from rest_framework.request import Request
 from rest_framework.response import Response
+from rest_framework.validators import UniqueValidator
 
 from retrieval.actions import create_collection, images_after
+from retrieval.forms import NAME_TAKEN
 from retrieval.imports import Limits, embed_later, from_uploads, import_items
 from retrieval.models import Collection, Image
-from retrieval.permissions import Role, get_collection_for_user, visible_collections
+from retrieval.permissions import (
+    Role,
+    get_collection_for_user,
+    may_create_collections,
+    visible_collections,
+)
 
 PAGE_SIZE = 100
 
@@ -30,6 +37,9 @@ class CollectionSerializer(serializers.ModelSerializer):
         model = Collection
         fields = ["id", "name", "description", "created_at"]
         read_only_fields = ["id", "created_at"]
+        extra_kwargs = {
+            "name": {"validators": [UniqueValidator(Collection.objects.all(), message=NAME_TAKEN)]}
+        }
 
 
 class ImageSerializer(serializers.ModelSerializer):
@@ -116,6 +126,8 @@ UploadRefusedSerializer = PolymorphicProxySerializer(
 @api_view(["GET", "POST"])
 def collections(request: Request) -> Response:
     if request.method == "POST":
+        if not may_create_collections(request.user):
+            raise PermissionDenied("Only staff may create collections on this site.")
         serializer = CollectionSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         collection = create_collection(

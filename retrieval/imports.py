@@ -9,11 +9,13 @@ A file is stored completely (original bytes, WEBP thumbnail, row) or not at all.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import io
 import logging
 import re
+import time
 import warnings
 import zipfile
 from collections.abc import Callable, Iterable, Iterator
@@ -40,6 +42,9 @@ logger = logging.getLogger(__name__)
 # Pillow's decoders for these only: every other format (TIFF, SVG through plugins, PSD, ...) is
 # attack surface the platform has no use for.
 ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP")
+# Query images are decoded to at least this many pixels a side when the format can decode
+# smaller (JPEG): well above any model's input size.
+QUERY_SIDE = 512
 EXTENSIONS = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp", "GIF": "gif", "BMP": "bmp"}
 CONTENT_TYPES = {
     "JPEG": "image/jpeg",
@@ -83,6 +88,10 @@ class Limits:
     max_zip_bytes: int
     max_files: int
     max_collection_images: int
+    # Seconds an import may check and store files before it refuses the rest: a web request
+    # must end (its audit row written, its embedding queued) before gunicorn's timeout kills it.
+    # None for commands.
+    max_seconds: float | None = None
 
     @classmethod
     def from_settings(cls) -> Limits:
@@ -92,6 +101,7 @@ class Limits:
             max_zip_bytes=settings.AUTORET_MAX_ZIP_BYTES,
             max_files=settings.AUTORET_MAX_FILES_PER_UPLOAD,
             max_collection_images=settings.AUTORET_MAX_IMAGES_PER_COLLECTION,
+            max_seconds=settings.AUTORET_IMPORT_SECONDS,
         )
 
 
@@ -140,30 +150,17 @@ def check_image(name: str, data: bytes, limits: Limits, label: str = "") -> _Che
     if len(data) > limits.max_file_bytes:
         raise Rejected(f"file is {len(data)} bytes, over the limit of {limits.max_file_bytes}")
     allowed = ", ".join(ALLOWED_FORMATS)
-    with warnings.catch_warnings():
-        # Pillow only warns between MAX_IMAGE_PIXELS and twice that; a warning must stop us too.
-        warnings.simplefilter("error", PILImage.DecompressionBombWarning)
-        try:
-            with PILImage.open(io.BytesIO(data), formats=ALLOWED_FORMATS) as image:
-                _check_pixels(image, limits)
-                image.verify()
-            # verify() leaves the image unusable; decoding fully catches truncated pixel data.
-            with PILImage.open(io.BytesIO(data), formats=ALLOWED_FORMATS) as image:
-                _check_pixels(image, limits)
-                image.load()
-                image_format = str(image.format)
-                width, height = image.size
-                thumbnail = _thumbnail(image)
-        except Rejected:
-            raise
-        except UnidentifiedImageError:
-            raise Rejected(f"not an image in an allowed format ({allowed})") from None
-        except (PILImage.DecompressionBombError, PILImage.DecompressionBombWarning):
-            raise Rejected(
-                f"decompression bomb: more than the limit of {limits.max_pixels} pixels"
-            ) from None
-        except (OSError, SyntaxError, ValueError, EOFError, IndexError) as error:
-            raise Rejected(f"corrupt or truncated {allowed} image ({error})") from None
+    with _decoding(limits):
+        with PILImage.open(io.BytesIO(data), formats=ALLOWED_FORMATS) as image:
+            _check_pixels(image, limits)
+            image.verify()
+        # verify() leaves the image unusable; decoding fully catches truncated pixel data.
+        with PILImage.open(io.BytesIO(data), formats=ALLOWED_FORMATS) as image:
+            _check_pixels(image, limits)
+            image.load()
+            image_format = str(image.format)
+            width, height = image.size
+            thumbnail = _thumbnail(image)
     if image_format not in ALLOWED_FORMATS:
         raise Rejected(f"not an image in an allowed format ({allowed})")
     # After decoding, so that a file that is no image at all keeps that reason.
@@ -184,6 +181,51 @@ def check_image(name: str, data: bytes, limits: Limits, label: str = "") -> _Che
         thumbnail=thumbnail,
         label=label[:100],
     )
+
+
+@contextlib.contextmanager
+def _decoding(limits: Limits) -> Iterator[None]:
+    """Pillow's ways of failing on a bad file, as Rejected with the reason."""
+    allowed = ", ".join(ALLOWED_FORMATS)
+    with warnings.catch_warnings():
+        # Pillow only warns between MAX_IMAGE_PIXELS and twice that; a warning must stop us too.
+        warnings.simplefilter("error", PILImage.DecompressionBombWarning)
+        try:
+            yield
+        except Rejected:
+            raise
+        except UnidentifiedImageError:
+            raise Rejected(f"not an image in an allowed format ({allowed})") from None
+        except (PILImage.DecompressionBombError, PILImage.DecompressionBombWarning):
+            raise Rejected(
+                f"decompression bomb: more than the limit of {limits.max_pixels} pixels"
+            ) from None
+        except (OSError, SyntaxError, ValueError, EOFError, IndexError) as error:
+            raise Rejected(f"corrupt or truncated {allowed} image ({error})") from None
+
+
+def decode_query(data: bytes, limits: Limits, max_pixels: int) -> PILImage.Image:
+    """A query image (search by upload), decoded no larger than embedding needs: it is never
+    stored, so unlike check_image nothing else reads it. A JPEG is decoded at 1/2 to 1/8 scale
+    (Pillow's draft, in the decoder: a 7,000 x 7,000 photo costs what an 875 x 875 one does);
+    an image that would still decode to more than `max_pixels` is refused before decoding."""
+    if not data:
+        raise Rejected("empty file (0 bytes)")
+    if len(data) > limits.max_file_bytes:
+        raise Rejected(f"file is {len(data)} bytes, over the limit of {limits.max_file_bytes}")
+    with _decoding(limits):
+        image = PILImage.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
+        _check_pixels(image, limits)
+        if image.format == "JPEG":
+            image.draft(None, (QUERY_SIDE, QUERY_SIDE))
+        width, height = image.size
+        if width * height > max_pixels:
+            raise Rejected(
+                f"{width}x{height} pixels is over the limit of {max_pixels} for a query image; "
+                "search with a smaller image (a JPEG of any size is fine)"
+            )
+        image.load()
+    return image
 
 
 def _check_pixels(image: PILImage.Image, limits: Limits) -> None:
@@ -234,13 +276,25 @@ def from_uploads(
 
 
 def from_zip(name: str, fileobj: IO[bytes], limits: Limits, labels: bool) -> Iterator[Item]:
-    """The entries of a zip; the whole zip is refused when its declared expanded size is over the
-    limit, so a zip bomb is never expanded. zipfile stops each entry at its declared size."""
+    """The entries of a zip; the whole zip is refused when its declared expanded size or its
+    number of files is over the limit, so a zip bomb is never expanded. zipfile stops each entry
+    at its declared size."""
     try:
         archive = zipfile.ZipFile(fileobj)
         entries = [info for info in archive.infolist() if not info.is_dir()]
     except (zipfile.BadZipFile, OSError, ValueError) as error:
         yield name, f"not a readable zip file ({error})"
+        return
+    if len(entries) > limits.max_files:
+        # Refused from the central directory alone: reading each entry only to reject it past
+        # the cap would cost the server the work the cap is there to spare it.
+        yield (
+            name,
+            (
+                f"zip holds {len(entries)} files, over the limit of {limits.max_files} files "
+                "per upload; nothing in it was imported"
+            ),
+        )
         return
     total = sum(info.file_size for info in entries)
     if total > limits.max_zip_bytes:
@@ -351,16 +405,22 @@ def import_items(
     """
     limits = limits or Limits.from_settings()
     report = ImportReport()
-    # Counted once: two imports into one collection at the same moment can pass the cap together.
+    # A first estimate, so a full collection is refused before any file is written; each batch
+    # counts again under the collection's lock (_room_locked).
     report.room = max(0, limits.max_collection_images - collection.images.count())
     batch: list[_Checked] = []
     batch_bytes = 0
     seen = 0
+    deadline = time.monotonic() + limits.max_seconds if limits.max_seconds else None
     for item in items:
         seen += 1
         if seen > limits.max_files:
             name = item[0] if isinstance(item, tuple) else item.name
             report.rejected.append((name, f"over the limit of {limits.max_files} files per upload"))
+            continue
+        if deadline is not None and time.monotonic() > deadline:
+            name = item[0] if isinstance(item, tuple) else item.name
+            report.rejected.append((name, _out_of_time(limits)))
             continue
         if isinstance(item, tuple):
             report.rejected.append(item)
@@ -426,17 +486,24 @@ def _store(
             image.thumbnail.name = _write(image, "thumbnail", "x.webp", checked.thumbnail)
             written.append(image.thumbnail.name)
         with transaction.atomic():
+            room = _room_locked(collection, limits)
+            if len(to_create) > room:
+                # Another import filled the collection since this one counted.
+                to_create, full = to_create[:room], to_create[room:]
+                report.rejected.extend((checked.name, _full(limits)) for checked, _ in full)
             Image.objects.bulk_create([image for _, image in to_create])
     except IntegrityError:
         # Another import stored some of the same images meanwhile: fall back to one row at a time.
-        _store_one_by_one(collection, to_create, report)
+        _store_one_by_one(collection, to_create, report, limits)
         _delete_unreferenced(written)
     except BaseException:
         _delete_unreferenced(written)
         raise
     else:
         report.created.extend(image.pk for _, image in to_create)
-        report.room -= len(to_create)
+        report.room = room - len(to_create)
+        if len(written) > 2 * len(to_create):
+            _delete_unreferenced(written)
     ids = dict(
         Image.objects.filter(
             collection=collection, sha256__in=[c.sha256 for c in repeats]
@@ -449,17 +516,41 @@ def _store(
             report.rejected.append((checked.name, _full(limits)))
 
 
+def _room_locked(collection: Collection, limits: Limits) -> int:
+    """How many more images the collection may take, counted under its row lock, which is held
+    to the end of the caller's transaction: two imports at once store their batches one after
+    the other and count each other's images. FOR NO KEY UPDATE, so rows that merely reference
+    the collection (answers, audit rows) are not held up."""
+    list(Collection.objects.select_for_update(no_key=True).filter(pk=collection.pk).values("pk"))
+    return max(
+        0, limits.max_collection_images - Image.objects.filter(collection=collection).count()
+    )
+
+
+def _out_of_time(limits: Limits) -> str:
+    return (
+        f"not imported: this upload used its {limits.max_seconds:g} seconds; upload it again "
+        "for the rest (the files already stored are reported as duplicates)"
+    )
+
+
 def _full(limits: Limits) -> str:
     return f"the collection is full: it holds the limit of {limits.max_collection_images} images"
 
 
 def _store_one_by_one(
-    collection: Collection, to_create: list[tuple[_Checked, Image]], report: ImportReport
+    collection: Collection,
+    to_create: list[tuple[_Checked, Image]],
+    report: ImportReport,
+    limits: Limits,
 ) -> None:
     for checked, image in to_create:
         image.pk = None
         try:
             with transaction.atomic():
+                if not _room_locked(collection, limits):
+                    report.rejected.append((checked.name, _full(limits)))
+                    continue
                 image.save()
         except IntegrityError:
             other = Image.objects.get(collection=collection, sha256=checked.sha256)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TypeVar, cast
 
+from django.conf import settings
 from django.contrib.auth.models import AnonymousUser, User
 from django.core.exceptions import PermissionDenied
 from django.db.models import IntegerField, Model, OuterRef, QuerySet, Subquery
@@ -22,6 +23,15 @@ def role_in(user: User | AnonymousUser, collection: Collection) -> int | None:
         return Role.ADMIN
     membership = Membership.objects.filter(collection=collection, user=user).first()
     return membership.role if membership else None
+
+
+def may_create_collections(user: User | AnonymousUser) -> bool:
+    """AUTORET_COLLECTION_CREATORS: "everyone" signed in, or only "staff" (and site admins)."""
+    if not user.is_authenticated:
+        return False
+    return settings.AUTORET_COLLECTION_CREATORS == "everyone" or bool(
+        getattr(user, "is_staff", False) or getattr(user, "is_superuser", False)
+    )
 
 
 def visible_collections(user: User | AnonymousUser) -> QuerySet[Collection]:

@@ -7,12 +7,13 @@ Nearest-neighbour SQL lives in retrieval.queries, vectors in retrieval.embedding
 from __future__ import annotations
 
 import colorsys
-import io
 import statistics
 from dataclasses import dataclass
+from math import ceil
 from typing import Any
 
 import numpy as np
+from django.conf import settings
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import BadRequest
 from django.core.files.uploadedfile import UploadedFile
@@ -22,15 +23,16 @@ from django.views.decorators.http import require_http_methods
 from drf_spectacular.utils import OpenApiExample, extend_schema, inline_serializer
 from rest_framework import serializers
 from rest_framework.decorators import api_view, parser_classes
-from rest_framework.exceptions import ValidationError
+from rest_framework.exceptions import Throttled, ValidationError
 from rest_framework.parsers import JSONParser, MultiPartParser
 from rest_framework.request import Request
 from rest_framework.response import Response
 
 from retrieval import queries
-from retrieval.imports import Limits, Rejected, check_image
+from retrieval.imports import Limits, Rejected, decode_query
 from retrieval.models import Collection, Image, ModelVersion
 from retrieval.permissions import get_collection_for_user
+from retrieval.throttles import upload_search_wait
 
 PAGE_SIZE = 24
 # "Load more" pages through the neighbours by offset (a k-NN result has no key to resume
@@ -130,12 +132,11 @@ def similar_to_upload(
     if upload.size is not None and upload.size > limits.max_file_bytes:
         # Refused before reading it into memory, as imports do.
         raise Rejected(f"file is {upload.size} bytes, over the limit of {limits.max_file_bytes}")
-    data = upload.read()
-    check_image(upload.name or "query", data, limits)
+    picture = decode_query(upload.read(), limits, settings.AUTORET_SEARCH_MAX_PIXELS)
     # PyTorch loads on the first query by upload, not in every web process at start-up.
-    from retrieval.embedding import embed_upload
+    from retrieval.embedding import embed_pictures
 
-    vector = embed_upload(version, io.BytesIO(data))
+    vector = embed_pictures(version, [picture])[0]
     return version, queries.nearest(version, vector, k)
 
 
@@ -192,6 +193,8 @@ def search(request: HttpRequest, pk: int) -> HttpResponse:
         upload = request.FILES.get("image")
         if upload is None:
             context["error"], status = "Choose an image to search with.", 400
+        elif (wait := upload_search_wait(request)) is not None:
+            context["error"], status = f"Too many searches by image: wait {ceil(wait)} s.", 429
         else:
             try:
                 version, pairs = similar_to_upload(collection, upload, PAGE_SIZE * 2)
@@ -202,7 +205,10 @@ def search(request: HttpRequest, pk: int) -> HttpResponse:
             else:
                 context |= {"version": version_label(version), "hits": _hits(pairs)}
     template = _template(request, "retrieval/search.html", "results")
-    return render(request, template, context, status=status)
+    response = render(request, template, context, status=status)
+    if status == 429:
+        response["Retry-After"] = str(ceil(wait or 1))
+    return response
 
 
 def _typical_neighbour_distance(version: ModelVersion, samples: int = 20) -> float | None:
@@ -368,6 +374,7 @@ def _k(request: Request) -> int:
         400: ErrorSerializer,
         404: ErrorSerializer,
         409: ErrorSerializer,
+        429: ErrorSerializer,
     },
     summary="The k images of the collection nearest to a query image",
     description=(
@@ -385,6 +392,8 @@ def api_search(request: Request, pk: int) -> Response:
     upload = request.FILES.get("image")
     try:
         if upload is not None:
+            if (wait := upload_search_wait(request)) is not None:
+                raise Throttled(wait)
             version, pairs = similar_to_upload(collection, upload, k)
         else:
             raw_id = _data(request).get("image_id")

@@ -6,7 +6,7 @@ import re
 from typing import Any
 
 from django.contrib.auth.decorators import login_required
-from django.core.exceptions import BadRequest
+from django.core.exceptions import BadRequest, PermissionDenied
 from django.http import FileResponse, Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_http_methods, require_POST
@@ -16,7 +16,13 @@ from retrieval.forms import CollectionForm, UploadForm
 from retrieval.imports import CONTENT_TYPES, ImportReport, embed_later, from_uploads, import_items
 from retrieval.imports import Limits as ImportLimits
 from retrieval.models import Collection, Image
-from retrieval.permissions import Role, get_collection_for_user, role_in, visible_collections
+from retrieval.permissions import (
+    Role,
+    get_collection_for_user,
+    may_create_collections,
+    role_in,
+    visible_collections,
+)
 from worker.health import system_health
 
 PAGE_SIZE = 60
@@ -30,6 +36,7 @@ def _collections_page(
 ) -> HttpResponse:
     context = {
         "collections": visible_collections(request.user).order_by("name"),
+        "can_create": may_create_collections(request.user),
         "form": form or CollectionForm(),
         "health": system_health(),
     }
@@ -45,6 +52,8 @@ def home(request: HttpRequest) -> HttpResponse:
 @require_http_methods(["GET", "POST"])
 def collection_list(request: HttpRequest) -> HttpResponse:
     if request.method == "POST":
+        if not may_create_collections(request.user):
+            raise PermissionDenied("Only staff may create collections on this site.")
         form = CollectionForm(request.POST)
         if not form.is_valid():
             return _collections_page(request, form, status=400)

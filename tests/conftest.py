@@ -28,7 +28,7 @@ def django_db_modify_db_settings(django_db_modify_db_settings_parallel_suffix: N
 
 @pytest.fixture(autouse=True)
 def _empty_cache() -> None:
-    """Rate-limit counters live in the in-memory cache: each test starts with none."""
+    """Rate-limit counters live in the cache (in memory in tests): each test starts with none."""
     from django.core.cache import cache
 
     cache.clear()
@@ -149,6 +149,12 @@ def pytest_configure(config: pytest.Config) -> None:
     global _postgres_was_running
     # PBKDF2's deliberate slowness costs about a second per test that creates the cast.
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+    # The platform's cache is its Redis; tests count in memory, each process its own, and the
+    # ones about the shared cache point it at the test Redis (tests/labeling/test_queue.py).
+    settings.CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+    # Django's test Client.login() authenticates without a request, which django-axes refuses;
+    # tests/test_login_lockout.py turns it on.
+    settings.AXES_ENABLED = False
     _postgres_was_running = _embedded_postgres_running()
 
 

@@ -56,6 +56,12 @@ def test_malformed_database_url_is_refused(url: str) -> None:
         project_settings.database_from_url("DATABASE_URL", url)
 
 
+def test_the_cache_is_the_platforms_redis_so_limits_hold_across_processes() -> None:
+    cache = project_settings.CACHES["default"]
+    assert cache["BACKEND"] == "django.core.cache.backends.redis.RedisCache"
+    assert cache["LOCATION"] == project_settings.REDIS_URL
+
+
 def test_malformed_redis_url_is_refused() -> None:
     with pytest.raises(ImproperlyConfigured, match="REDIS_URL='localhost:6379'"):
         project_settings.redis_url("REDIS_URL", "localhost:6379")

@@ -10,6 +10,7 @@ import contextlib
 import logging
 import uuid
 from dataclasses import dataclass
+from datetime import timedelta
 
 from django.conf import settings
 from django.contrib.auth.models import User
@@ -35,6 +36,11 @@ class TrainingAlreadyRunning(Exception):
         self.job = job
         where = f" (job {job.pk}, {job.status})" if job is not None else ""
         super().__init__(f"A training job is already running for this collection{where}.")
+
+
+class TrainingQuota(Exception):
+    """A training request over AUTORET_MAX_TRAIN_MINUTES (one job) or over the requester's
+    AUTORET_TRAIN_MINUTES_PER_USER_DAY; the message says which and how much is left."""
 
 
 class VersionNotAllowed(Exception):
@@ -93,7 +99,14 @@ def start_training(
     partial unique constraint decides, so two simultaneous clicks cannot both win). run_here:
     nothing is queued; the caller (`manage.py train`) runs the job in its own process.
     """
-    budget = float(minutes) if minutes is not None else default_minutes(collection)
+    # Quotas bind users; site admins and the platform's operators (commands: no user) are trusted.
+    limited = user is not None and not user.is_superuser
+    cap = float(settings.AUTORET_MAX_TRAIN_MINUTES)
+    if limited and minutes is not None and float(minutes) > cap:
+        raise TrainingQuota(f"A training job may run at most {cap:g} minutes.")
+    # The collection's setting (also what automatic retraining uses) is held to the cap, not
+    # refused: a collection admin could otherwise set it high and have the platform train.
+    budget = float(minutes) if minutes is not None else min(default_minutes(collection), cap)
     if budget <= 0:
         raise ValueError("training needs a positive number of minutes")
     running = active_training(collection)
@@ -101,6 +114,9 @@ def start_training(
         raise TrainingAlreadyRunning(running)
     try:
         with transaction.atomic():
+            if limited:
+                assert user is not None
+                _check_daily_minutes(user, budget)
             locked = Collection.objects.select_for_update().get(pk=collection.pk)
             number = (locked.versions.aggregate(n=Max("number"))["n"] or 0) + 1
             version = ModelVersion.objects.create(
@@ -129,6 +145,25 @@ def start_training(
     except IntegrityError:
         raise TrainingAlreadyRunning(active_training(collection)) from None
     return job
+
+
+def _check_daily_minutes(user: User, budget: float) -> None:
+    """Raises TrainingQuota when `budget` would take the minutes `user` asked for in the last 24
+    hours past AUTORET_TRAIN_MINUTES_PER_USER_DAY. Counted under the user's row lock, so two
+    requests at once (two collections) cannot both pass; a cancelled job still counts what it
+    asked for."""
+    User.objects.select_for_update().filter(pk=user.pk).exists()
+    since = timezone.now() - timedelta(days=1)
+    asked = Job.objects.filter(requested_by=user, kind=Job.Kind.TRAIN, created_at__gte=since)
+    used = sum(
+        float(options.get("minutes") or 0) for options in asked.values_list("options", flat=True)
+    )
+    allowed = float(settings.AUTORET_TRAIN_MINUTES_PER_USER_DAY)
+    if used + budget > allowed:
+        raise TrainingQuota(
+            f"You asked for {used:g} training minutes in the last 24 hours; with {budget:g} more "
+            f"that would pass your limit of {allowed:g}."
+        )
 
 
 def start_embedding(collection: Collection, user: User | None = None) -> Job:
@@ -201,13 +236,18 @@ def activate_version(version: ModelVersion, by: User | None = None) -> None:
     """
     from retrieval.embedding import activate
 
-    if version.status != ModelVersion.Status.READY:
-        raise VersionNotAllowed(
-            f"Version {version.number} is {version.status}; only a ready version can be activated."
-        )
-    activate(version, by)
-    # Images uploaded after this version was embedded get their vectors now.
-    transaction.on_commit(lambda: _enqueue_collection_embedding(version.collection_id))
+    with transaction.atomic():
+        # The status is read under the collection lock delete_embeddings takes to claim a
+        # version: a version read as ready a moment ago may be losing its vectors now.
+        Collection.objects.select_for_update().filter(pk=version.collection_id).exists()
+        current = ModelVersion.objects.values_list("status", flat=True).get(pk=version.pk)
+        if current != ModelVersion.Status.READY:
+            raise VersionNotAllowed(
+                f"Version {version.number} is {current}; only a ready version can be activated."
+            )
+        activate(version, by)
+        # Images uploaded after this version was embedded get their vectors now.
+        transaction.on_commit(lambda: _enqueue_collection_embedding(version.collection_id))
 
 
 def _enqueue_collection_embedding(collection_id: int) -> None:
@@ -222,16 +262,20 @@ def _enqueue_collection_embedding(collection_id: int) -> None:
 def delete_embeddings(version: ModelVersion, by: User | None = None) -> int:
     """Frees an old version's space: its index, then its vectors. Never the active version, nor
     one a running job is filling. Returns how many vectors were deleted."""
-    collection = Collection.objects.get(pk=version.collection_id)
-    if collection.active_version_id == version.pk:
-        raise VersionNotAllowed("The active version's embeddings cannot be deleted.")
-    if Job.objects.filter(version=version, status__in=Job.ACTIVE).exists():
-        raise VersionNotAllowed("A running job is using this version; cancel it first.")
+    with transaction.atomic():
+        # Checked and claimed under the collection lock activation takes: once this commits,
+        # activate_version refuses the version, so search never switches to one losing its
+        # vectors.
+        collection = Collection.objects.select_for_update().get(pk=version.collection_id)
+        if collection.active_version_id == version.pk:
+            raise VersionNotAllowed("The active version's embeddings cannot be deleted.")
+        if Job.objects.filter(version=version, status__in=Job.ACTIVE).exists():
+            raise VersionNotAllowed("A running job is using this version; cancel it first.")
+        ModelVersion.objects.filter(pk=version.pk).update(status=ModelVersion.Status.DELETED)
     # The index goes first: a half-deleted version must never be searchable through it.
     queries.drop_index(version)
     with transaction.atomic():
         deleted, _ = version.embeddings.all().delete()
-        ModelVersion.objects.filter(pk=version.pk).update(status=ModelVersion.Status.DELETED)
         Event.record(
             Event.Action.EMBEDDINGS_DELETE, by, collection, version,
             version=version.number, vectors=deleted,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from drf_spectacular.utils import extend_schema, inline_serializer
 from rest_framework import serializers, status
 from rest_framework.decorators import api_view
@@ -57,8 +59,17 @@ class VersionSerializer(serializers.ModelSerializer):
         return bool(version.collection.active_version_id == version.pk)
 
 
+class NumberField(serializers.FloatField):
+    """A JSON number: DRF's FloatField takes `true` as 1.0, since float(True) is 1."""
+
+    def to_internal_value(self, data: Any) -> float:
+        if isinstance(data, bool):
+            self.fail("invalid")
+        return super().to_internal_value(data)
+
+
 class TrainRequest(serializers.Serializer):
-    minutes = serializers.FloatField(
+    minutes = NumberField(
         required=False,
         min_value=0.01,
         max_value=24 * 60,
@@ -66,6 +77,7 @@ class TrainRequest(serializers.Serializer):
     )
 
 
+QuotaRefusal = inline_serializer("QuotaRefusal", {"detail": serializers.CharField()})
 JobCreated = inline_serializer("JobCreated", {"job_id": serializers.IntegerField()})
 Refusal = inline_serializer(
     "Refusal", {"detail": serializers.CharField(), "job_id": serializers.IntegerField()}
@@ -74,8 +86,8 @@ Refusal = inline_serializer(
 
 @extend_schema(
     request=TrainRequest,
-    responses={202: JobCreated, 409: Refusal},
-    summary="Start training a new version (admin role); 409 while one runs",
+    responses={202: JobCreated, 403: QuotaRefusal, 409: Refusal},
+    summary="Start training a new version (admin role); 409 while one runs, 403 over a quota",
 )
 @api_view(["POST"])
 def train(request: Request, pk: int) -> Response:
@@ -93,6 +105,8 @@ def train(request: Request, pk: int) -> Response:
             {"detail": str(refused), "job_id": refused.job.pk if refused.job else None},
             status=status.HTTP_409_CONFLICT,
         )
+    except actions.TrainingQuota as refused:
+        return Response({"detail": str(refused)}, status=status.HTTP_403_FORBIDDEN)
     return Response({"job_id": job.pk}, status=status.HTTP_202_ACCEPTED)
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -412,8 +413,9 @@ def _end(job: Job, status: str, phase: str, line: str) -> None:
 
 
 def _abandon_version(job: Job) -> None:
-    """A training job that ends without activating: its version is marked failed and the vectors
-    it got so far are freed (index first). A version that became ready is left alone."""
+    """A training job that ends without activating: its version is marked failed, and the vectors
+    it got so far (index first) and its checkpoint are freed. A version that became ready is left
+    alone."""
     if job.kind != Job.Kind.TRAIN or job.version_id is None:
         return
     failed = (
@@ -424,6 +426,12 @@ def _abandon_version(job: Job) -> None:
     if failed and not Collection.objects.filter(active_version_id=job.version_id).exists():
         queries.drop_index(job.version_id)
         Embedding.objects.filter(version_id=job.version_id).delete()
+    if failed:
+        # Nothing resumes a failed version (a new training makes a new one): its checkpoint
+        # would only fill the disk.
+        version = ModelVersion.objects.get(pk=job.version_id)
+        if version.checkpoint:
+            shutil.rmtree(_out_dir(version), ignore_errors=True)
 
 
 def _end_cancelled(job: Job) -> None:

@@ -49,7 +49,11 @@ class TrainForm(forms.Form):
 
 class PolicyForm(forms.Form):
     retrain_after_answers = forms.IntegerField(
-        min_value=1, required=False, label="Retrain automatically after this many new answers"
+        min_value=1,
+        # The column is a PostgreSQL integer: more is "integer out of range", a 500.
+        max_value=2**31 - 1,
+        required=False,
+        label="Retrain automatically after this many new answers",
     )
     minutes = forms.FloatField(
         min_value=0.01, max_value=24 * 60, required=False, label="Training minutes"
@@ -134,6 +138,9 @@ def train(request: HttpRequest, pk: int) -> HttpResponse:
     except actions.TrainingAlreadyRunning as refused:
         messages.error(request, str(refused))
         return _models_page(request, collection, form, status=409)
+    except actions.TrainingQuota as refused:
+        messages.error(request, str(refused))
+        return _models_page(request, collection, form, status=403)
     return redirect("worker:job_detail", pk=job.pk)
 
 

@@ -91,7 +91,7 @@ def test_undo_writes_one_row(annotator, collection, pair) -> None:
     assert Event.objects.count() == 1
 
 
-def test_one_to_many_marks_write_one_row_for_all_their_answers(annotator, collection) -> None:
+def test_one_to_many_marks_write_one_row_for_their_answers(annotator, collection) -> None:
     query, *others = images(collection, 4)
     response = signed_in(annotator).post(
         f"/api/v1/collections/{collection.pk}/pairs/mark/",
@@ -366,6 +366,27 @@ def test_token_create_replace_and_revoke_are_logged_without_the_key(curator, adm
         (Action.TOKEN_REVOKE, admin.pk, curator.pk, {"username": "curator"}),
     ]
     assert not Event.objects.filter(detail__icontains=key).exists()
+
+
+def test_the_admin_shows_only_a_prefix_of_api_keys(curator, admin) -> None:
+    from django.contrib.admin.models import LogEntry
+
+    key = Token.objects.create(user=curator).key
+    client = signed_in(admin)
+    pages = [
+        client.get("/admin/authtoken/tokenproxy/"),
+        client.get(f"/admin/authtoken/tokenproxy/{curator.pk}/change/"),
+        client.get(f"/admin/authtoken/tokenproxy/{curator.pk}/delete/"),
+    ]
+    assert [page.status_code for page in pages] == [200, 200, 200]
+    assert f"{key[:6]}…" in pages[0].content.decode()
+    revoked = client.post(
+        f"/admin/authtoken/tokenproxy/{curator.pk}/delete/", {"post": "yes"}, follow=True
+    )
+    assert not Token.objects.filter(user=curator).exists()
+    for page in [*pages, revoked]:
+        assert key[:7] not in page.content.decode()
+    assert not LogEntry.objects.filter(object_repr__contains=key[:7]).exists()
 
 
 def test_a_rolled_back_change_leaves_no_row(annotator, pair, monkeypatch) -> None:

@@ -75,3 +75,62 @@ def test_an_answer_whose_request_fails_is_retried_and_stored_once(
     expect(page.locator('[data-counter="mine"]')).to_have_text("1")
     assert failures["left"] == 0
     assert list(Constraint.objects.values_list("answer", flat=True)) == ["different"]
+
+
+def test_answers_queued_while_signed_out_arrive_after_logging_in_again(
+    logged_in_page, live_server, collection, admin, password
+):
+    from django.contrib.sessions.models import Session
+    from playwright.sync_api import expect
+
+    images = add_images(collection, 12)
+    add_version(collection, images, number=1, seed=5)
+    page = logged_in_page
+    page.goto(f"{live_server.url}/collections/{collection.pk}/label/")
+    expect(page.locator("#label-status")).to_have_text(re.compile(r"^Pair \d+"))
+    first = page.locator("#labeler").get_attribute("data-pair-id")
+    # The session expires (here: is deleted) with the page open; two answers are given.
+    Session.objects.all().delete()
+    page.keyboard.press("j")
+    expect(page.locator("#labeler")).not_to_have_attribute("data-pair-id", first or "")
+    page.keyboard.press("k")
+    signed_out = page.locator("#signed-out")
+    expect(signed_out).to_be_visible()
+    expect(page.locator("#pending")).to_have_text(re.compile(r"^2 answer"))
+    assert not Constraint.objects.exists()
+
+    signed_out.get_by_role("link", name="Log in again").click()
+    page.get_by_label("Username").fill(admin.username)
+    page.get_by_label("Password").fill(password)
+    page.get_by_role("button", name="Log in").click()
+    page.wait_for_url(f"{live_server.url}/collections/{collection.pk}/label/")
+    expect(page.locator('[data-counter="mine"]')).to_have_text("2")
+    assert sorted(Constraint.objects.values_list("answer", flat=True)) == ["different", "same"]
+    expect(page.locator("#pending")).to_be_hidden()
+
+
+def test_another_user_on_the_same_browser_never_sends_the_first_users_answers(
+    logged_in_page, live_server, collection, admin, annotator, password
+):
+    from django.contrib.sessions.models import Session
+    from playwright.sync_api import expect
+
+    images = add_images(collection, 12)
+    add_version(collection, images, number=1, seed=6)
+    page = logged_in_page
+    page.goto(f"{live_server.url}/collections/{collection.pk}/label/")
+    expect(page.locator("#label-status")).to_have_text(re.compile(r"^Pair \d+"))
+    Session.objects.all().delete()
+    page.keyboard.press("j")
+    expect(page.locator("#signed-out")).to_be_visible()
+
+    page.goto(f"{live_server.url}/accounts/login/?next=/collections/{collection.pk}/label/")
+    page.get_by_label("Username").fill(annotator.username)
+    page.get_by_label("Password").fill(password)
+    page.get_by_role("button", name="Log in").click()
+    page.wait_for_url(f"{live_server.url}/collections/{collection.pk}/label/")
+    expect(page.locator("#label-status")).to_have_text(re.compile(r"^Pair \d+"))
+    page.wait_for_timeout(1500)
+    assert not Constraint.objects.exists()
+    keys = page.evaluate("Object.keys(localStorage)")
+    assert any(key.startswith(f"autoret-outbox-{admin.pk}-") for key in keys)

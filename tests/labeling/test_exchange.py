@@ -117,6 +117,26 @@ def test_import_with_a_bad_line_stores_nothing_and_names_the_lines(
     assert [e.split(":")[0] for e in response.json()["errors"]] == ["line 1", "line 2"]
 
 
+@pytest.mark.parametrize(
+    ("column", "value", "reason"),
+    [
+        ("annotator", "x" * 151, "longer than 150 characters"),
+        ("time", "2020-13-01T00:00:00", "not an ISO 8601 date and time"),
+        ("time", "2020-01-01T00:00:00+99:00", "not an ISO 8601 date and time"),
+        ("time", "0001-01-01T00:00:00+05:00", "not an ISO 8601 date and time"),
+    ],
+)
+def test_an_impossible_annotator_or_time_is_a_400_naming_the_line(
+    curator_client, collection, images, column, value, reason
+):
+    text = f"a_id,b_id,answer,{column}\n{images[0].pk},{images[1].pk},same,{value}\n"
+    response = upload(curator_client, collection, "c.csv", text)
+    assert response.status_code == 400
+    [error] = response.json()["errors"]
+    assert error.startswith("line 2:") and reason in error
+    assert not Pair.objects.exists()
+
+
 def test_groups_export_carries_the_curators_name(curator_client, collection, answered, curator):
     actions.name_group(collection, answered[2], "sneakers", curator)
     assert Group.objects.get().name == "sneakers"
@@ -124,6 +144,29 @@ def test_groups_export_carries_the_curators_name(curator_client, collection, ans
     lines = b"".join(response.streaming_content).decode().splitlines()
     assert lines[0] == "group,name,image_id,original_name"
     assert lines[1:] == [f"1,sneakers,{answered[i].pk},img00{i}.png" for i in range(3)]
+
+
+def test_csv_exports_escape_cells_a_spreadsheet_would_run_as_formulas(
+    curator_client, collection, answered, curator
+):
+    import csv
+    import io
+
+    hostile = ['=HYPERLINK("http://x")', "+1+1", "-2+3", "@SUM(A1)", "\tx", "\rx"]
+    for image, name in zip(answered, hostile, strict=False):
+        image.original_name = name
+        image.save(update_fields=["original_name"])
+    actions.name_group(collection, answered[0], "=cmd|' /c calc'!A0", curator)
+    constraints = export(curator_client, collection, "csv")
+    response = curator_client.get(f"/api/v1/collections/{collection.pk}/groups/export/")
+    groups = b"".join(response.streaming_content).decode()
+    cells = [c for text in (constraints, groups) for r in csv.reader(io.StringIO(text)) for c in r]
+    assert '\'=HYPERLINK("http://x")' in cells and "'-2+3" in cells
+    assert not [c for c in cells if c.startswith(("=", "+", "-", "@", "\t", "\r"))]
+    # The escaped name still names its image when the file is imported back.
+    text = "a_name,b_name,answer\n'+1+1,'@SUM(A1),different\n"
+    assert upload(curator_client, collection, "c.csv", text).status_code == 201
+    assert Pair.objects.get(a=answered[1], b=answered[3]).resolved == Answer.DIFFERENT
 
 
 def test_importing_a_collections_own_export_adds_nothing(curator_client, collection, answered):

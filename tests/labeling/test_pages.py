@@ -4,7 +4,9 @@ naming and adjudication, one-to-many marks from the similar-images grid."""
 from __future__ import annotations
 
 import pytest
+from django.db import connection
 from django.test import Client
+from rest_framework.test import APIClient
 
 from labeling import actions
 from labeling.models import Answer, Group, Pair
@@ -63,6 +65,12 @@ def test_annotator_sees_groups_but_cannot_name_or_adjudicate(collection, images,
     assert not Group.objects.exists()
 
 
+@pytest.mark.parametrize("data", [{"pair": "abc", "answer": "same"}, {"image": "abc", "name": "x"}])
+def test_a_groups_post_with_a_malformed_id_is_a_400(collection, images, curator, data):
+    response = logged_in(curator).post(f"/collections/{collection.pk}/groups/", data)
+    assert response.status_code == 400
+
+
 def test_similar_grid_marks_selected_neighbours_in_one_action(collection, images, annotator):
     client = logged_in(annotator)
     similar = client.get(f"/collections/{collection.pk}/images/{images[0].pk}/similar/")
@@ -77,3 +85,64 @@ def test_similar_grid_marks_selected_neighbours_in_one_action(collection, images
         (images[0].pk, images[1].pk, Answer.DIFFERENT),
         (images[0].pk, images[2].pk, Answer.DIFFERENT),
     ]
+
+
+def mark(client: Client, collection, query, images, answer: str = "same"):
+    return client.post(
+        f"/collections/{collection.pk}/mark/",
+        {"query": query.pk, "answer": answer, "images": [i.pk for i in images]},
+    )
+
+
+def test_the_mark_page_refuses_more_images_than_the_api(collection, images, annotator, monkeypatch):
+    monkeypatch.setattr(actions, "MAX_MARKS", 5)
+    response = mark(logged_in(annotator), collection, images[0], images[1:7])
+    assert response.status_code == 400
+    assert not Pair.objects.exists()
+
+
+def test_each_marked_image_counts_against_the_answer_rate(
+    collection, images, annotator, monkeypatch
+):
+    from labeling.api import AnswerRateThrottle
+
+    monkeypatch.setattr(AnswerRateThrottle, "THROTTLE_RATES", {"answers": "10/min"})
+    client = logged_in(annotator)
+    assert mark(client, collection, images[0], images[1:9]).status_code == 302
+    refused = mark(client, collection, images[0], images[9:12])
+    assert refused.status_code == 429
+    assert int(refused["Retry-After"]) > 0
+    assert "Too many answers" in refused.content.decode()
+    api = APIClient()
+    api.force_authenticate(annotator)
+    response = api.post(
+        f"/api/v1/collections/{collection.pk}/pairs/mark/",
+        {"query": images[0].pk, "images": [images[20].pk, images[21].pk], "answer": "same"},
+        format="json",
+    )
+    assert response.status_code == 200  # 8 + 2 = the 10 allowed
+    assert Pair.objects.count() == 10
+
+
+def test_a_large_mark_commits_in_short_chunks_each_with_its_audit_row(
+    collection, images, annotator, monkeypatch
+):
+    from audit.models import Event
+
+    monkeypatch.setattr(actions, "MARK_CHUNK", 4)
+    locks: list[str | None] = []
+    lock = actions._lock_collection
+    depth = len(connection.savepoint_ids)
+
+    def counting_lock(collection_id: int) -> None:
+        # The transaction (here: the test's savepoint) each answer takes the lock in: it is
+        # released when that one ends, so one per chunk, not one around the whole mark.
+        locks.append(connection.savepoint_ids[depth])
+        lock(collection_id)
+
+    monkeypatch.setattr(actions, "_lock_collection", counting_lock)
+    assert mark(logged_in(annotator), collection, images[0], images[1:11]).status_code == 302
+    rows = Event.objects.filter(action=Event.Action.MARK).order_by("id")
+    assert [row.detail["count"] for row in rows] == [4, 4, 2]
+    assert len(locks) == 10 and len(set(locks)) == 3
+    assert Pair.objects.count() == 10

@@ -79,6 +79,42 @@ def test_same_idempotency_key_twice_stores_one_answer(collection, images, annota
     assert Pair.objects.get(pk=pair_id).status == Pair.Status.ANSWERED
 
 
+def test_an_idempotency_key_reused_on_another_pair_is_a_409_not_a_lost_answer(
+    collection, images, annotator
+):
+    client = client_for(annotator)
+    first = actions.pair_for(collection, images[0].pk, images[1].pk)
+    second = actions.pair_for(collection, images[2].pk, images[3].pk)
+    body = {"answer": "same", "idempotency_key": "k-1"}
+    assert client.post(f"/api/v1/pairs/{first.pk}/answer/", body, format="json").status_code == 201
+    reused = client.post(f"/api/v1/pairs/{second.pk}/answer/", body, format="json")
+    assert reused.status_code == 409
+    assert f"pair {first.pk}" in reused.json()["detail"]
+    assert not Constraint.objects.filter(pair=second).exists()
+    assert not ConstraintRevision.objects.filter(pair=second).exists()
+
+
+def test_an_answer_sent_for_another_user_is_a_403_and_stores_nothing(
+    collection, images, annotator, curator
+):
+    pair = actions.pair_for(collection, images[0].pk, images[1].pk)
+    response = client_for(curator).post(
+        f"/api/v1/pairs/{pair.pk}/answer/",
+        {"answer": "same"},
+        format="json",
+        headers={"X-Autoret-User": str(annotator.pk)},
+    )
+    assert response.status_code == 403
+    assert not Constraint.objects.exists()
+    mine = client_for(annotator).post(
+        f"/api/v1/pairs/{pair.pk}/answer/",
+        {"answer": "same"},
+        format="json",
+        headers={"X-Autoret-User": str(annotator.pk)},
+    )
+    assert mine.status_code == 201
+
+
 def test_undo_puts_the_pair_back_to_the_annotator(collection, images, annotator):
     client = client_for(annotator)
     pair_id = client.get(next_url(collection)).json()["pair_id"]
@@ -261,3 +297,46 @@ def test_answers_past_the_per_minute_limit_get_a_429_and_store_nothing(
     assert codes == [201, 201, 429]
     assert int(response["Retry-After"]) > 0
     assert Constraint.objects.count() == 2
+
+
+def test_the_answer_limit_is_counted_in_the_shared_redis(
+    collection, images, annotator, monkeypatch, settings, live_redis
+):
+    from django.core.cache import caches
+
+    from labeling.api import AnswerRateThrottle
+    from worker.broker import redis_client
+
+    settings.CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": live_redis,
+        }
+    }
+    monkeypatch.setattr(AnswerRateThrottle, "THROTTLE_RATES", {"answers": "2/min"})
+    client = client_for(annotator)
+    codes = []
+    for _ in range(3):
+        pair_id = client.get(next_url(collection)).json()["pair_id"]
+        codes.append(
+            client.post(f"/api/v1/pairs/{pair_id}/answer/", {"answer": "same"}, format="json")
+        )
+        # As if each answer reached another web process: nothing is remembered in this one.
+        caches.close_all()
+    assert [r.status_code for r in codes] == [201, 201, 429]
+    assert any(b"throttle_answers" in key for key in redis_client().keys("*"))
+
+
+def test_an_unreachable_cache_lets_answers_through(
+    collection, images, annotator, settings, tmp_path
+):
+    settings.CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": f"unix://{tmp_path / 'nothing.sock'}",
+        }
+    }
+    client = client_for(annotator)
+    pair_id = client.get(next_url(collection)).json()["pair_id"]
+    response = client.post(f"/api/v1/pairs/{pair_id}/answer/", {"answer": "same"}, format="json")
+    assert response.status_code == 201

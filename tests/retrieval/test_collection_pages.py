@@ -53,14 +53,34 @@ def test_anyone_signed_in_creates_a_collection_and_administers_it(
     )
 
 
-def test_duplicate_collection_name_is_a_400_with_the_form(
-    client: Client, curator, collection, password: str
+def test_when_only_staff_may_create_collections_others_get_403(
+    client: Client, outsider, admin, password: str, settings
 ) -> None:
-    response = login(client, curator, password).post(
+    settings.AUTORET_COLLECTION_CREATORS = "staff"
+    login(client, outsider, password)
+    assert "New collection" not in client.get("/").content.decode()
+    page = client.post(reverse("retrieval:collection_list"), {"name": "Birds"})
+    api = client.post("/api/v1/collections/", {"name": "Birds"}, "application/json")
+    assert (page.status_code, api.status_code) == (403, 403)
+    assert not Collection.objects.filter(name="Birds").exists()
+    outsider.is_staff = True
+    outsider.save()
+    assert client.post(reverse("retrieval:collection_list"), {"name": "Birds"}).status_code == 302
+
+
+def test_a_taken_name_is_a_400_that_does_not_say_a_collection_exists(
+    client: Client, outsider, collection, password: str
+) -> None:
+    response = login(client, outsider, password).post(
         reverse("retrieval:collection_list"), {"name": collection.name}
     )
     assert response.status_code == 400
-    assert "already exists" in response.content.decode()
+    page = response.content.decode()
+    assert "This name is not available: choose another." in page
+    assert "exists" not in page
+    api = client.post("/api/v1/collections/", {"name": collection.name}, "application/json")
+    assert api.status_code == 400
+    assert api.json() == {"name": ["This name is not available: choose another."]}
 
 
 def test_keyset_pages_show_every_image_once(
@@ -108,6 +128,36 @@ def test_curator_uploads_through_the_page_and_sees_the_report(
     assert "1 created" in html and "1 rejected" in html
     assert "<code>x.jpg</code>: not an image in an allowed format" in html
     assert Image.objects.filter(collection=collection).count() == 1
+
+
+def test_a_long_browser_import_ends_in_time_logged_and_queued_for_embedding(
+    client: Client, curator, collection, password: str, settings, monkeypatch,
+    django_capture_on_commit_callbacks,
+) -> None:  # fmt: skip
+    from audit.models import Event
+
+    settings.AUTORET_IMPORT_SECONDS = 1
+    clock = [0.0]
+    check_image = imports.check_image
+
+    def slow_check(*args: object, **kwargs: object) -> imports._Checked:
+        clock[0] += 0.6  # each file takes 0.6 s on this clock
+        return check_image(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(imports.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(imports, "check_image", slow_check)
+    queued: list[int] = []
+    monkeypatch.setattr(imports, "_enqueue_embedding", queued.append)
+    login(client, curator, password)
+    files = [SimpleUploadedFile(f"{i}.png", image_bytes((i, 0, 0))) for i in range(4)]
+    with django_capture_on_commit_callbacks(execute=True):
+        response = client.post(reverse("retrieval:upload", args=[collection.pk]), {"files": files})
+    assert response.status_code == 200
+    assert Image.objects.filter(collection=collection).count() == 2
+    assert "upload it again for the rest" in response.content.decode()
+    event = Event.objects.get(action=Event.Action.IMPORT)
+    assert (event.detail["created"], event.detail["rejected"]) == (2, 2)
+    assert queued == [collection.pk]
 
 
 def test_upload_without_files_is_a_400(client: Client, curator, collection, password: str) -> None:

@@ -3,7 +3,9 @@ refusal, stores nothing over it, and keeps what fits."""
 
 from __future__ import annotations
 
+import functools
 import json
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -89,6 +91,29 @@ def test_an_import_over_the_collection_cap_stores_what_fits_and_names_the_rest(
     assert "collection is full" in response.json()["rejected"][0]["error"]
 
 
+def test_two_imports_at_once_cannot_pass_the_collection_cap_together(collection, settings) -> None:
+    from retrieval.imports import Candidate, Limits, import_items
+
+    settings.AUTORET_MAX_IMAGES_PER_COLLECTION = 3
+    other = colours(2, start=10)
+
+    def read_while_another_import_stores() -> bytes:
+        # This import counted its room (3) before; the other one fills two places meanwhile.
+        import_items(
+            collection, (Candidate(n, functools.partial(bytes, d)) for n, d in other.items())
+        )
+        return image_bytes((0, 100, 200))
+
+    items = [Candidate("first.png", read_while_another_import_stores)]
+    items += [Candidate(n, functools.partial(bytes, d)) for n, d in colours(2, start=1).items()]
+    report = import_items(collection, iter(items), Limits.from_settings())
+    assert Image.objects.filter(collection=collection).count() == 3
+    assert len(report.created) == 1
+    assert [reason for _, reason in report.rejected] == [
+        "the collection is full: it holds the limit of 3 images"
+    ] * 2
+
+
 def test_a_full_collection_refuses_a_second_copy_within_the_upload_too(
     curator_client: Client, collection, settings
 ) -> None:
@@ -118,6 +143,31 @@ def test_the_files_per_upload_cap_is_for_the_web_not_the_command(
     archive.write_bytes(zip_bytes(colours(3)))
     call_command("import_images", collection.name, str(archive), "--no-embed", verbosity=0)
     assert Image.objects.filter(collection=collection).count() == 3
+
+
+def test_a_zip_with_more_files_than_the_upload_cap_is_refused_whole_up_front(
+    curator_client: Client, collection, settings, monkeypatch
+) -> None:
+    settings.AUTORET_MAX_FILES_PER_UPLOAD = 2
+    archive = zip_bytes(colours(5))
+    opened: list[str] = []
+    real_open = zipfile.ZipFile.open
+
+    def tracking_open(self, member, *args, **kwargs):
+        opened.append(str(member))
+        return real_open(self, member, *args, **kwargs)
+
+    monkeypatch.setattr(zipfile.ZipFile, "open", tracking_open)
+    response = curator_client.post(
+        f"/api/v1/collections/{collection.pk}/images/",
+        {"files": [SimpleUploadedFile("many.zip", archive)]},
+    )
+    assert response.status_code == 400
+    [rejected] = response.json()["rejected"]
+    assert rejected["name"] == "many.zip"
+    assert "zip holds 5 files, over the limit of 2" in rejected["error"]
+    assert opened == []
+    assert not Image.objects.exists()
 
 
 @pytest.mark.parametrize("name", ["../../../outside.png", "evil\x00.png.html", "..\\..\\x.png"])

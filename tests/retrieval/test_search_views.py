@@ -234,3 +234,67 @@ def test_api_search_answers_409_before_the_first_version(annotator, collection) 
     assert response.status_code == 409
     assert "no active model version yet" in response.json()["detail"]
     assert Image.objects.filter(collection=collection).count() == 2
+
+
+def jpeg(side: int) -> bytes:
+    buffer = io.BytesIO()
+    PILImage.new("RGB", (side, side), (200, 40, 10)).save(buffer, format="JPEG")
+    return buffer.getvalue()
+
+
+def test_a_huge_jpeg_query_is_decoded_at_reduced_scale(
+    annotator, collection, embedded, monkeypatch
+) -> None:
+    sizes: list[tuple[int, int]] = []
+    embed_pictures = embedding.embed_pictures
+
+    def recording(version, pictures):
+        sizes.extend(p.size for p in pictures)
+        return embed_pictures(version, pictures)
+
+    monkeypatch.setattr(embedding, "embed_pictures", recording)
+    api = APIClient()
+    api.force_authenticate(annotator)
+    upload = SimpleUploadedFile("big.jpg", jpeg(4000), content_type="image/jpeg")
+    response = api.post(reverse("api:search", args=[collection.pk]), {"image": upload})
+    assert response.status_code == 200
+    assert sizes == [(1000, 1000)]  # 1/4 scale: the smallest JPEG scale of 512 px or more
+
+
+def test_a_query_image_over_the_pixel_budget_is_a_400_with_the_reason(
+    annotator, collection, embedded, settings
+) -> None:
+    settings.AUTORET_SEARCH_MAX_PIXELS = 10_000
+    api = APIClient()
+    api.force_authenticate(annotator)
+    buffer = io.BytesIO()
+    PILImage.new("RGB", (200, 200)).save(buffer, format="PNG")
+    upload = SimpleUploadedFile("q.png", buffer.getvalue(), content_type="image/png")
+    response = api.post(reverse("api:search", args=[collection.pk]), {"image": upload})
+    assert response.status_code == 400
+    assert (
+        "200x200 pixels is over the limit of 10000 for a query image" in response.json()["detail"]
+    )
+
+
+def test_searches_by_upload_past_the_limit_get_a_429_on_the_api_and_the_page(
+    client, annotator, password, collection, embedded, monkeypatch
+) -> None:
+    from retrieval.throttles import SearchUploadThrottle
+
+    monkeypatch.setattr(SearchUploadThrottle, "THROTTLE_RATES", {"search_uploads": "2/min"})
+    api = APIClient()
+    api.force_authenticate(annotator)
+    url = reverse("api:search", args=[collection.pk])
+
+    def query() -> SimpleUploadedFile:
+        return SimpleUploadedFile("q.png", near_copy(3), content_type="image/png")
+
+    assert [api.post(url, {"image": query()}).status_code for _ in range(3)] == [200, 200, 429]
+    client.login(username=annotator.username, password=password)
+    page = client.post(reverse("retrieval:search", args=[collection.pk]), {"image": query()})
+    assert page.status_code == 429
+    assert int(page["Retry-After"]) > 0
+    assert "Too many searches by image" in page.content.decode()
+    # Searching by an image of the collection decodes nothing: not limited.
+    assert api.post(url, {"image_id": embedded[0]}, format="json").status_code == 200

@@ -8,7 +8,8 @@ from django.urls import reverse
 from rest_framework.test import APIClient
 
 from retrieval.models import Collection, ModelVersion
-from worker.models import Job
+from worker import actions
+from worker.models import Job, TrainingPolicy
 
 pytestmark = pytest.mark.django_db
 
@@ -98,6 +99,64 @@ def test_api_starts_training_then_refuses_a_second_start(collection, admin) -> N
     assert {"status", "progress", "metrics", "error"} <= set(state)
 
 
+def test_api_refuses_true_as_training_minutes(collection, admin) -> None:
+    response = api_for(admin).post(
+        reverse("worker_api:train", args=[collection.pk]), {"minutes": True}, format="json"
+    )
+    assert response.status_code == 400
+    assert "minutes" in response.json()
+    assert not Job.objects.exists()
+
+
+def test_a_retraining_threshold_past_the_column_is_a_400_not_a_500(collection, admin) -> None:
+    response = client_for(admin).post(
+        reverse("worker:training_policy", args=[collection.pk]),
+        {"retrain_after_answers": "99999999999999999999", "minutes": "1"},
+    )
+    assert response.status_code == 400
+    assert not TrainingPolicy.objects.exists()
+
+
+@pytest.fixture
+def owner(collection: Collection, django_user_model, password):
+    """An admin of the collection who is no site admin: the quotas bind them."""
+    from retrieval.models import Membership
+
+    user = django_user_model.objects.create_user("owner", "owner@example.org", password)
+    Membership.objects.create(collection=collection, user=user, role=Membership.Role.ADMIN)
+    return user
+
+
+def test_a_training_job_over_the_per_job_cap_is_refused(collection, owner, admin, settings) -> None:
+    settings.AUTORET_MAX_TRAIN_MINUTES = 240
+    url = reverse("worker_api:train", args=[collection.pk])
+    refused = api_for(owner).post(url, {"minutes": 1440}, format="json")
+    assert refused.status_code == 403
+    assert "at most 240 minutes" in refused.json()["detail"]
+    assert not Job.objects.exists()
+    assert api_for(admin).post(url, {"minutes": 1440}, format="json").status_code == 202
+
+
+def test_a_users_training_minutes_per_day_are_capped(collection, owner, settings) -> None:
+    settings.AUTORET_TRAIN_MINUTES_PER_USER_DAY = 100
+    url = reverse("worker:train", args=[collection.pk])
+    client = client_for(owner)
+    assert client.post(url, {"minutes": "60"}).status_code == 302
+    actions.cancel_job(Job.objects.get())
+    refused = client.post(url, {"minutes": "60"})
+    assert refused.status_code == 403
+    assert "limit of 100" in refused.content.decode()
+    assert Job.objects.count() == 1
+    assert client.post(url, {"minutes": "40"}).status_code == 302
+
+
+def test_the_collections_default_minutes_are_held_to_the_cap(collection, owner, settings) -> None:
+    settings.AUTORET_MAX_TRAIN_MINUTES = 30
+    TrainingPolicy.objects.create(collection=collection, minutes=1000)
+    job = actions.start_training(collection, None)
+    assert job.options["minutes"] == 30
+
+
 def test_cancel_of_a_queued_job_stops_it_at_once(collection, admin) -> None:
     api = api_for(admin)
     job_id = api.post(reverse("worker_api:train", args=[collection.pk]), {}, format="json").json()[
@@ -166,6 +225,43 @@ def test_delete_embeddings_asks_for_confirmation_first(collection, trained, admi
     client.post(url, {"confirm": "yes"})
     trained.refresh_from_db()
     assert trained.status == ModelVersion.Status.DELETED
+
+
+def test_a_version_read_as_ready_before_its_deletion_cannot_be_activated(
+    collection, trained
+) -> None:
+    from worker import actions
+
+    seen_ready = ModelVersion.objects.get(pk=trained.pk)
+    actions.delete_embeddings(trained)
+    with pytest.raises(actions.VersionNotAllowed, match="deleted"):
+        actions.activate_version(seen_ready)
+    collection.refresh_from_db()
+    trained.refresh_from_db()
+    assert (collection.active_version_id, trained.status) == (None, ModelVersion.Status.DELETED)
+
+
+def test_an_activation_while_embeddings_are_deleted_is_refused(
+    collection, trained, monkeypatch
+) -> None:
+    from retrieval import queries
+    from worker import actions
+
+    refused: list[str] = []
+    drop_index = queries.drop_index
+
+    def activate_meanwhile(version: ModelVersion) -> None:
+        try:
+            actions.activate_version(ModelVersion.objects.get(pk=trained.pk))
+        except actions.VersionNotAllowed as error:
+            refused.append(str(error))
+        drop_index(version)
+
+    monkeypatch.setattr(queries, "drop_index", activate_meanwhile)
+    actions.delete_embeddings(trained)
+    collection.refresh_from_db()
+    assert collection.active_version_id is None
+    assert refused and "deleted" in refused[0]
 
 
 def test_curator_cannot_activate_or_delete(collection, trained, curator) -> None:

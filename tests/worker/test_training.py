@@ -85,6 +85,34 @@ def test_a_cancelled_job_stops_and_search_keeps_the_old_version(searchable, admi
 
 
 @pytest.mark.django_db
+@pytest.mark.parametrize("ending", ["cancelled", "failed"])
+def test_a_cancelled_or_failed_version_leaves_no_checkpoint(
+    collection, admin, settings, monkeypatch, ending
+) -> None:
+    job = actions.start_training(collection, admin, minutes=5, run_here=True)
+    version = job.version_or_fail()
+    folder = settings.MODELS_DIR / version.checkpoint
+    folder.mkdir(parents=True)
+    (folder / "model.safetensors").write_bytes(b"weights")
+    sibling = settings.MODELS_DIR / f"collection-{collection.pk}" / "v1-other"
+    sibling.mkdir(parents=True)
+    if ending == "cancelled":
+        # Between two slices: running, held by nobody (a queued job never ran, so has no files).
+        Job.objects.filter(pk=job.pk).update(status=Job.Status.RUNNING)
+        actions.cancel_job(job)
+    else:
+
+        def broken(*args: object) -> str:
+            raise RuntimeError("out of memory")
+
+        monkeypatch.setattr(pipeline, "_train_slice", broken)
+    job = run_to_end(job)
+    assert job.status == ending
+    assert not folder.exists()
+    assert sibling.exists()
+
+
+@pytest.mark.django_db
 def test_rollback_then_delete_the_newer_versions_embeddings(searchable, admin) -> None:
     old = searchable.active_version
     run_to_end(actions.start_training(searchable, admin, minutes=0.02, run_here=True))

@@ -1,6 +1,8 @@
 // The labeling loop in the browser: show a pair, keep the next one loaded, send answers through
 // an outbox that retries until the server has them (an idempotency key makes a retry harmless),
 // and undo the last answer. Keys: J same, K different, S unsure, U or Backspace undo.
+// The outbox belongs to the signed-in user: it is kept per user, every answer says whose it is,
+// and when the session ends (401/403) it waits for that user to log in again, then sends.
 "use strict";
 (() => {
   const root = document.getElementById("labeler");
@@ -8,13 +10,16 @@
   const nextUrl = root.dataset.nextUrl;
   const answerUrl = (id) => root.dataset.answerUrl.replace("/0/", `/${id}/`);
   const undoUrl = (id) => root.dataset.undoUrl.replace("/0/", `/${id}/`);
-  const csrf = JSON.parse(document.body.getAttribute("hx-headers") || "{}")["X-CSRFToken"];
+  const pageCsrf = JSON.parse(document.body.getAttribute("hx-headers") || "{}")["X-CSRFToken"];
+  const user = root.dataset.user;
   const imageA = document.getElementById("image-a");
   const imageB = document.getElementById("image-b");
   const status = document.getElementById("label-status");
   const pendingNote = document.getElementById("pending");
+  const signedOut = document.getElementById("signed-out");
   const buttons = root.querySelectorAll("button");
-  const OUTBOX = `autoret-outbox-${nextUrl}`;
+  // Per user: another user signing in on this browser never sends these answers as theirs.
+  const OUTBOX = `autoret-outbox-${user}-${nextUrl}`;
 
   let current = null; // the pair on screen
   let upcoming = null; // a promise of the next pair (or null when none is left)
@@ -27,9 +32,27 @@
     crypto.randomUUID ? crypto.randomUUID() : `${Date.now()}-${Math.random().toString(16).slice(2)}`;
   const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
+  // Logging in (again, perhaps in another tab) rotates the CSRF token: the cookie has the new one.
+  function csrfToken() {
+    const match = document.cookie.match(/(?:^|;\s*)csrftoken=([^;]+)/);
+    return match ? decodeURIComponent(match[1]) : pageCsrf;
+  }
+
   async function request(url, options = {}) {
-    const headers = { "X-CSRFToken": csrf, Accept: "application/json", ...(options.headers || {}) };
+    const headers = {
+      "X-CSRFToken": csrfToken(),
+      "X-Autoret-User": user,
+      Accept: "application/json",
+      ...(options.headers || {}),
+    };
     return fetch(url, { credentials: "same-origin", ...options, headers });
+  }
+
+  // 401/403: the session ended, or its CSRF token changed, or another user is signed in now.
+  const authLost = (response) => Boolean(response) && (response.status === 401 || response.status === 403);
+
+  function showSignedOut(lost) {
+    signedOut.hidden = !lost;
   }
 
   function showPending() {
@@ -38,8 +61,9 @@
   }
 
   // Sends the outbox in order. Network errors, 5xx and 429 (too many answers a minute) are
-  // retried with back-off forever (the answer stays in localStorage meanwhile); any other 4xx is
-  // the server refusing it for good.
+  // retried with back-off forever (the answer stays in localStorage meanwhile), and so are 401
+  // and 403, while the page asks the user to log in again; any other 4xx is the server refusing
+  // it for good.
   async function flush() {
     if (sending) return;
     sending = true;
@@ -56,7 +80,9 @@
       } catch (error) {
         response = null;
       }
-      const refused = response && response.status >= 400 && response.status < 500 && response.status !== 429;
+      const refused =
+        response && response.status >= 400 && response.status < 500 && response.status !== 429 && !authLost(response);
+      showSignedOut(authLost(response));
       if (response && (response.ok || refused)) {
         if (!response.ok) status.textContent = `An answer was refused (${response.status}).`;
         outbox.shift();
@@ -83,6 +109,7 @@
     for (let delay = 500; ; delay = Math.min(delay * 2, 10000)) {
       try {
         const response = await request(`${nextUrl}?exclude=${exclude}`);
+        showSignedOut(authLost(response));
         if (response.status === 204) return null;
         if (response.ok) {
           const pair = await response.json();
@@ -92,7 +119,7 @@
       } catch (error) {
         // Offline: try again below.
       }
-      status.textContent = "Cannot reach the server; retrying…";
+      if (signedOut.hidden) status.textContent = "Cannot reach the server; retrying…";
       await sleep(delay);
     }
   }

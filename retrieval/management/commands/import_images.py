@@ -50,7 +50,8 @@ class Command(BaseCommand):
             raise CommandError("--limit must be a positive number")
         collection = find_collection(options["collection"], create=options["create"])
         # The per-upload file cap protects the web server; a command may import a whole data set.
-        limits = dataclasses.replace(Limits.from_settings(), max_files=limit or 10**9)
+        # --limit takes the first N files below, so a larger zip is not refused whole.
+        limits = dataclasses.replace(Limits.from_settings(), max_files=10**9, max_seconds=None)
         items, total = items_for(options["path"], limits, options["labels"])
         if limit is not None:
             items = itertools.islice(items, limit)

@@ -79,7 +79,7 @@ class Command(BaseCommand):
         )
         if test is not None:
             items = itertools.chain(items, from_image_set(test, "fashion-mnist-test"))
-        limits = dataclasses.replace(Limits.from_settings(), max_files=ALL)
+        limits = dataclasses.replace(Limits.from_settings(), max_files=ALL, max_seconds=None)
         # Images already there are reported as duplicates, so an interrupted load just resumes.
         with tqdm(total=size, unit="image", desc="demo", disable=options["verbosity"] == 0) as bar:
             report = import_items(collection, items, limits, progress=bar.update)
