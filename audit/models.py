@@ -2,7 +2,7 @@
 
 Rows are written by the action functions that make the changes (labeling/actions.py,
 labeling/exchange.py, retrieval/actions.py, worker/actions.py, worker/stack.py,
-retrieval/imports.py, retrieval/embedding.py), inside the
+retrieval/imports.py, retrieval/versions.py), inside the
 change's own transaction, so a rolled-back change leaves no row and a committed one always has its
 row. Nothing ever updates or deletes a row.
 """

@@ -90,7 +90,7 @@ class EmbeddingMixture:
         from retrieval.autoret.data import load_dataset
         from retrieval.autoret.embed import embed_images
         from retrieval.autoret.model import AutoRet, ModelConfig
-        from retrieval.embedding import INITIAL_IMAGE_SIZE, INITIAL_SEED
+        from retrieval.versions import INITIAL_IMAGE_SIZE, INITIAL_SEED
 
         data = load_dataset("fashion-mnist:train")
         pick = np.sort(rng.choice(len(data.images), size=self.FIT_IMAGES, replace=False))

@@ -101,7 +101,7 @@ class Stack:
             return
         from retrieval.management.commands.load_demo import DEMO_NAME
         from retrieval.models import Collection
-        from worker.tasks import embed_collection
+        from worker.hooks import queue_embedding
 
         admin = get_user_model().objects.filter(is_superuser=True).order_by("pk").first()
         call_command(
@@ -111,7 +111,7 @@ class Stack:
         )  # fmt: skip
         demo = Collection.objects.get(name=DEMO_NAME)
         # Idempotent: embeds only what has no vector yet (a load interrupted earlier included).
-        embed_collection.delay(demo.pk)
+        queue_embedding(demo.pk)
 
     def _web_command(self) -> list[str]:
         return [
