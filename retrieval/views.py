@@ -17,7 +17,6 @@ from retrieval.imports import CONTENT_TYPES, ImportReport, embed_later, from_upl
 from retrieval.imports import Limits as ImportLimits
 from retrieval.models import Collection, Image
 from retrieval.permissions import Role, get_collection_for_user, role_in, visible_collections
-from worker.health import system_health
 
 PAGE_SIZE = 60
 # The only paths media files have (see retrieval.models.image_upload_to): anything else is a 404
@@ -31,7 +30,6 @@ def _collections_page(
     context = {
         "collections": visible_collections(request.user).order_by("name"),
         "form": form or CollectionForm(),
-        "health": system_health(),
     }
     return render(request, "retrieval/collection_list.html", context, status=status)
 

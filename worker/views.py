@@ -43,6 +43,16 @@ def healthz(request: HttpRequest) -> JsonResponse:
     return JsonResponse(report, status=200 if report["ok"] else 503)
 
 
+@login_required
+@never_cache
+@require_GET
+def status(request: HttpRequest) -> HttpResponse:
+    """The health of the parts, for people: the collections page loads it as a fragment."""
+    fragment = request.htmx  # type: ignore[attr-defined]  # django-htmx's middleware sets it
+    template = "worker/status.html#status" if fragment else "worker/status.html"
+    return render(request, template, {"health": system_health()})
+
+
 class TrainForm(forms.Form):
     minutes = forms.FloatField(min_value=0.01, max_value=24 * 60, required=False)
 

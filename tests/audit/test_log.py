@@ -12,9 +12,9 @@ from django.core.management import call_command
 from django.test import Client
 from rest_framework.authtoken.models import Token
 
-from audit import views
 from audit.models import Event
 from labeling.models import Pair
+from retrieval import activity
 from retrieval.models import Collection, Membership, ModelVersion
 from tests.retrieval.conftest import image_bytes
 from worker.models import Job
@@ -383,7 +383,7 @@ def test_a_rolled_back_change_leaves_no_row(annotator, pair, monkeypatch) -> Non
 def test_the_activity_page_shows_the_newest_first_by_keyset(
     admin, curator, collection, monkeypatch
 ) -> None:
-    monkeypatch.setattr(views, "PAGE_SIZE", 2)
+    monkeypatch.setattr(activity, "PAGE_SIZE", 2)
     for n in range(5):
         Event.record(Action.IMPORT, curator, collection, via="api", created=n)
     Event.record(Action.IMPORT, curator, None, via="elsewhere")

@@ -1,4 +1,7 @@
-"""A collection's Activity page: its audit log, newest first, for the collection's admins."""
+"""A collection's Activity page: its audit log, newest first, for the collection's admins.
+
+A collection page, so it lives here: audit/ is the lowest app (every app writes its log) and
+imports none of the apps above it."""
 
 from __future__ import annotations
 
