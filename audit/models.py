@@ -1,7 +1,7 @@
 """The audit log: who changed what, when, in which collection.
 
 Rows are written by the action functions that make the changes (labeling/actions.py,
-labeling/exchange.py, retrieval/actions.py, worker/actions.py, worker/stack.py,
+labeling/exchange.py, retrieval/actions.py, worker/actions.py, config/stack.py,
 retrieval/imports.py, retrieval/versions.py), inside the
 change's own transaction, so a rolled-back change leaves no row and a committed one always has its
 row. Nothing ever updates or deletes a row.
@@ -15,7 +15,6 @@ from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
 from django.db import models
 from django.utils import timezone
-
 
 
 class Event(models.Model):

@@ -140,6 +140,11 @@ SECRET_KEY = _secret_key(DATA_DIR)
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]"])
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
 PORT = env_int("PORT", 8000, minimum=1, maximum=65535)
+# `make run` (config/stack.py): the first admin account, and the demo's size ("0": none, "all").
+DJANGO_SUPERUSER_USERNAME = env_str("DJANGO_SUPERUSER_USERNAME", "admin")
+DJANGO_SUPERUSER_PASSWORD = _raw("DJANGO_SUPERUSER_PASSWORD")  # None: generated and printed once
+DJANGO_SUPERUSER_EMAIL = env_str("DJANGO_SUPERUSER_EMAIL", "")
+AUTORET_DEMO_SIZE = env_str("AUTORET_DEMO_SIZE", "3000")
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -159,11 +164,13 @@ INSTALLED_APPS = [
     "labeling",
     "worker",
     "audit",
+    # The project itself, for `manage.py runstack` (config/management/commands/).
+    "config",
 ]
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
-    "retrieval.middleware.RequestSizeLimit",
+    "config.middleware.RequestSizeLimit",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -257,12 +264,12 @@ DATA_UPLOAD_MAX_NUMBER_FILES = AUTORET_MAX_FILES_PER_UPLOAD
 AUTORET_MAX_IMAGES_PER_COLLECTION = env_int(
     "AUTORET_MAX_IMAGES_PER_COLLECTION", 1_000_000, minimum=1
 )
-# Whole request bodies: larger ones get 413 before anything reads them (retrieval.middleware).
+# Whole request bodies: larger ones get 413 before anything reads them (config.middleware).
 # The default leaves room for one zip at AUTORET_MAX_ZIP_BYTES plus the form around it.
 AUTORET_MAX_REQUEST_BYTES = env_int(
     "AUTORET_MAX_REQUEST_BYTES", AUTORET_MAX_ZIP_BYTES + 1024 * 1024, minimum=1
 )
-# Bodies other than uploaded files (forms, JSON); larger ones get 413 (retrieval.middleware).
+# Bodies other than uploaded files (forms, JSON); larger ones get 413 (config.middleware).
 DATA_UPLOAD_MAX_MEMORY_SIZE = env_int("AUTORET_MAX_FORM_BYTES", 2_621_440, minimum=1024)
 # maintenance_work_mem for HNSW index builds: the 64MB default builds 2.5x slower (stack notes).
 AUTORET_INDEX_BUILD_MEMORY = env_str("AUTORET_INDEX_BUILD_MEMORY", "1GB")

@@ -505,13 +505,13 @@ def test_a_constraint_import_rolled_back_leaves_no_row(curator, collection, monk
 
 
 def test_the_first_superuser_of_runstack_is_logged_once(
-    django_user_model, settings, tmp_path: Path, monkeypatch
+    django_user_model, settings, tmp_path: Path
 ) -> None:
-    from worker.stack import ensure_admin
+    from config.stack import ensure_admin
 
     settings.DATA_DIR = tmp_path
-    monkeypatch.setenv("DJANGO_SUPERUSER_USERNAME", "root")
-    monkeypatch.delenv("DJANGO_SUPERUSER_PASSWORD", raising=False)
+    settings.DJANGO_SUPERUSER_USERNAME = "root"
+    settings.DJANGO_SUPERUSER_PASSWORD = None
     assert "Log in as root with password" in ensure_admin()
     root = django_user_model.objects.get(username="root")
     event = only_event()
@@ -538,10 +538,10 @@ def test_the_first_superuser_of_runstack_is_logged_once(
 def test_runstack_creates_no_admin_without_its_row(
     django_user_model, settings, tmp_path, monkeypatch
 ):
-    from worker import stack
+    from config import stack
 
     settings.DATA_DIR = tmp_path
-    monkeypatch.setenv("DJANGO_SUPERUSER_PASSWORD", "a-long-enough-password-1")
+    settings.DJANGO_SUPERUSER_PASSWORD = "a-long-enough-password-1"
 
     def broken(*args: object, **kwargs: object) -> Event:
         raise RuntimeError("the database went away")

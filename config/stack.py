@@ -15,6 +15,8 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
@@ -96,7 +98,7 @@ class Stack:
     def load_demo(self) -> None:
         """Import the Fashion-MNIST demo (AUTORET_DEMO_SIZE images, 0 for none, "all" for 70,000)
         while the site already serves; the worker embeds it, so search appears within a minute."""
-        size = os.environ.get("AUTORET_DEMO_SIZE") or "3000"
+        size = settings.AUTORET_DEMO_SIZE
         if size == "0":
             return
         from retrieval.management.commands.load_demo import DEMO_NAME
@@ -184,9 +186,9 @@ def ensure_admin() -> str:
     if existing is not None:
         hint = f" (first password in {password_file})" if password_file.exists() else ""
         return f"Log in as {existing.get_username()}{hint}."
-    username = os.environ.get("DJANGO_SUPERUSER_USERNAME") or "admin"
-    password = os.environ.get("DJANGO_SUPERUSER_PASSWORD") or secrets.token_urlsafe(12)
-    email = os.environ.get("DJANGO_SUPERUSER_EMAIL") or ""
+    username = settings.DJANGO_SUPERUSER_USERNAME
+    password = settings.DJANGO_SUPERUSER_PASSWORD or secrets.token_urlsafe(12)
+    email = settings.DJANGO_SUPERUSER_EMAIL
     with transaction.atomic():
         user = user_model.objects.create_superuser(
             username=username, email=email, password=password
@@ -196,7 +198,7 @@ def ensure_admin() -> str:
         Event.record(
             Event.Action.USER_CREATE, None, None, user, username=username, **rights, by="runstack"
         )
-    if "DJANGO_SUPERUSER_PASSWORD" not in os.environ:
+    if not settings.DJANGO_SUPERUSER_PASSWORD:
         password_file.touch(mode=0o600)
         password_file.write_text(password + "\n")
     return (
@@ -205,8 +207,6 @@ def ensure_admin() -> str:
 
 
 def wait_for_http(url: str, timeout: float, accept: tuple[int, ...] = (200,)) -> bool:
-    import urllib.error
-
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
