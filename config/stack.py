@@ -158,12 +158,18 @@ class Stack:
         self.say("stopped")
 
 
-def worker_command() -> list[str]:
-    queues = "default,gpu" if _cuda_available() else "default"
+def worker_command(
+    queues: str | None = None, hostname: str | None = None, *, solo: bool = False
+) -> list[str]:
+    """The one Celery worker command line (the stack's worker and the tests' workers): one task
+    at a time, consuming `queues` (default: gpu too when this machine has CUDA). `solo` runs
+    tasks in the worker process itself, so a kill -9 of the worker kills its task too."""
+    if queues is None:
+        queues = "default,gpu" if _cuda_available() else "default"
+    pool = ["--pool", "solo"] if solo else ["--concurrency", "1"]
     return [
-        sys.executable, "-m", "celery", "-A", "config", "worker",
-        "-Q", queues, "--concurrency", "1", "--loglevel", "INFO",
-        "--hostname", f"autoret-{os.getpid()}@%h",
+        sys.executable, "-m", "celery", "-A", "config", "worker", "-Q", queues, *pool,
+        "--loglevel", "INFO", "--hostname", hostname or f"autoret-{os.getpid()}@%h",
     ]  # fmt: skip
 
 

@@ -15,10 +15,11 @@ from retrieval import embedding
 from retrieval.autoret.checkpoint import CheckpointError, read_info
 from retrieval.models import Collection, Embedding, ModelVersion
 from tests.retrieval.test_search_embedding import add_pictures
-from tests.worker.conftest import Workers, wait_for
+from tests.waiting import wait_for
+from tests.worker.conftest import Workers
 from worker.models import Job
 
-pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
 
 def searchable(collection: Collection, n: int) -> Collection:
