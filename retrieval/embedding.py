@@ -24,7 +24,7 @@ from PIL import Image as PILImage
 from PIL import ImageOps
 from tqdm import tqdm
 
-from retrieval import queries, versions
+from retrieval import indexes, queries, versions
 from retrieval.autoret.checkpoint import load_model
 from retrieval.autoret.embed import embed_images
 from retrieval.autoret.model import AutoRet, ModelConfig
@@ -180,7 +180,7 @@ def embed_new_images(
         if bar is not None:
             bar.close()
     if result.finished:
-        queries.build_index(version)
+        indexes.build_index(version)
         result.activated = versions.activate_if_first(collection, version)
     return result
 

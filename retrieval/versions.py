@@ -22,7 +22,7 @@ from django.utils import timezone
 from PIL import Image as PILImage
 
 from audit.models import Event
-from retrieval import queries
+from retrieval import indexes
 from retrieval.models import Collection, Embedding, ModelVersion
 from retrieval.signals import version_activated
 
@@ -136,7 +136,7 @@ def delete_embeddings(version: ModelVersion, by: User | None = None) -> int:
     if collection.active_version_id == version.pk:
         raise VersionNotAllowed("The active version's embeddings cannot be deleted.")
     # The index goes first: a half-deleted version must never be searchable through it.
-    queries.drop_index(version)
+    indexes.drop_index(version)
     with transaction.atomic():
         deleted, _ = version.embeddings.all().delete()
         ModelVersion.objects.filter(pk=version.pk).update(status=ModelVersion.Status.DELETED)
@@ -162,5 +162,5 @@ def abandon(version_id: int) -> None:
     """A training run that ends without activating its version: the version is FAILED and the
     vectors it got so far are freed (index first). A version that became ready is left alone."""
     if fail(version_id) and not Collection.objects.filter(active_version_id=version_id).exists():
-        queries.drop_index(version_id)
+        indexes.drop_index(version_id)
         Embedding.objects.filter(version_id=version_id).delete()
