@@ -118,7 +118,7 @@ def _secret_key(data_dir: Path) -> str:
         if len(value) < 32:
             raise ImproperlyConfigured("SECRET_KEY is shorter than 32 characters")
         return value
-    if REQUIRE_SECRET_KEY:
+    if PRODUCTION:
         raise ImproperlyConfigured(
             "SECRET_KEY must be set in production mode (AUTORET_PRODUCTION=1)"
         )
@@ -134,7 +134,6 @@ DEBUG = env_bool("DEBUG", False)
 # Production deployments (compose.yaml, docs/deploy.md) set AUTORET_PRODUCTION=1, which turns the
 # conveniences of the single-machine mode (a generated SECRET_KEY, plain-HTTP cookies) off.
 PRODUCTION = env_bool("AUTORET_PRODUCTION", False)
-REQUIRE_SECRET_KEY = PRODUCTION
 DATA_DIR = env_path("AUTORET_DATA_DIR", BASE_DIR / "var")
 SECRET_KEY = _secret_key(DATA_DIR)
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]"])

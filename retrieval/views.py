@@ -13,8 +13,14 @@ from django.views.decorators.http import require_http_methods, require_POST
 
 from retrieval.actions import create_collection, create_token, images_after, revoke_token
 from retrieval.forms import CollectionForm, UploadForm
-from retrieval.imports import CONTENT_TYPES, ImportReport, embed_later, from_uploads, import_items
-from retrieval.imports import Limits as ImportLimits
+from retrieval.imports import (
+    CONTENT_TYPES,
+    ImportReport,
+    Limits,
+    embed_later,
+    from_uploads,
+    import_items,
+)
 from retrieval.models import Collection, Image
 from retrieval.permissions import Role, get_collection_for_user, role_in, visible_collections
 
@@ -100,7 +106,7 @@ def upload(request: HttpRequest, pk: int) -> HttpResponse:
     else:
         report = import_items(
             collection,
-            from_uploads(files, ImportLimits.from_settings(), labels=form.cleaned_data["labels"]),
+            from_uploads(files, Limits.from_settings(), labels=form.cleaned_data["labels"]),
             by=request.user,  # type: ignore[arg-type]  # login_required: never anonymous
             via="browser",
         )
