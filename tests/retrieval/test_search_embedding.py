@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image as PILImage
 
-from retrieval import embedding, queries, search_views, versions
+from retrieval import embedding, queries, search, versions
 from retrieval.imports import Candidate, import_items
 from retrieval.models import Collection, Embedding, ModelVersion
 
@@ -64,7 +64,7 @@ def test_embedding_fills_the_version_then_activates_it(collection) -> None:
     assert version.status == ModelVersion.Status.READY
     assert version.activated_at is not None
     assert sorted(Embedding.objects.filter(version=version).values_list("image", flat=True)) == ids
-    assert search_views.version_label(version)["text"] == "version 1: untrained network"
+    assert search.version_label(version)["text"] == "version 1: untrained network"
 
 
 def test_the_seeded_network_is_rebuilt_identically_in_another_process(collection) -> None:
@@ -127,6 +127,6 @@ def test_colour_collections_get_a_colour_network(collection) -> None:
 
 
 def test_map_projection_is_in_the_unit_square() -> None:
-    points = search_views.project_2d(np.random.default_rng(0).normal(size=(30, 128)))
+    points = search.project_2d(np.random.default_rng(0).normal(size=(30, 128)))
     assert points.shape == (30, 2)
     assert points.min() >= 0.0 and points.max() <= 1.0
