@@ -32,6 +32,12 @@ INITIAL_IMAGE_SIZE = 32
 INITIAL_SEED = 0
 
 
+# TrainConfig.alpha (retrieval/autoret/train.py): the cannot-link distance of a version whose
+# config records none (the untrained version 1). Restated here because importing TrainConfig
+# loads PyTorch; tests/retrieval/test_versions.py checks that the two agree.
+DEFAULT_ALPHA = 10.0
+
+
 class VersionNotAllowed(Exception):
     """An activation or deletion that would leave search without a complete version."""
 
@@ -46,6 +52,17 @@ def channels_for(collection: Collection) -> int:
         except OSError:
             continue
     return 1 if collection.images.exists() else 3
+
+
+def alpha_of(version: ModelVersion) -> float:
+    """The cannot-link target distance the version was trained with (TrainConfig.alpha)."""
+    config = version.config or {}
+    train = config.get("train")
+    value = (train if isinstance(train, dict) else config).get("alpha", DEFAULT_ALPHA)
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return DEFAULT_ALPHA
 
 
 def initial_model_config(collection: Collection) -> dict[str, Any]:

@@ -379,7 +379,7 @@ def evaluate_version(version: ModelVersion) -> dict[str, Any]:
             metrics["label_queries"] = result["queries"]
     must, cannot = known_constraints(version.collection_id)
     if must or cannot:
-        alpha = float(version.config.get("train", {}).get("alpha", TrainConfig.alpha))
+        alpha = versions.alpha_of(version)
         distances = queries.pair_distances(version, [*must, *cannot])
         right = sum(1 for p in must if p in distances and distances[p] < alpha / 2) + sum(
             1 for p in cannot if p in distances and distances[p] > alpha / 2
