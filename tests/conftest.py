@@ -32,6 +32,15 @@ def _empty_cache() -> None:
     cache.clear()
 
 
+@pytest.fixture(autouse=True)
+def _no_remembered_policies() -> None:
+    """worker.retraining remembers which collections retrain after answers for 30 s: each test
+    reads them from its own database."""
+    from worker.retraining import forget_policies
+
+    forget_policies()
+
+
 @pytest.fixture
 def password() -> str:
     return PASSWORD
