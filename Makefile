@@ -11,7 +11,7 @@ CHROMIUM := /usr/bin/chromium
 # pip warns about every missing local mirror folder on these machines; keep real errors visible.
 PIP_NOISE := is ignored: it is neither a file nor a directory
 
-.PHONY: help run test lint layers typecheck pytest bench-quality clean-var system-run system-test
+.PHONY: help run test lint layers typecheck pytest pytest-fast bench-quality clean-var system-run system-test
 
 help:
 	@echo "make run    set up, start the platform and the demo collection, print the URL and login"
@@ -55,3 +55,7 @@ typecheck: $(STAMP)
 
 pytest: $(STAMP)
 	$(VENV)/bin/pytest
+
+# The edit-test loop: everything but real workers and servers, browsers and long training runs.
+pytest-fast: $(STAMP)
+	$(VENV)/bin/pytest -m "not slow and not e2e and not integration"

@@ -1,4 +1,4 @@
-"""Starting, cancelling and switching: what pages, the API, commands and labeling call.
+"""Starting, cancelling and switching: what pages, the API and commands call.
 
 Nothing here imports PyTorch (web processes never load it): the work itself happens in
 worker/pipeline.py, run by the tasks in worker/tasks.py.
