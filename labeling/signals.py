@@ -1,7 +1,7 @@
 """What labeling tells the apps above it (worker/ connects them in its AppConfig.ready()).
 
-Sent inside the transaction that makes the change: a receiver that queues work or starts a job does
-it on commit, so a rolled-back answer starts nothing.
+Sent where the change is made, inside its transaction if it has one: a receiver that queues work or
+starts a job does it on commit, so a rolled-back answer starts nothing.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """What retrieval tells the apps above it (worker/ queues the embedding; see worker/hooks.py).
 
-Sent inside the transaction that makes the change: a receiver that queues work does it on commit,
-so a rolled-back change queues nothing.
+Sent where the change is made, inside its transaction if it has one: a receiver that queues work
+does it on commit (worker/enqueue.py), so a rolled-back change queues nothing.
 """
 
 from __future__ import annotations
