@@ -20,8 +20,8 @@ from rest_framework.throttling import UserRateThrottle
 
 from labeling import actions, exchange
 from labeling.models import Answer, Pair
-from retrieval.models import Collection, Image
-from retrieval.permissions import Role, get_collection_for_user, get_in_collection_for_user
+from retrieval.models import Collection, Image, Membership
+from retrieval.permissions import get_collection_for_user, get_in_collection_for_user
 
 PAIRS = Pair.objects.select_related("a", "b")
 
@@ -192,7 +192,7 @@ class RulingSerializer(serializers.Serializer):
 @api_view(["POST"])
 @parser_classes([JSONParser])
 def adjudicate(request: Request, pair_id: int) -> Response:
-    pair = get_in_collection_for_user(request.user, PAIRS, pair_id, Role.CURATOR)
+    pair = get_in_collection_for_user(request.user, PAIRS, pair_id, Membership.Role.CURATOR)
     serializer = RulingSerializer(data=request.data)
     serializer.is_valid(raise_exception=True)
     actions.adjudicate(pair, _user(request), serializer.validated_data["answer"])
@@ -206,7 +206,7 @@ def adjudicate(request: Request, pair_id: int) -> Response:
 )
 @api_view(["GET"])
 def export_constraints(request: Request, pk: int) -> StreamingHttpResponse:
-    collection = get_collection_for_user(request.user, pk, Role.CURATOR)
+    collection = get_collection_for_user(request.user, pk, Membership.Role.CURATOR)
     # Not `format`: DRF reads that one for renderer negotiation.
     fmt = request.query_params.get("fmt", "csv")
     if fmt not in ("csv", "jsonl"):
@@ -221,7 +221,7 @@ def export_constraints(request: Request, pk: int) -> StreamingHttpResponse:
 @extend_schema(responses={200: OpenApiTypes.STR}, summary="Export the must-link groups (CSV)")
 @api_view(["GET"])
 def export_groups(request: Request, pk: int) -> StreamingHttpResponse:
-    collection = get_collection_for_user(request.user, pk, Role.CURATOR)
+    collection = get_collection_for_user(request.user, pk, Membership.Role.CURATOR)
     response = StreamingHttpResponse(
         [exchange.export_groups_csv(collection)], content_type="text/csv"
     )
@@ -241,7 +241,7 @@ def export_groups(request: Request, pk: int) -> StreamingHttpResponse:
 @api_view(["POST"])
 @parser_classes([MultiPartParser])
 def import_constraints(request: Request, pk: int) -> Response:
-    collection = get_collection_for_user(request.user, pk, Role.CURATOR)
+    collection = get_collection_for_user(request.user, pk, Membership.Role.CURATOR)
     upload = request.FILES.get("file")
     if upload is None:
         raise ValidationError({"file": "a CSV or JSONL file"})

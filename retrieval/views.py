@@ -21,8 +21,8 @@ from retrieval.imports import (
     from_uploads,
     import_items,
 )
-from retrieval.models import Collection, Image
-from retrieval.permissions import Role, get_collection_for_user, role_in, visible_collections
+from retrieval.models import Collection, Image, Membership
+from retrieval.permissions import get_collection_for_user, role_in, visible_collections
 
 PAGE_SIZE = 60
 # The only paths media files have (see retrieval.models.image_upload_to): anything else is a 404
@@ -77,8 +77,8 @@ def _collection_context(request: HttpRequest, collection: Collection) -> dict[st
         "collection": collection,
         "images": images,
         "next_after": next_after,
-        "can_upload": role >= Role.CURATOR,
-        "is_admin": role >= Role.ADMIN,
+        "can_upload": role >= Membership.Role.CURATOR,
+        "is_admin": role >= Membership.Role.ADMIN,
         "upload_form": UploadForm(),
     }
 
@@ -96,7 +96,7 @@ def collection_detail(request: HttpRequest, pk: int) -> HttpResponse:
 @login_required
 @require_POST
 def upload(request: HttpRequest, pk: int) -> HttpResponse:
-    collection = get_collection_for_user(request.user, pk, Role.CURATOR)
+    collection = get_collection_for_user(request.user, pk, Membership.Role.CURATOR)
     form = UploadForm(request.POST)
     files = request.FILES.getlist("files")
     report: ImportReport | None = None
