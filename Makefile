@@ -11,11 +11,11 @@ CHROMIUM := /usr/bin/chromium
 # pip warns about every missing local mirror folder on these machines; keep real errors visible.
 PIP_NOISE := is ignored: it is neither a file nor a directory
 
-.PHONY: help run test lint typecheck pytest bench-quality clean-var system-run system-test
+.PHONY: help run test lint layers typecheck pytest pytest-fast bench-quality clean-var system-run system-test
 
 help:
 	@echo "make run    set up, start the platform and the demo collection, print the URL and login"
-	@echo "make test   set up and run ruff, mypy and the whole pytest suite"
+	@echo "make test   set up and run ruff, the import layers, mypy and the whole pytest suite"
 
 $(STAMP): pyproject.toml
 	@echo "Installing into $(VENV) (torch 2.14.1 comes from local disk: about 2 minutes the first time)"
@@ -40,14 +40,22 @@ system-test: system-run
 run: $(STAMP) system-run
 	$(PY) manage.py runstack
 
-test: $(STAMP) system-test lint typecheck pytest
+test: $(STAMP) system-test lint layers typecheck pytest
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+
+# import-linter contracts in pyproject.toml: apps import only the layers below them.
+layers: $(STAMP)
+	$(VENV)/bin/lint-imports
 
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy .
 
 pytest: $(STAMP)
 	$(VENV)/bin/pytest
+
+# The edit-test loop: everything but real workers and servers, browsers and long training runs.
+pytest-fast: $(STAMP)
+	$(VENV)/bin/pytest -m "not slow and not e2e and not integration"

@@ -1,8 +1,8 @@
 """The audit log: who changed what, when, in which collection.
 
 Rows are written by the action functions that make the changes (labeling/actions.py,
-labeling/exchange.py, retrieval/actions.py, worker/actions.py, worker/stack.py,
-retrieval/imports.py, retrieval/embedding.py), inside the
+labeling/exchange.py, retrieval/actions.py, worker/actions.py, config/stack.py,
+retrieval/imports.py, retrieval/versions.py), inside the
 change's own transaction, so a rolled-back change leaves no row and a committed one always has its
 row. Nothing ever updates or deletes a row.
 """
@@ -15,8 +15,6 @@ from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
 from django.db import models
 from django.utils import timezone
-
-from retrieval.models import Collection
 
 
 class Event(models.Model):
@@ -49,8 +47,9 @@ class Event(models.Model):
     username = models.CharField(max_length=150, blank=True)
     action = models.CharField(max_length=24, choices=Action.choices)
     # No database constraint: deleting a collection must neither delete its log nor be blocked.
+    # A string reference: audit is the lowest app and imports no other app's models.
     collection = models.ForeignKey(
-        Collection,
+        "retrieval.Collection",
         null=True,
         blank=True,
         on_delete=models.DO_NOTHING,
@@ -75,14 +74,14 @@ class Event(models.Model):
         cls,
         action: Event.Action,
         user: AbstractBaseUser | AnonymousUser | None,
-        collection: Collection | int | None = None,
+        collection: models.Model | int | None = None,
         target: models.Model | None = None,
         **detail: Any,
     ) -> Event:
         """One INSERT; call it inside the transaction of the change it records."""
         if user is not None and not user.is_authenticated:
             user = None
-        collection_id = collection.pk if isinstance(collection, Collection) else collection
+        collection_id = collection.pk if isinstance(collection, models.Model) else collection
         return cls.objects.create(
             user=user,
             username=user.get_username() if user is not None else "",

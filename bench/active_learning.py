@@ -111,7 +111,7 @@ def make_collection(name: str, data: ImageSet) -> tuple[Any, list[int]]:
 
 
 def new_version(collection: Any, ids: list[int], vectors: np.ndarray, alpha: float) -> None:
-    from retrieval import queries
+    from retrieval import indexes, queries
     from retrieval.models import ModelVersion
 
     number = ModelVersion.objects.filter(collection=collection).count() + 1
@@ -123,7 +123,7 @@ def new_version(collection: Any, ids: list[int], vectors: np.ndarray, alpha: flo
         config={"train": {"alpha": alpha}},
     )
     queries.copy_embeddings(version, ids, vectors)
-    queries.build_index(version)
+    indexes.build_index(version)
     collection.active_version = version
     collection.save(update_fields=["active_version"])
 

@@ -4,7 +4,7 @@
     .venv/bin/python bench/search.py --sizes 1000000 --data embedding --ef auto,100,200
 
 Runs the platform's own code path (binary COPY, per-version partial HNSW with the parameters
-`queries.index_params_for` picks for the size, `nearest` with its exact fallback) on the embedded
+`indexes.index_params_for` picks for the size, `nearest` with its exact fallback) on the embedded
 PostgreSQL, in a separate database (`autoret_bench`, created, migrated and dropped afterwards), with
 a small collection beside the large one so every query is restricted to one version. recall@10 is
 measured against an exact NumPy search. Prints one Markdown table.
@@ -90,7 +90,7 @@ class EmbeddingMixture:
         from retrieval.autoret.data import load_dataset
         from retrieval.autoret.embed import embed_images
         from retrieval.autoret.model import AutoRet, ModelConfig
-        from retrieval.embedding import INITIAL_IMAGE_SIZE, INITIAL_SEED
+        from retrieval.versions import INITIAL_IMAGE_SIZE, INITIAL_SEED
 
         data = load_dataset("fashion-mnist:train")
         pick = np.sort(rng.choice(len(data.images), size=self.FIT_IMAGES, replace=False))
@@ -191,7 +191,7 @@ def run_size(
     clusters: int,
     params: tuple[int, int] | None,
 ) -> list[str]:
-    from retrieval import queries
+    from retrieval import indexes, queries
 
     rng = np.random.default_rng(seed)
     if data == "embedding":
@@ -219,11 +219,11 @@ def run_size(
 
     load_before = os.getloadavg()[0]
     started = time.perf_counter()
-    assert queries.build_index(
-        version, params=queries.IndexParams(*params) if params is not None else None
+    assert indexes.build_index(
+        version, params=indexes.IndexParams(*params) if params is not None else None
     )
     build_s = time.perf_counter() - started
-    info = queries.index_info(version)
+    info = indexes.index_info(version)
     assert info is not None
     print(
         f"# index: m {info.params.m}, ef_construction {info.params.ef_construction}, "
@@ -236,9 +236,9 @@ def run_size(
     index_of = {image_id: row for row, image_id in enumerate(ids)}
     rows = []
     for ef_value in ef_values:
-        # "auto": nearest's own choice for the version's size (queries.ef_search_for).
+        # "auto": nearest's own choice for the version's size (indexes.ef_search_for).
         ef = None if ef_value == "auto" else int(ef_value)
-        shown = f"{queries.ef_search_for(info.rows)} (auto)" if ef is None else str(ef)
+        shown = f"{indexes.ef_search_for(info.rows)} (auto)" if ef is None else str(ef)
         latencies, hits = [], 0
         for probe, expected in zip(probes, truth, strict=True):
             started = time.perf_counter()

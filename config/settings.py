@@ -119,7 +119,7 @@ def _secret_key(data_dir: Path) -> str:
         if len(value) < 32:
             raise ImproperlyConfigured("SECRET_KEY is shorter than 32 characters")
         return value
-    if REQUIRE_SECRET_KEY:
+    if PRODUCTION:
         raise ImproperlyConfigured(
             "SECRET_KEY must be set in production mode (AUTORET_PRODUCTION=1)"
         )
@@ -135,12 +135,16 @@ DEBUG = env_bool("DEBUG", False)
 # Production deployments (compose.yaml, docs/deploy.md) set AUTORET_PRODUCTION=1, which turns the
 # conveniences of the single-machine mode (a generated SECRET_KEY, plain-HTTP cookies) off.
 PRODUCTION = env_bool("AUTORET_PRODUCTION", False)
-REQUIRE_SECRET_KEY = PRODUCTION
 DATA_DIR = env_path("AUTORET_DATA_DIR", BASE_DIR / "var")
 SECRET_KEY = _secret_key(DATA_DIR)
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]"])
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
 PORT = env_int("PORT", 8000, minimum=1, maximum=65535)
+# `make run` (config/stack.py): the first admin account, and the demo's size ("0": none, "all").
+DJANGO_SUPERUSER_USERNAME = env_str("DJANGO_SUPERUSER_USERNAME", "admin")
+DJANGO_SUPERUSER_PASSWORD = _raw("DJANGO_SUPERUSER_PASSWORD")  # None: generated and printed once
+DJANGO_SUPERUSER_EMAIL = env_str("DJANGO_SUPERUSER_EMAIL", "")
+AUTORET_DEMO_SIZE = env_str("AUTORET_DEMO_SIZE", "3000")
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -161,11 +165,13 @@ INSTALLED_APPS = [
     "worker",
     "audit",
     "axes",
+    # The project itself, for `manage.py runstack` (config/management/commands/).
+    "config",
 ]
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
-    "retrieval.middleware.RequestSizeLimit",
+    "config.middleware.RequestSizeLimit",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -294,12 +300,12 @@ AUTORET_IMPORT_SECONDS = env_int("AUTORET_IMPORT_SECONDS", 60, minimum=1)
 # Most pixels a query image (search by upload) may decode to; a JPEG decodes at reduced scale
 # first, so only other formats this large are refused (retrieval.imports.decode_query).
 AUTORET_SEARCH_MAX_PIXELS = env_int("AUTORET_SEARCH_MAX_PIXELS", 4_000_000, minimum=1)
-# Whole request bodies: larger ones get 413 before anything reads them (retrieval.middleware).
+# Whole request bodies: larger ones get 413 before anything reads them (config.middleware).
 # The default leaves room for one zip at AUTORET_MAX_ZIP_BYTES plus the form around it.
 AUTORET_MAX_REQUEST_BYTES = env_int(
     "AUTORET_MAX_REQUEST_BYTES", AUTORET_MAX_ZIP_BYTES + 1024 * 1024, minimum=1
 )
-# Bodies other than uploaded files (forms, JSON); larger ones get 413 (retrieval.middleware).
+# Bodies other than uploaded files (forms, JSON); larger ones get 413 (config.middleware).
 DATA_UPLOAD_MAX_MEMORY_SIZE = env_int("AUTORET_MAX_FORM_BYTES", 2_621_440, minimum=1024)
 # maintenance_work_mem for HNSW index builds: the 64MB default builds 2.5x slower (stack notes).
 AUTORET_INDEX_BUILD_MEMORY = env_str("AUTORET_INDEX_BUILD_MEMORY", "1GB")

@@ -36,5 +36,4 @@ urlpatterns = [
     path("", include("retrieval.urls")),
     path("", include("worker.urls")),
     path("", include("labeling.urls")),
-    path("", include("audit.urls")),
 ]

@@ -8,7 +8,7 @@ themselves against a state that misses the other.
 
 from __future__ import annotations
 
-import logging
+import functools
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -32,11 +32,9 @@ from labeling.models import (
     Pair,
     Source,
 )
+from labeling.signals import answer_recorded, mining_wanted
 from labeling.strategies import mine, settings_for
 from retrieval.models import Collection, Image
-
-log = logging.getLogger(__name__)
-
 
 # One-to-many marks (the Mark page and the API): at most MAX_MARKS images in one request, stored
 # MARK_CHUNK per transaction (mark_many).
@@ -196,18 +194,6 @@ _WRITE_REFRESH = """
 """
 
 
-def _after_answer(collection_id: int) -> None:
-    """Tells the training side that an answer arrived (it may start a retraining job)."""
-    from worker.actions import after_answer
-
-    try:
-        after_answer(Collection.objects.get(pk=collection_id))
-    except Exception:
-        # Runs after commit: the answer is stored, and a failing training trigger must not turn
-        # it into an error the page would retry.
-        log.exception("after_answer failed for collection %s", collection_id)
-
-
 @dataclass(frozen=True)
 class Stored:
     constraint: Constraint
@@ -258,16 +244,14 @@ def _store_answer(
                     source=source,
                 )
             _lock_collection(pair.collection_id)
-            stored, train = _write_answer(pair, user, answer, idempotency_key, source, when)
+            stored = _write_answer(pair, user, answer, idempotency_key, source, when)
     except _KeySeen as seen:
         existing = Constraint.objects.filter(pair_id=seen.pair_id, annotator=user).first()
         if existing is None:
             # The answer was undone since; replaying the key must not bring it back.
             existing = Constraint(pair_id=seen.pair_id, annotator=user, answer=seen.answer)
         return Stored(existing, created=False)
-    if train:
-        collection_id = pair.collection_id
-        transaction.on_commit(lambda: _after_answer(collection_id))
+    answer_recorded.send(sender=Constraint, collection_id=pair.collection_id)
     return stored
 
 
@@ -280,8 +264,7 @@ class _KeySeen(Exception):  # noqa: N818 - control flow, not an error
 
 
 # Under the collection lock, one statement: the pair (locked), whether the caller used this
-# idempotency key before, the other annotators' answers, the settings the refresh needs, and
-# whether a training policy may want to hear about the answer.
+# idempotency key before, the other annotators' answers and the settings the refresh needs.
 _ANSWER_STATE = """
     SELECT p.resolved, p.adjudicated, p.answered_at,
            (SELECT r.pair_id FROM {revision} r
@@ -292,9 +275,7 @@ _ANSWER_STATE = """
             LIMIT 1),
            ARRAY(SELECT c.answer FROM {constraint} c
                  WHERE c.pair_id = p.id AND (c.annotator_id IS NULL OR c.annotator_id <> %(user)s)),
-           s.id, s.inference_epoch,
-           EXISTS(SELECT 1 FROM {policy} t
-                  WHERE t.collection_id = p.collection_id AND t.retrain_after_answers > 0)
+           s.id, s.inference_epoch
     FROM {pair} p LEFT JOIN {settings} s ON s.collection_id = p.collection_id
     WHERE p.id = %(pair)s
     FOR UPDATE OF p
@@ -326,18 +307,14 @@ _WRITE_ANSWER = """
 
 def _write_answer(
     pair: Pair, user: User, answer: str, key: str, source: str, when: datetime | None
-) -> tuple[Stored, bool]:
+) -> Stored:
     """The part of an answer under the collection lock: five round trips with the commit (the
-    state, the writes, the refresh's read and writes). Returns (stored, whether to call
-    after_answer)."""
-    from worker.models import TrainingPolicy
-
+    state, the writes, the refresh's read and writes)."""
     tables = {
         "pair": Pair._meta.db_table,
         "revision": ConstraintRevision._meta.db_table,
         "constraint": Constraint._meta.db_table,
         "settings": LabelingSettings._meta.db_table,
-        "policy": TrainingPolicy._meta.db_table,
     }
     with connection.cursor() as cursor:
         cursor.execute(
@@ -347,7 +324,7 @@ def _write_answer(
     if state is None:
         raise Pair.DoesNotExist(f"pair {pair.pk} is gone")
     resolved_was, adjudicated, answered_was, seen_pair, seen_answer, others = state[:6]
-    settings_id, epoch, train = state[6:]
+    settings_id, epoch = state[6:]
     if seen_pair is not None and seen_pair != pair.pk:
         raise KeyReused(f"idempotency key already used for pair {seen_pair}")
     if seen_pair is not None:
@@ -382,7 +359,7 @@ def _write_answer(
         answer=answer, source=source, idempotency_key=key, created_at=created, updated_at=now,
     )  # fmt: skip
     constraint._state.adding, constraint._state.db = False, connection.alias
-    return Stored(constraint, created=True), bool(train)
+    return Stored(constraint, created=True)
 
 
 def undo_answer(pair: Pair, user: User) -> bool:
@@ -423,20 +400,19 @@ def _request_mining(collection: Collection, labeling: LabelingSettings) -> None:
         .update(mining_requested_at=now)
     )
     if claimed:
-        # After commit: the task must see the claim, and a rolled-back request queues nothing.
-        transaction.on_commit(lambda: _queue_mining(labeling.pk, collection.pk))
+        # Queued on commit (worker/enqueue.py): the task must see the claim, and a rolled-back
+        # request queues nothing.
+        mining_wanted.send(
+            sender=LabelingSettings,
+            collection_id=collection.pk,
+            unclaim=functools.partial(_unclaim_mining, labeling.pk),
+        )
 
 
-def _queue_mining(settings_id: int, collection_id: int) -> None:
-    from labeling.tasks import mine_pairs
-
-    try:
-        mine_pairs.delay(collection_id)
-    except Exception:
-        # A broker outage must not fail the annotator's request: the queue still has pairs,
-        # and releasing the claim lets a later request try again.
-        log.exception("could not queue mining for collection %s", collection_id)
-        LabelingSettings.objects.filter(pk=settings_id).update(mining_requested_at=None)
+def _unclaim_mining(settings_id: int) -> None:
+    # The mining task could not be queued (a broker outage): the queue still has pairs, and
+    # releasing the claim lets a later request try again.
+    LabelingSettings.objects.filter(pk=settings_id).update(mining_requested_at=None)
 
 
 def _open_pairs(collection: Collection | int, now: datetime) -> QuerySet[Pair]:

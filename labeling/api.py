@@ -19,8 +19,8 @@ from rest_framework.response import Response
 
 from labeling import actions, exchange
 from labeling.models import Answer, Pair
-from retrieval.models import Collection, Image
-from retrieval.permissions import Role, get_collection_for_user, get_in_collection_for_user
+from retrieval.models import Collection, Image, Membership
+from retrieval.permissions import get_collection_for_user, get_in_collection_for_user
 from retrieval.throttles import SharedRateThrottle
 
 PAIRS = Pair.objects.select_related("a", "b")
@@ -224,7 +224,7 @@ class RulingSerializer(serializers.Serializer):
 @api_view(["POST"])
 @parser_classes([JSONParser])
 def adjudicate(request: Request, pair_id: int) -> Response:
-    pair = get_in_collection_for_user(request.user, PAIRS, pair_id, Role.CURATOR)
+    pair = get_in_collection_for_user(request.user, PAIRS, pair_id, Membership.Role.CURATOR)
     serializer = RulingSerializer(data=request.data)
     serializer.is_valid(raise_exception=True)
     actions.adjudicate(pair, _user(request), serializer.validated_data["answer"])
@@ -238,7 +238,7 @@ def adjudicate(request: Request, pair_id: int) -> Response:
 )
 @api_view(["GET"])
 def export_constraints(request: Request, pk: int) -> StreamingHttpResponse:
-    collection = get_collection_for_user(request.user, pk, Role.CURATOR)
+    collection = get_collection_for_user(request.user, pk, Membership.Role.CURATOR)
     # Not `format`: DRF reads that one for renderer negotiation.
     fmt = request.query_params.get("fmt", "csv")
     if fmt not in ("csv", "jsonl"):
@@ -253,7 +253,7 @@ def export_constraints(request: Request, pk: int) -> StreamingHttpResponse:
 @extend_schema(responses={200: OpenApiTypes.STR}, summary="Export the must-link groups (CSV)")
 @api_view(["GET"])
 def export_groups(request: Request, pk: int) -> StreamingHttpResponse:
-    collection = get_collection_for_user(request.user, pk, Role.CURATOR)
+    collection = get_collection_for_user(request.user, pk, Membership.Role.CURATOR)
     response = StreamingHttpResponse(
         [exchange.export_groups_csv(collection)], content_type="text/csv"
     )
@@ -273,7 +273,7 @@ def export_groups(request: Request, pk: int) -> StreamingHttpResponse:
 @api_view(["POST"])
 @parser_classes([MultiPartParser])
 def import_constraints(request: Request, pk: int) -> Response:
-    collection = get_collection_for_user(request.user, pk, Role.CURATOR)
+    collection = get_collection_for_user(request.user, pk, Membership.Role.CURATOR)
     upload = request.FILES.get("file")
     if upload is None:
         raise ValidationError({"file": "a CSV or JSONL file"})

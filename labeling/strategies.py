@@ -22,6 +22,7 @@ from labeling.inference import Inference, infer
 from labeling.models import DEFAULT_MIX, LabelingSettings, Pair, Strategy
 from retrieval import queries
 from retrieval.models import Collection, Embedding, ModelVersion
+from retrieval.versions import alpha_of
 
 # Neighbours looked at per sampled image: close enough to hold the boundary cases, few enough
 # that one LATERAL query over a few hundred images stays well under a second.
@@ -33,7 +34,6 @@ CLUSTERS = 16
 GROUPS = 50
 GROUP_SAMPLE = 64
 NEAREST_GROUPS = 3
-DEFAULT_ALPHA = 10.0  # retrieval/autoret/train.py TrainConfig.alpha
 
 
 @dataclass(frozen=True)
@@ -41,17 +41,6 @@ class Candidate:
     a: int
     b: int
     score: float
-
-
-def alpha_of(version: ModelVersion) -> float:
-    """The cannot-link target distance the version was trained with (TrainConfig.alpha)."""
-    config = version.config or {}
-    train = config.get("train")
-    value = (train if isinstance(train, dict) else config).get("alpha", DEFAULT_ALPHA)
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return DEFAULT_ALPHA
 
 
 @dataclass

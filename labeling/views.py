@@ -18,8 +18,8 @@ from labeling import actions
 from labeling.api import AnswerRateThrottle
 from labeling.inference import infer
 from labeling.models import Answer, Constraint, Group, Pair
-from retrieval.models import Image
-from retrieval.permissions import Role, get_collection_for_user, role_in
+from retrieval.models import Image, Membership
+from retrieval.permissions import get_collection_for_user, role_in
 
 GROUPS_SHOWN = 100
 SAMPLES = 8
@@ -49,9 +49,9 @@ def label(request: HttpRequest, pk: int) -> HttpResponse:
 @require_http_methods(["GET", "POST"])
 def groups(request: HttpRequest, pk: int) -> HttpResponse:
     collection = get_collection_for_user(request.user, pk)
-    is_curator = (role_in(request.user, collection) or 0) >= Role.CURATOR
+    is_curator = (role_in(request.user, collection) or 0) >= Membership.Role.CURATOR
     if request.method == "POST":
-        get_collection_for_user(request.user, pk, Role.CURATOR)
+        get_collection_for_user(request.user, pk, Membership.Role.CURATOR)
         if "pair" in request.POST:
             pair = get_object_or_404(Pair, pk=_id(request, "pair"), collection=collection)
             ruling = request.POST.get("answer", "")

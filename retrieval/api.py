@@ -21,9 +21,8 @@ from rest_framework.validators import UniqueValidator
 from retrieval.actions import create_collection, images_after
 from retrieval.forms import NAME_TAKEN
 from retrieval.imports import Limits, embed_later, from_uploads, import_items
-from retrieval.models import Collection, Image
+from retrieval.models import Collection, Image, Membership
 from retrieval.permissions import (
-    Role,
     get_collection_for_user,
     may_create_collections,
     visible_collections,
@@ -177,7 +176,7 @@ def collection_images(request: Request, pk: int) -> Response:
 
 
 def _upload(request: Request, pk: int) -> Response:
-    collection = get_collection_for_user(request.user, pk, Role.CURATOR)
+    collection = get_collection_for_user(request.user, pk, Membership.Role.CURATOR)
     files = request.FILES.getlist("files")
     if not files:
         raise ValidationError({"files": "send one or more files in the multipart field 'files'"})

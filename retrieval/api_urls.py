@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from django.urls import path
 
-from retrieval import api, search_views
+from retrieval import api, search_api
 
 app_name = "api"
 
@@ -12,6 +12,6 @@ urlpatterns = [
     # Collections and images (retrieval/api.py)
     path("collections/", api.collections, name="collections"),
     path("collections/<int:pk>/images/", api.collection_images, name="collection_images"),
-    # Search (retrieval/search_views.py)
-    path("collections/<int:pk>/search/", search_views.api_search, name="search"),
+    # Search (retrieval/search_api.py)
+    path("collections/<int:pk>/search/", search_api.api_search, name="search"),
 ]

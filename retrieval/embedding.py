@@ -1,10 +1,11 @@
-"""From stored images to vectors in a model version: load, embed with AutoRet, COPY, activate.
+"""From stored images to vectors in a model version: load, embed with AutoRet, COPY.
 
-A collection is searchable before anyone trains: `ensure_initial_version` gives it an UNTRAINED
-AutoRet network (seeded, so every process rebuilds the same weights from ModelVersion.config) and
-`embed_new_images` fills that version and activates it once every image has a vector and the index
-is built. Embedding is resumable: it only ever picks images without a vector in the version, and
-the unique (version, image) constraint turns a doubled batch into a no-op (queries.copy_embeddings).
+A collection is searchable before anyone trains: `versions.ensure_initial_version` gives it an
+UNTRAINED AutoRet network (seeded, so every process rebuilds the same weights from
+ModelVersion.config) and `embed_new_images` fills that version and activates it once every image
+has a vector and the index is built. Embedding is resumable: it only ever picks images without a
+vector in the version, and the unique (version, image) constraint turns a doubled batch into a
+no-op (queries.copy_embeddings).
 """
 
 from __future__ import annotations
@@ -18,16 +19,12 @@ from typing import IO, Any
 import numpy as np
 import torch
 from django.conf import settings
-from django.contrib.auth.models import User
-from django.db import transaction
 from django.db.models import Exists, OuterRef, QuerySet
-from django.utils import timezone
 from PIL import Image as PILImage
 from PIL import ImageOps
 from tqdm import tqdm
 
-from audit.models import Event
-from retrieval import queries
+from retrieval import indexes, queries, versions
 from retrieval.autoret.checkpoint import load_model
 from retrieval.autoret.embed import embed_images
 from retrieval.autoret.model import AutoRet, ModelConfig
@@ -35,50 +32,11 @@ from retrieval.models import Collection, Embedding, Image, ModelVersion
 
 log = logging.getLogger(__name__)
 
-# The untrained network: the default AutoRet at 32 px, which embeds about 1,000 images/s on two
-# CPU cores, so a few thousand images are searchable within seconds of an upload.
-INITIAL_IMAGE_SIZE = 32
-INITIAL_SEED = 0
 BATCH_SIZE = 256
 
 Progress = Callable[[int], None]
 # Asked between batches; True stops the walk (a cancelled job), leaving `next_after` to go on.
 ShouldStop = Callable[[], bool]
-
-
-def channels_for(collection: Collection) -> int:
-    """1 when the collection's first images are all greyscale (Fashion-MNIST), else 3."""
-    for image in collection.images.order_by("id")[:16]:
-        try:
-            with image.file.open("rb") as handle, PILImage.open(handle) as picture:
-                if picture.mode not in ("L", "1", "I", "I;16", "LA"):
-                    return 3
-        except OSError:
-            continue
-    return 1 if collection.images.exists() else 3
-
-
-def ensure_initial_version(collection: Collection) -> ModelVersion:
-    """The version that embeds a collection nobody has trained on yet (created once).
-
-    Returns the collection's latest version if it has one; else creates version 1: an untrained
-    AutoRet network whose config and seed are stored in ModelVersion.config.
-    """
-    with transaction.atomic():
-        # The row lock makes a second caller (another worker) wait here and then find version 1.
-        locked = Collection.objects.select_for_update().get(pk=collection.pk)
-        existing = locked.versions.order_by("-number").first()
-        if existing is not None:
-            return existing
-        channels = channels_for(locked)
-        config = ModelConfig(image_size=INITIAL_IMAGE_SIZE, in_channels=channels)
-        return ModelVersion.objects.create(
-            collection=locked,
-            number=1,
-            kind=ModelVersion.Kind.UNTRAINED,
-            status=ModelVersion.Status.EMBEDDING,
-            config={"model": config.to_dict(), "seed": INITIAL_SEED},
-        )
 
 
 @lru_cache(maxsize=4)
@@ -87,7 +45,7 @@ def _network(version_id: int, config_key: str, checkpoint: str) -> AutoRet:
     version = ModelVersion.objects.get(pk=version_id)
     if checkpoint:
         return load_model(settings.MODELS_DIR / checkpoint, device="cpu")
-    torch.manual_seed(int(version.config.get("seed", INITIAL_SEED)))
+    torch.manual_seed(int(version.config.get("seed", versions.INITIAL_SEED)))
     model = AutoRet(ModelConfig.from_dict(version.config["model"]))
     model.eval()
     return model
@@ -177,7 +135,7 @@ class BatchResult:
 def _target_version(collection: Collection) -> ModelVersion:
     if collection.active_version_id is not None:
         return ModelVersion.objects.get(pk=collection.active_version_id)
-    return ensure_initial_version(collection)
+    return versions.ensure_initial_version(collection)
 
 
 def embed_new_images(
@@ -222,8 +180,8 @@ def embed_new_images(
         if bar is not None:
             bar.close()
     if result.finished:
-        queries.build_index(version)
-        result.activated = activate_if_first(collection, version)
+        indexes.build_index(version)
+        result.activated = versions.activate_if_first(collection, version)
     return result
 
 
@@ -270,36 +228,3 @@ def _walk(
         return result
     result.finished = True
     return result
-
-
-def activate(version: ModelVersion, by: User | None = None) -> None:
-    """Makes `version` the one its collection's searches answer from, atomically, and logs it
-    (`by` None: the platform itself, after a first embedding or a finished training job)."""
-    with transaction.atomic():
-        locked = Collection.objects.select_for_update().get(pk=version.collection_id)
-        previous = (
-            ModelVersion.objects.filter(pk=locked.active_version_id)
-            .values_list("number", flat=True)
-            .first()
-            if locked.active_version_id is not None
-            else None
-        )
-        ModelVersion.objects.filter(pk=version.pk).update(
-            status=ModelVersion.Status.READY, activated_at=timezone.now()
-        )
-        Collection.objects.filter(pk=version.collection_id).update(active_version=version)
-        Event.record(
-            Event.Action.ACTIVATE, by, version.collection_id, version,
-            version=version.number, previous=previous,
-        )  # fmt: skip
-
-
-def activate_if_first(collection: Collection, version: ModelVersion) -> bool:
-    """Activates a complete version when its collection has no active one yet."""
-    with transaction.atomic():
-        locked = Collection.objects.select_for_update().get(pk=collection.pk)
-        if locked.active_version_id is not None:
-            return False
-        activate(version)
-    collection.active_version = version
-    return True

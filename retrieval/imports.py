@@ -33,6 +33,7 @@ from PIL import UnidentifiedImageError
 
 from audit.models import Event
 from retrieval.models import Collection, Image
+from retrieval.signals import images_added
 
 if TYPE_CHECKING:
     from retrieval.autoret.data import ImageSet
@@ -583,25 +584,14 @@ def _delete_unreferenced(names: list[str]) -> None:
                 logger.warning("could not remove %s after a failed import", name)
 
 
-# Embedding new images, so they become searchable: the only two call sites. Imported when called,
-# because they bring in PyTorch, which nothing else on the import path needs.
+# Embedding new images, so they become searchable: the only two call sites.
 
 
 def embed_later(collection: Collection) -> None:
-    """From web and API uploads: the worker embeds the new images once this request commits."""
-    transaction.on_commit(functools.partial(_enqueue_embedding, collection.pk))
-
-
-def _enqueue_embedding(collection_id: int) -> None:
-    # The images are stored whatever happens here: a broker outage must not turn a good upload
-    # into an error page. The embed task is idempotent and embeds every image without a vector,
-    # so the next upload's task picks these images up too.
-    from worker.tasks import embed_collection
-
-    try:
-        embed_collection.delay(collection_id)
-    except Exception:
-        logger.exception("collection %s: could not queue embedding (broker down?)", collection_id)
+    """From web and API uploads: the worker embeds the new images once this request commits
+    (worker/hooks.py queues the task). A broker outage leaves the images stored; the embed task
+    embeds every image without a vector, so the next upload's task picks them up too."""
+    images_added.send(sender=Collection, collection_id=collection.pk)
 
 
 def embed_now(collection: Collection) -> None:

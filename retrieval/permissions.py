@@ -12,7 +12,6 @@ from django.http import Http404
 
 from retrieval.models import Collection, Membership
 
-Role = Membership.Role
 InCollection = TypeVar("InCollection", bound=Model)
 
 
@@ -20,7 +19,7 @@ def role_in(user: User | AnonymousUser, collection: Collection) -> int | None:
     if not user.is_authenticated:
         return None
     if getattr(user, "is_superuser", False):
-        return Role.ADMIN
+        return Membership.Role.ADMIN
     membership = Membership.objects.filter(collection=collection, user=user).first()
     return membership.role if membership else None
 
@@ -63,14 +62,14 @@ def _checked_role(user: User | AnonymousUser, row: Model | None) -> int | None:
     if row is None or not user.is_authenticated:
         return None
     if getattr(user, "is_superuser", False):
-        return Role.ADMIN
+        return Membership.Role.ADMIN
     return getattr(row, "_role", None)
 
 
 def get_collection_for_user(
     user: User | AnonymousUser,
     pk: int,
-    min_role: int = Role.ANNOTATOR,
+    min_role: int = Membership.Role.ANNOTATOR,
     queryset: QuerySet[Collection] | None = None,
 ) -> Collection:
     """The collection if `user` holds at least `min_role` in it; 404 if not a member, else 403.
@@ -83,7 +82,9 @@ def get_collection_for_user(
     if collection is None or role is None:
         raise Http404("No such collection")
     if role < min_role:
-        raise PermissionDenied(f"This needs the {Role(min_role).label} role in {collection.name}")
+        raise PermissionDenied(
+            f"This needs the {Membership.Role(min_role).label} role in {collection.name}"
+        )
     return collection
 
 
@@ -91,7 +92,7 @@ def get_in_collection_for_user(
     user: User | AnonymousUser,
     queryset: QuerySet[InCollection],
     pk: int,
-    min_role: int = Role.ANNOTATOR,
+    min_role: int = Membership.Role.ANNOTATOR,
 ) -> InCollection:
     """A row that belongs to a collection (a job, a model version, a pair) under the same rule as
     its collection: 404 when it does not exist or `user` is no member, 403 for too low a role.
@@ -105,5 +106,7 @@ def get_in_collection_for_user(
     if role < min_role:
         # Only the refusal names the collection: fetched here, not for every allowed request.
         name = Collection.objects.filter(pk=found.collection_id).values_list("name", flat=True)  # type: ignore[attr-defined]
-        raise PermissionDenied(f"This needs the {Role(min_role).label} role in {name.first()}")
+        raise PermissionDenied(
+            f"This needs the {Membership.Role(min_role).label} role in {name.first()}"
+        )
     return found

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from django.urls import path
 
-from retrieval import search_views, views
+from retrieval import activity, search_views, views
 
 app_name = "retrieval"
 
@@ -13,6 +13,7 @@ urlpatterns = [
     path("collections/<int:pk>/upload/", views.upload, name="upload"),
     path("collections/<int:pk>/images/<int:image_pk>/", views.image_detail, name="image_detail"),
     path("media/<path:path>", views.media, name="media"),
+    path("collections/<int:pk>/activity/", activity.activity, name="activity"),
     # Search (search_views.py)
     path(
         "collections/<int:pk>/images/<int:image_pk>/similar/",

@@ -13,17 +13,21 @@ from django.views.decorators.http import require_http_methods, require_POST
 
 from retrieval.actions import create_collection, create_token, images_after, revoke_token
 from retrieval.forms import CollectionForm, UploadForm
-from retrieval.imports import CONTENT_TYPES, ImportReport, embed_later, from_uploads, import_items
-from retrieval.imports import Limits as ImportLimits
-from retrieval.models import Collection, Image
+from retrieval.imports import (
+    CONTENT_TYPES,
+    ImportReport,
+    Limits,
+    embed_later,
+    from_uploads,
+    import_items,
+)
+from retrieval.models import Collection, Image, Membership
 from retrieval.permissions import (
-    Role,
     get_collection_for_user,
     may_create_collections,
     role_in,
     visible_collections,
 )
-from worker.health import system_health
 
 PAGE_SIZE = 60
 # The only paths media files have (see retrieval.models.image_upload_to): anything else is a 404
@@ -38,7 +42,6 @@ def _collections_page(
         "collections": visible_collections(request.user).order_by("name"),
         "can_create": may_create_collections(request.user),
         "form": form or CollectionForm(),
-        "health": system_health(),
     }
     return render(request, "retrieval/collection_list.html", context, status=status)
 
@@ -82,8 +85,8 @@ def _collection_context(request: HttpRequest, collection: Collection) -> dict[st
         "collection": collection,
         "images": images,
         "next_after": next_after,
-        "can_upload": role >= Role.CURATOR,
-        "is_admin": role >= Role.ADMIN,
+        "can_upload": role >= Membership.Role.CURATOR,
+        "is_admin": role >= Membership.Role.ADMIN,
         "upload_form": UploadForm(),
     }
 
@@ -101,7 +104,7 @@ def collection_detail(request: HttpRequest, pk: int) -> HttpResponse:
 @login_required
 @require_POST
 def upload(request: HttpRequest, pk: int) -> HttpResponse:
-    collection = get_collection_for_user(request.user, pk, Role.CURATOR)
+    collection = get_collection_for_user(request.user, pk, Membership.Role.CURATOR)
     form = UploadForm(request.POST)
     files = request.FILES.getlist("files")
     report: ImportReport | None = None
@@ -111,7 +114,7 @@ def upload(request: HttpRequest, pk: int) -> HttpResponse:
     else:
         report = import_items(
             collection,
-            from_uploads(files, ImportLimits.from_settings(), labels=form.cleaned_data["labels"]),
+            from_uploads(files, Limits.from_settings(), labels=form.cleaned_data["labels"]),
             by=request.user,  # type: ignore[arg-type]  # login_required: never anonymous
             via="browser",
         )

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -32,6 +30,15 @@ def _empty_cache() -> None:
     from django.core.cache import cache
 
     cache.clear()
+
+
+@pytest.fixture(autouse=True)
+def _no_remembered_policies() -> None:
+    """worker.retraining remembers which collections retrain after answers for 30 s: each test
+    reads them from its own database."""
+    from worker.retraining import forget_policies
+
+    forget_policies()
 
 
 @pytest.fixture
@@ -113,23 +120,22 @@ def service_env(redis_url: str, **extra: str) -> dict[str, str]:
 @pytest.fixture
 def celery_worker(live_redis: str, tmp_path: Path) -> Iterator[subprocess.Popen[bytes]]:
     """A real Celery worker process consuming the default and gpu queues of the test Redis."""
+    from config.stack import worker_command
+    from tests.waiting import wait_for
     from worker.heartbeat import live_workers
 
     log = open(tmp_path / "worker.log", "wb")  # noqa: SIM115 - closed below
     process = subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", "config", "worker", "-Q", "default,gpu",
-         "--concurrency", "1", "--loglevel", "INFO", "--hostname", f"test-{os.getpid()}@%h"],
+        worker_command("default,gpu", f"test-{os.getpid()}@%h"),
         cwd=REPO, env=service_env(live_redis), stdout=log, stderr=subprocess.STDOUT,
     )  # fmt: skip
-    deadline = time.monotonic() + 60
-    while not live_workers():
-        if process.poll() is not None or time.monotonic() > deadline:
-            process.kill()
-            log.close()
-            pytest.fail(
-                "the Celery worker did not start:\n" + (tmp_path / "worker.log").read_text()
-            )
-        time.sleep(0.2)
+    try:
+        wait_for(live_workers, "the Celery worker's first heartbeat", 60, process=process)
+    except BaseException:
+        process.kill()
+        log.close()
+        print((tmp_path / "worker.log").read_text())  # in the failed test's captured output
+        raise
     yield process
     stop_process(process)
     log.close()

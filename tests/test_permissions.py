@@ -57,6 +57,7 @@ CASES: dict[str, Case] = {
     "api:collection_images": Case("GET", Role.ANNOTATOR, ("collection",), api=True),
     "api:search": Case("POST", Role.ANNOTATOR, ("collection",), api=True),
     # Training, versions, jobs (worker)
+    "worker:status": Case("GET", SIGNED_IN),
     "worker:models": Case("GET", Role.ANNOTATOR, ("collection",)),
     "worker:train": Case("POST", Role.ADMIN, ("collection",)),
     "worker:training_policy": Case("POST", Role.ADMIN, ("collection",)),
@@ -84,7 +85,7 @@ CASES: dict[str, Case] = {
     "labeling_api:undo": Case("POST", Role.ANNOTATOR, ("pair",), api=True),
     "labeling_api:adjudicate": Case("POST", Role.CURATOR, ("pair",), api=True),
     # Audit log (audit)
-    "audit:activity": Case("GET", Role.ADMIN, ("collection",)),
+    "retrieval:activity": Case("GET", Role.ADMIN, ("collection",)),
 }
 
 

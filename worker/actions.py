@@ -1,4 +1,4 @@
-"""Starting, cancelling and switching: what pages, the API, commands and labeling call.
+"""Starting, cancelling and switching: what pages, the API and commands call.
 
 Nothing here imports PyTorch (web processes never load it): the work itself happens in
 worker/pipeline.py, run by the tasks in worker/tasks.py.
@@ -6,8 +6,6 @@ worker/pipeline.py, run by the tasks in worker/tasks.py.
 
 from __future__ import annotations
 
-import contextlib
-import logging
 import uuid
 from dataclasses import dataclass
 from datetime import timedelta
@@ -19,14 +17,12 @@ from django.db.models import Max
 from django.utils import timezone
 
 from audit.models import Event
-from retrieval import queries
+from retrieval import versions
 from retrieval.models import Collection, ModelVersion
-from worker.heartbeat import live_workers
+from retrieval.versions import VersionNotAllowed
+from worker.enqueue import send_on_commit
 from worker.models import Job, TrainingPolicy
-
-log = logging.getLogger(__name__)
-
-GPU_QUEUE = "gpu"
+from worker.tasks import advance_job
 
 
 class TrainingAlreadyRunning(Exception):
@@ -43,34 +39,10 @@ class TrainingQuota(Exception):
     AUTORET_TRAIN_MINUTES_PER_USER_DAY; the message says which and how much is left."""
 
 
-class VersionNotAllowed(Exception):
-    """An activation or deletion that would leave search without a complete version."""
-
-
-def heavy_queue() -> str:
-    """`gpu` when a live worker consumes it (its heartbeat says so), else the default queue."""
-    try:
-        workers = live_workers()
-    except Exception:  # Redis down: the enqueue that follows reports it
-        workers = []
-    if any(GPU_QUEUE in worker.get("queues", []) for worker in workers):
-        return GPU_QUEUE
-    return settings.CELERY_TASK_DEFAULT_QUEUE
-
-
 def enqueue(job: Job, after_id: int = 0) -> None:
-    """Queues the job's next step once the surrounding transaction commits."""
-    transaction.on_commit(lambda: _send(job.pk, after_id))
-
-
-def _send(job_id: int, after_id: int) -> None:
-    from worker.tasks import advance_job
-
-    try:
-        advance_job.apply_async((job_id, after_id), queue=heavy_queue())
-    except Exception:
-        # The job row stays queued and says so; cancelling it frees the collection.
-        log.exception("job %s: could not be queued (broker down?)", job_id)
+    """Queues the job's next step once the surrounding transaction commits. If the broker is
+    down, the job row stays queued and says so; cancelling it frees the collection."""
+    send_on_commit(advance_job, job.pk, after_id, heavy=True)
 
 
 def active_training(collection: Collection) -> Job | None:
@@ -188,34 +160,10 @@ def cancel_job(job: Job, by: User | None = None) -> None:
             status=Job.Status.CANCELLED, phase="cancelled", finished_at=timezone.now()
         )
         if stopped and job.version_id is not None:
-            ModelVersion.objects.filter(pk=job.version_id).exclude(
-                status=ModelVersion.Status.READY
-            ).update(status=ModelVersion.Status.FAILED)
+            versions.fail(job.version_id)
         if asked:
             Event.record(Event.Action.JOB_CANCEL, by, job.collection_id, job, kind=job.kind)
     job.refresh_from_db()
-
-
-def after_answer(collection: Collection) -> None:
-    """Called by labeling after each stored answer: starts retraining once the collection's
-    policy says enough new answers arrived since the last training job started."""
-    from labeling.training import answers_since
-
-    policy = TrainingPolicy.objects.filter(collection=collection).first()
-    if policy is None or not policy.retrain_after_answers:
-        return
-    if active_training(collection) is not None:
-        return
-    last = (
-        Job.objects.filter(collection=collection, kind=Job.Kind.TRAIN)
-        .order_by("-created_at")
-        .first()
-    )
-    if answers_since(collection, last.created_at if last else None) < policy.retrain_after_answers:
-        return
-    # Another answer's request may have started it a moment ago: that one is the retraining.
-    with contextlib.suppress(TrainingAlreadyRunning):
-        start_training(collection, None)
 
 
 def set_policy(
@@ -229,59 +177,19 @@ def set_policy(
 
 
 def activate_version(version: ModelVersion, by: User | None = None) -> None:
-    """Switches search to `version` (a rollback when it is older than the active one).
-
-    Only a READY version is complete (every image embedded, index built); anything else would let
-    search see a half-done state.
-    """
-    from retrieval.embedding import activate
-
-    with transaction.atomic():
-        # The status is read under the collection lock delete_embeddings takes to claim a
-        # version: a version read as ready a moment ago may be losing its vectors now.
-        Collection.objects.select_for_update().filter(pk=version.collection_id).exists()
-        current = ModelVersion.objects.values_list("status", flat=True).get(pk=version.pk)
-        if current != ModelVersion.Status.READY:
-            raise VersionNotAllowed(
-                f"Version {version.number} is {current}; only a ready version can be activated."
-            )
-        activate(version, by)
-        # Images uploaded after this version was embedded get their vectors now.
-        transaction.on_commit(lambda: _enqueue_collection_embedding(version.collection_id))
-
-
-def _enqueue_collection_embedding(collection_id: int) -> None:
-    from worker.tasks import embed_collection
-
-    try:
-        embed_collection.apply_async((collection_id,), queue=heavy_queue())
-    except Exception:
-        log.exception("collection %s: could not queue embedding (broker down?)", collection_id)
+    """Switches search to a READY `version` (versions.activate); the embedding of images
+    uploaded after it was embedded is queued by worker.hooks."""
+    versions.activate(version, by)
 
 
 def delete_embeddings(version: ModelVersion, by: User | None = None) -> int:
-    """Frees an old version's space: its index, then its vectors. Never the active version, nor
-    one a running job is filling. Returns how many vectors were deleted."""
-    with transaction.atomic():
-        # Checked and claimed under the collection lock activation takes: once this commits,
-        # activate_version refuses the version, so search never switches to one losing its
-        # vectors.
-        collection = Collection.objects.select_for_update().get(pk=version.collection_id)
-        if collection.active_version_id == version.pk:
-            raise VersionNotAllowed("The active version's embeddings cannot be deleted.")
+    """Frees an old version's vectors (versions.delete_embeddings), never while a job fills it."""
+
+    def no_job_fills_it() -> None:
         if Job.objects.filter(version=version, status__in=Job.ACTIVE).exists():
             raise VersionNotAllowed("A running job is using this version; cancel it first.")
-        ModelVersion.objects.filter(pk=version.pk).update(status=ModelVersion.Status.DELETED)
-    # The index goes first: a half-deleted version must never be searchable through it.
-    queries.drop_index(version)
-    with transaction.atomic():
-        deleted, _ = version.embeddings.all().delete()
-        Event.record(
-            Event.Action.EMBEDDINGS_DELETE, by, collection, version,
-            version=version.number, vectors=deleted,
-        )  # fmt: skip
-    version.refresh_from_db()
-    return deleted
+
+    return versions.delete_embeddings(version, by, check=no_job_fills_it)
 
 
 @dataclass

@@ -11,8 +11,8 @@ from rest_framework.exceptions import ValidationError
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from retrieval.models import ModelVersion
-from retrieval.permissions import Role, get_collection_for_user, get_in_collection_for_user
+from retrieval.models import Membership, ModelVersion
+from retrieval.permissions import get_collection_for_user, get_in_collection_for_user
 from worker import actions
 from worker.models import Job
 
@@ -91,7 +91,7 @@ Refusal = inline_serializer(
 )
 @api_view(["POST"])
 def train(request: Request, pk: int) -> Response:
-    collection = get_collection_for_user(request.user, pk, Role.ADMIN)
+    collection = get_collection_for_user(request.user, pk, Membership.Role.ADMIN)
     body = TrainRequest(data=request.data)
     body.is_valid(raise_exception=True)
     try:
@@ -120,7 +120,7 @@ def job(request: Request, pk: int) -> Response:
 @extend_schema(request=None, responses=JobSerializer, summary="Ask a job to stop (admin role)")
 @api_view(["POST"])
 def job_cancel(request: Request, pk: int) -> Response:
-    found = get_in_collection_for_user(request.user, Job.objects.all(), pk, Role.ADMIN)
+    found = get_in_collection_for_user(request.user, Job.objects.all(), pk, Membership.Role.ADMIN)
     actions.cancel_job(found, by=request.user)  # type: ignore[arg-type]  # authenticated
     return Response(JobSerializer(found).data, status=status.HTTP_202_ACCEPTED)
 
@@ -143,7 +143,7 @@ def models(request: Request, pk: int) -> Response:
 @api_view(["POST"])
 def activate(request: Request, pk: int) -> Response:
     versions = ModelVersion.objects.select_related("collection")
-    version = get_in_collection_for_user(request.user, versions, pk, Role.ADMIN)
+    version = get_in_collection_for_user(request.user, versions, pk, Membership.Role.ADMIN)
     try:
         actions.activate_version(version, by=request.user)  # type: ignore[arg-type]
     except actions.VersionNotAllowed as refused:

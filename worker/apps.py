@@ -8,6 +8,7 @@ class WorkerConfig(AppConfig):
     verbose_name = "Workers and jobs"
 
     def ready(self) -> None:
-        from worker import heartbeat
+        from worker import heartbeat, hooks
 
         heartbeat.connect_signals()
+        hooks.connect()

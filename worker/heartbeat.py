@@ -11,7 +11,6 @@ import json
 import os
 import socket
 import threading
-import time
 from typing import Any
 
 from celery.signals import worker_ready, worker_shutdown
@@ -70,12 +69,3 @@ def live_workers() -> list[dict[str, Any]]:
         if raw:
             workers.append(json.loads(raw))
     return sorted(workers, key=lambda w: w["hostname"])
-
-
-def wait_for_worker(timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if live_workers():
-            return True
-        time.sleep(0.25)
-    return False

@@ -25,14 +25,14 @@ from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from labeling.training import known_constraints
-from retrieval import embedding, queries
+from retrieval import embedding, queries, versions
 from retrieval.autoret.checkpoint import CheckpointError, read_info
 from retrieval.autoret.data import ImageSet
 from retrieval.autoret.evaluate import evaluate_retrieval
 from retrieval.autoret.model import AutoRet, ModelConfig
 from retrieval.autoret.pairs import KnownPairs
 from retrieval.autoret.train import Progress, TrainConfig, train
-from retrieval.models import Collection, Embedding, Image, ModelVersion
+from retrieval.models import Embedding, Image, ModelVersion
 from worker.models import LOG_TAIL_LINES, Job
 
 log = logging.getLogger(__name__)
@@ -141,9 +141,8 @@ def _out_dir(version: ModelVersion) -> Path:
 
 def _model_config(version: ModelVersion) -> ModelConfig:
     if "model" not in version.config:
-        channels = embedding.channels_for(version.collection)
-        config = ModelConfig(image_size=embedding.INITIAL_IMAGE_SIZE, in_channels=channels)
-        version.config = {**version.config, "model": config.to_dict()}
+        model = versions.initial_model_config(version.collection)
+        version.config = {**version.config, "model": model}
         ModelVersion.objects.filter(pk=version.pk).update(config=version.config)
     return ModelConfig.from_dict(version.config["model"])
 
@@ -155,7 +154,7 @@ def _training_data(
     slice (and a resumed one) trains on exactly the same rows, whatever was uploaded since."""
     path = out_dir / DATA_FILE
     if not path.is_file():
-        size = config.image_size or embedding.INITIAL_IMAGE_SIZE
+        size = config.image_size or versions.INITIAL_IMAGE_SIZE
         images = Image.objects.filter(collection=job.collection).order_by("pk")
         ids, pixels, failed = embedding.load_pixels(images, size, config.in_channels)
         if not ids:
@@ -291,7 +290,7 @@ def _embed_step(job: Job, after_id: int, progress_bar: bool) -> int | None:
     collection = job.collection
     version = job.version
     if version is None:
-        version = embedding.ensure_initial_version(collection)
+        version = versions.ensure_initial_version(collection)
         job.version = version
         job.save(update_fields=["version"])
     total = max(collection.images.count(), 1)
@@ -342,12 +341,9 @@ def _finish_training(job: Job, version: ModelVersion) -> None:
         _end_cancelled(job)
         return
     note(job, "activating", phase="activating")
-    from worker.actions import activate_version
-
     version.refresh_from_db()
-    version.status = ModelVersion.Status.READY
-    ModelVersion.objects.filter(pk=version.pk).update(status=ModelVersion.Status.READY)
-    activate_version(version)
+    versions.complete(version)
+    versions.activate(version)
     job.metrics = {**job.metrics, "evaluation": version.metrics["evaluation"]}
     job.save(update_fields=["metrics"])
     _end(job, Job.Status.DONE, "done", f"version {version.number} is active")
@@ -384,7 +380,7 @@ def evaluate_version(version: ModelVersion) -> dict[str, Any]:
             metrics["label_queries"] = result["queries"]
     must, cannot = known_constraints(version.collection_id)
     if must or cannot:
-        alpha = float(version.config.get("train", {}).get("alpha", TrainConfig.alpha))
+        alpha = versions.alpha_of(version)
         distances = queries.pair_distances(version, [*must, *cannot])
         right = sum(1 for p in must if p in distances and distances[p] < alpha / 2) + sum(
             1 for p in cannot if p in distances and distances[p] > alpha / 2
@@ -413,22 +409,11 @@ def _end(job: Job, status: str, phase: str, line: str) -> None:
 
 
 def _abandon_version(job: Job) -> None:
-    """A training job that ends without activating: its version is marked failed, and the vectors
-    it got so far (index first) and its checkpoint are freed. A version that became ready is left
-    alone."""
+    """A training job that ends without activating gives up its version (versions.abandon); a
+    failed version's checkpoint goes too: nothing resumes it (a new training makes a new one)."""
     if job.kind != Job.Kind.TRAIN or job.version_id is None:
         return
-    failed = (
-        ModelVersion.objects.filter(pk=job.version_id)
-        .exclude(status=ModelVersion.Status.READY)
-        .update(status=ModelVersion.Status.FAILED)
-    )
-    if failed and not Collection.objects.filter(active_version_id=job.version_id).exists():
-        queries.drop_index(job.version_id)
-        Embedding.objects.filter(version_id=job.version_id).delete()
-    if failed:
-        # Nothing resumes a failed version (a new training makes a new one): its checkpoint
-        # would only fill the disk.
+    if versions.abandon(job.version_id):
         version = ModelVersion.objects.get(pk=job.version_id)
         if version.checkpoint:
             shutil.rmtree(_out_dir(version), ignore_errors=True)

@@ -12,6 +12,7 @@ from celery import Task, shared_task
 from django.conf import settings
 
 from retrieval.models import Collection
+from worker.enqueue import send_on_commit
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +27,6 @@ def embed_collection(collection_id: int, after_id: int = 0, batch: int | None = 
     last run builds the index and activates the collection's first version.
     """
     from retrieval import embedding
-    from worker.actions import heavy_queue
 
     collection = Collection.objects.filter(pk=collection_id).first()
     if collection is None:
@@ -36,7 +36,7 @@ def embed_collection(collection_id: int, after_id: int = 0, batch: int | None = 
     for image_id, error in result.failed:
         log.warning("collection %s: image %s skipped: %s", collection_id, image_id, error)
     if result.next_after is not None:
-        embed_collection.apply_async((collection_id, result.next_after, batch), queue=heavy_queue())
+        send_on_commit(embed_collection, collection_id, result.next_after, batch, heavy=True)
 
 
 @shared_task(bind=True, acks_late=True, reject_on_worker_lost=True, ignore_result=True)
@@ -48,7 +48,6 @@ def advance_job(self: Task, job_id: int, after_id: int = 0) -> None:
     vector; a finished, cancelled or otherwise held job makes the run a no-op.
     """
     from worker import pipeline
-    from worker.actions import heavy_queue
 
     job = pipeline.claim(job_id, self.request.id or f"local-{job_id}")
     if job is None:
@@ -56,4 +55,4 @@ def advance_job(self: Task, job_id: int, after_id: int = 0) -> None:
     next_after = pipeline.advance(job, after_id)
     if next_after is not None:
         pipeline.release(job)
-        advance_job.apply_async((job_id, next_after), queue=heavy_queue())
+        send_on_commit(advance_job, job_id, next_after, heavy=True)

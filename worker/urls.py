@@ -12,6 +12,7 @@ urlpatterns = [
     path("collections/<int:pk>/models/", views.models_page, name="models"),
     path("collections/<int:pk>/train/", views.train, name="train"),
     path("collections/<int:pk>/training-policy/", views.training_policy, name="training_policy"),
+    path("status/", views.status, name="status"),
     path("jobs/", views.job_list, name="job_list"),
     path("jobs/<int:pk>/", views.job_detail, name="job_detail"),
     path("jobs/<int:pk>/cancel/", views.job_cancel, name="job_cancel"),

@@ -17,9 +17,8 @@ from django.shortcuts import redirect, render
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
-from retrieval.models import Collection, ModelVersion
+from retrieval.models import Collection, Membership, ModelVersion
 from retrieval.permissions import (
-    Role,
     get_collection_for_user,
     get_in_collection_for_user,
     role_in,
@@ -41,6 +40,16 @@ def healthz(request: HttpRequest) -> JsonResponse:
     """200 only when the database, Redis and at least one worker are up; 503 otherwise."""
     report = system_health()
     return JsonResponse(report, status=200 if report["ok"] else 503)
+
+
+@login_required
+@never_cache
+@require_GET
+def status(request: HttpRequest) -> HttpResponse:
+    """The health of the parts, for people: the collections page loads it as a fragment."""
+    fragment = request.htmx  # type: ignore[attr-defined]  # django-htmx's middleware sets it
+    template = "worker/status.html#status" if fragment else "worker/status.html"
+    return render(request, template, {"health": system_health()})
 
 
 class TrainForm(forms.Form):
@@ -102,7 +111,7 @@ def _models_page(
         "collection": collection,
         "rows": rows,
         "running": actions.active_training(collection),
-        "is_admin": role_in(request.user, collection) == Role.ADMIN,
+        "is_admin": role_in(request.user, collection) == Membership.Role.ADMIN,
         "train_form": train_form or TrainForm(),
         "policy_form": PolicyForm(
             initial={
@@ -128,7 +137,7 @@ def models_page(request: HttpRequest, pk: int) -> HttpResponse:
 @login_required
 @require_POST
 def train(request: HttpRequest, pk: int) -> HttpResponse:
-    collection = get_collection_for_user(request.user, pk, Role.ADMIN)
+    collection = get_collection_for_user(request.user, pk, Membership.Role.ADMIN)
     form = TrainForm(request.POST)
     if not form.is_valid():
         return _models_page(request, collection, form, status=400)
@@ -147,7 +156,7 @@ def train(request: HttpRequest, pk: int) -> HttpResponse:
 @login_required
 @require_POST
 def training_policy(request: HttpRequest, pk: int) -> HttpResponse:
-    collection = get_collection_for_user(request.user, pk, Role.ADMIN)
+    collection = get_collection_for_user(request.user, pk, Membership.Role.ADMIN)
     form = PolicyForm(request.POST)
     if not form.is_valid():
         messages.error(request, "The retraining settings need positive numbers.")
@@ -175,7 +184,7 @@ def job_detail(request: HttpRequest, pk: int) -> HttpResponse:
     context = {
         "job": job,
         "curve": loss_curve(job.loss_history),
-        "is_admin": role_in(request.user, job.collection) == Role.ADMIN,
+        "is_admin": role_in(request.user, job.collection) == Membership.Role.ADMIN,
     }
     template = "worker/job_detail.html"
     if request.htmx:  # type: ignore[attr-defined]  # django-htmx's middleware sets it
@@ -186,7 +195,7 @@ def job_detail(request: HttpRequest, pk: int) -> HttpResponse:
 @login_required
 @require_POST
 def job_cancel(request: HttpRequest, pk: int) -> HttpResponse:
-    job = get_in_collection_for_user(request.user, JOBS, pk, Role.ADMIN)
+    job = get_in_collection_for_user(request.user, JOBS, pk, Membership.Role.ADMIN)
     actions.cancel_job(job, by=request.user)  # type: ignore[arg-type]  # login_required
     messages.info(request, "Cancel requested: the job stops within seconds.")
     return redirect("worker:job_detail", pk=job.pk)
@@ -195,7 +204,9 @@ def job_cancel(request: HttpRequest, pk: int) -> HttpResponse:
 @login_required
 @require_POST
 def version_activate(request: HttpRequest, pk: int) -> HttpResponse:
-    version = get_in_collection_for_user(request.user, ModelVersion.objects.all(), pk, Role.ADMIN)
+    version = get_in_collection_for_user(
+        request.user, ModelVersion.objects.all(), pk, Membership.Role.ADMIN
+    )
     try:
         actions.activate_version(version, by=request.user)  # type: ignore[arg-type]
     except actions.VersionNotAllowed as refused:
@@ -209,7 +220,9 @@ def version_activate(request: HttpRequest, pk: int) -> HttpResponse:
 @require_http_methods(["GET", "POST"])
 def version_delete_embeddings(request: HttpRequest, pk: int) -> HttpResponse:
     """GET asks for confirmation; POST with confirm=yes deletes."""
-    version = get_in_collection_for_user(request.user, ModelVersion.objects.all(), pk, Role.ADMIN)
+    version = get_in_collection_for_user(
+        request.user, ModelVersion.objects.all(), pk, Membership.Role.ADMIN
+    )
     if request.method == "POST" and request.POST.get("confirm") == "yes":
         try:
             deleted = actions.delete_embeddings(version, by=request.user)  # type: ignore[arg-type]

@@ -12,9 +12,9 @@ from django.core.management import call_command
 from django.test import Client
 from rest_framework.authtoken.models import Token
 
-from audit import views
 from audit.models import Event
 from labeling.models import Pair
+from retrieval import activity
 from retrieval.models import Collection, Membership, ModelVersion
 from tests.retrieval.conftest import image_bytes
 from worker.models import Job
@@ -404,7 +404,7 @@ def test_a_rolled_back_change_leaves_no_row(annotator, pair, monkeypatch) -> Non
 def test_the_activity_page_shows_the_newest_first_by_keyset(
     admin, curator, collection, monkeypatch
 ) -> None:
-    monkeypatch.setattr(views, "PAGE_SIZE", 2)
+    monkeypatch.setattr(activity, "PAGE_SIZE", 2)
     for n in range(5):
         Event.record(Action.IMPORT, curator, collection, via="api", created=n)
     Event.record(Action.IMPORT, curator, None, via="elsewhere")
@@ -526,13 +526,13 @@ def test_a_constraint_import_rolled_back_leaves_no_row(curator, collection, monk
 
 
 def test_the_first_superuser_of_runstack_is_logged_once(
-    django_user_model, settings, tmp_path: Path, monkeypatch
+    django_user_model, settings, tmp_path: Path
 ) -> None:
-    from worker.stack import ensure_admin
+    from config.stack import ensure_admin
 
     settings.DATA_DIR = tmp_path
-    monkeypatch.setenv("DJANGO_SUPERUSER_USERNAME", "root")
-    monkeypatch.delenv("DJANGO_SUPERUSER_PASSWORD", raising=False)
+    settings.DJANGO_SUPERUSER_USERNAME = "root"
+    settings.DJANGO_SUPERUSER_PASSWORD = None
     assert "Log in as root with password" in ensure_admin()
     root = django_user_model.objects.get(username="root")
     event = only_event()
@@ -559,10 +559,10 @@ def test_the_first_superuser_of_runstack_is_logged_once(
 def test_runstack_creates_no_admin_without_its_row(
     django_user_model, settings, tmp_path, monkeypatch
 ):
-    from worker import stack
+    from config import stack
 
     settings.DATA_DIR = tmp_path
-    monkeypatch.setenv("DJANGO_SUPERUSER_PASSWORD", "a-long-enough-password-1")
+    settings.DJANGO_SUPERUSER_PASSWORD = "a-long-enough-password-1"
 
     def broken(*args: object, **kwargs: object) -> Event:
         raise RuntimeError("the database went away")

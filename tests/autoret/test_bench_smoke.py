@@ -23,6 +23,7 @@ def _bench() -> ModuleType:
     return module
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not FASHION_MNIST_DIR.is_dir(), reason="Fashion-MNIST IDX files not installed")
 def test_tiny_bench_prints_every_row_with_finite_numbers(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]

@@ -57,6 +57,7 @@ def test_cancelled_run_resumes_to_the_same_result_as_an_uninterrupted_one(
     assert [h["loss"] for h in result.loss_history] == [h["loss"] for h in full_history]
 
 
+@pytest.mark.slow
 def test_crashed_run_resumes_from_the_last_periodic_checkpoint(
     random_images: ImageSet, tmp_path: Path
 ) -> None:
@@ -116,7 +117,8 @@ def test_short_training_on_fashion_mnist_lowers_the_loss_and_separates_held_out_
     different = labels[:, None] != labels[None]
 
     def separation() -> float:
-        distances = torch.cdist(*(2 * [torch.as_tensor(embed_images(model, queries))]))
+        vectors = torch.as_tensor(embed_images(model, queries))
+        distances = torch.cdist(vectors, vectors)
         return float(distances[different].mean() / distances[same].mean())
 
     untrained = separation()
@@ -128,6 +130,7 @@ def test_short_training_on_fashion_mnist_lowers_the_loss_and_separates_held_out_
     assert trained > untrained + 0.6, (untrained, trained)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "settings",
     [
@@ -187,6 +190,7 @@ def test_init_scale_centres_the_projection_at_half_alpha_on_the_training_images(
     assert torch.allclose(before, after)
 
 
+@pytest.mark.slow
 def test_init_scale_applies_on_a_fresh_start_only(
     random_images: ImageSet, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -230,6 +234,7 @@ def test_cosine_schedule_warms_up_decays_to_zero_and_is_validated() -> None:
         TrainConfig(warmup=1.0)
 
 
+@pytest.mark.slow
 def test_cosine_run_resumes_to_the_same_result_and_differs_from_constant(
     random_images: ImageSet, tmp_path: Path
 ) -> None:

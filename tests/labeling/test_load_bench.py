@@ -18,6 +18,7 @@ from tests.labeling.conftest import add_images, add_version
 BENCH = Path(__file__).resolve().parents[2] / "bench" / "labeling_load.py"
 
 
+@pytest.mark.integration  # a live web server and four annotator threads
 @pytest.mark.django_db(transaction=True)
 def test_concurrent_annotators_lose_and_duplicate_nothing(
     live_server, collection, django_user_model

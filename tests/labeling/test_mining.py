@@ -3,8 +3,6 @@ real worker runs; a new version's mining retires the pairs the old one proposed.
 
 from __future__ import annotations
 
-import time
-
 import pytest
 
 from labeling import actions, strategies
@@ -12,6 +10,7 @@ from labeling.models import LabelingSettings, Pair
 from labeling.tasks import mine_pairs
 from retrieval.models import Collection
 from tests.labeling.conftest import add_version
+from tests.waiting import wait_for
 from worker.broker import redis_client
 
 
@@ -54,12 +53,12 @@ def test_mining_a_new_version_retires_the_old_versions_unheld_pairs(
     assert strategies.settings_for(collection).mined_version_id == v2.pk
 
 
+@pytest.mark.integration
 @pytest.mark.django_db(transaction=True)
 def test_the_worker_mines_when_asked(collection, images, annotator, celery_worker):
     mine_pairs.delay(collection.pk)
-    deadline = time.monotonic() + 120
-    while not Pair.objects.filter(collection=collection).exists():
-        assert celery_worker.poll() is None, "the worker died"
-        assert time.monotonic() < deadline, "the worker did not mine within 2 minutes"
-        time.sleep(0.5)
+    wait_for(
+        Pair.objects.filter(collection=collection).exists, "the worker's mining",
+        process=celery_worker,
+    )  # fmt: skip
     assert LabelingSettings.objects.get(collection=collection).mined_version_id is not None

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from django.db import connection
 
-from retrieval import queries
+from retrieval import indexes, queries
 from retrieval.autoret.constants import EMBED_DIM
 from retrieval.models import Collection, Image, ModelVersion
 
@@ -36,10 +36,10 @@ def clustered(n: int, seed: int, clusters: int = 20) -> np.ndarray:
 
 @pytest.fixture
 def large() -> tuple[ModelVersion, list[int], np.ndarray]:
-    version, ids = make_version("large", queries.INDEX_MIN_ROWS + 500)
+    version, ids = make_version("large", indexes.INDEX_MIN_ROWS + 500)
     vectors = clustered(len(ids), seed=1)
     queries.copy_embeddings(version, ids, vectors)
-    assert queries.build_index(version)
+    assert indexes.build_index(version)
     return version, ids, vectors
 
 
@@ -60,7 +60,7 @@ def test_small_collection_beside_large_returns_full_page_of_its_own(large) -> No
     small, small_ids = make_version("small", 7)
     queries.copy_embeddings(small, small_ids, clustered(7, seed=3))
     # A small version gets no index: the exact scan answers.
-    assert not queries.build_index(small)
+    assert not indexes.build_index(small)
     query = queries.vector_of(small, small_ids[0])
     assert query is not None
     for k in (3, 6, 10):
@@ -80,7 +80,7 @@ def test_large_version_search_uses_its_partial_index(large) -> None:
             [str(vectors[0].tolist())],
         )
         plan = "\n".join(row[0] for row in cursor.fetchall())
-    assert queries.index_name(version) in plan
+    assert indexes.index_name(version) in plan
 
 
 def test_index_recall_against_exact_scan_on_clustered_data(large) -> None:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image as PILImage
 
-from retrieval import embedding, queries, search_views
+from retrieval import embedding, queries, search, versions
 from retrieval.imports import Candidate, import_items
 from retrieval.models import Collection, Embedding, ModelVersion
 
@@ -45,12 +45,12 @@ def media(settings, tmp_path):
 
 def test_initial_version_is_an_untrained_seeded_network_created_once(collection) -> None:
     add_pictures(collection, range(3))
-    version = embedding.ensure_initial_version(collection)
+    version = versions.ensure_initial_version(collection)
     assert version.kind == ModelVersion.Kind.UNTRAINED
     assert version.number == 1
     assert version.config["model"]["in_channels"] == 1  # greyscale pictures
-    assert version.config["model"]["image_size"] == embedding.INITIAL_IMAGE_SIZE
-    assert embedding.ensure_initial_version(collection) == version
+    assert version.config["model"]["image_size"] == versions.INITIAL_IMAGE_SIZE
+    assert versions.ensure_initial_version(collection) == version
     assert collection.versions.count() == 1
 
 
@@ -64,7 +64,7 @@ def test_embedding_fills_the_version_then_activates_it(collection) -> None:
     assert version.status == ModelVersion.Status.READY
     assert version.activated_at is not None
     assert sorted(Embedding.objects.filter(version=version).values_list("image", flat=True)) == ids
-    assert search_views.version_label(version)["text"] == "version 1: untrained network"
+    assert search.version_label(version)["text"] == "version 1: untrained network"
 
 
 def test_the_seeded_network_is_rebuilt_identically_in_another_process(collection) -> None:
@@ -122,11 +122,11 @@ def test_an_unreadable_file_is_skipped_not_blocking(collection) -> None:
 
 def test_colour_collections_get_a_colour_network(collection) -> None:
     import_items(collection, [Candidate("c.png", lambda: png(1, colour=True))])
-    version = embedding.ensure_initial_version(collection)
+    version = versions.ensure_initial_version(collection)
     assert version.config["model"]["in_channels"] == 3
 
 
 def test_map_projection_is_in_the_unit_square() -> None:
-    points = search_views.project_2d(np.random.default_rng(0).normal(size=(30, 128)))
+    points = search.project_2d(np.random.default_rng(0).normal(size=(30, 128)))
     assert points.shape == (30, 2)
     assert points.min() >= 0.0 and points.max() <= 1.0

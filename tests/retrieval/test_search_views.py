@@ -11,14 +11,14 @@ from django.urls import reverse
 from PIL import Image as PILImage
 from rest_framework.test import APIClient
 
-from retrieval import embedding, queries, search_views
+from retrieval import embedding, queries, search
 from retrieval.imports import Candidate, import_items
 from retrieval.models import Collection, Image
 from tests.retrieval.test_search_embedding import add_pictures, png
 
 pytestmark = pytest.mark.django_db
 
-SIZE = search_views.PAGE_SIZE + 6
+SIZE = search.PAGE_SIZE + 6
 
 
 @pytest.fixture(autouse=True)
@@ -52,7 +52,7 @@ def test_similar_page_shows_a_page_of_neighbours_with_distances(
     response = client.get(url)
     assert response.status_code == 200
     hits = response.context["hits"]
-    assert len(hits) == search_views.PAGE_SIZE
+    assert len(hits) == search.PAGE_SIZE
     assert embedded[0] not in {hit.image.pk for hit in hits}
     distances = [hit.distance for hit in hits]
     assert distances == sorted(distances)
@@ -68,11 +68,11 @@ def test_load_more_returns_the_rest_as_a_partial(
     client.login(username="annotator", password=password)
     url = reverse("retrieval:similar", args=[collection.pk, embedded[0]])
     first = {hit.image.pk for hit in client.get(url).context["hits"]}
-    response = client.get(url, {"offset": search_views.PAGE_SIZE}, HTTP_HX_REQUEST="true")
+    response = client.get(url, {"offset": search.PAGE_SIZE}, HTTP_HX_REQUEST="true")
     assert response.status_code == 200
     assert "<html" not in response.content.decode()
     rest = {hit.image.pk for hit in response.context["hits"]}
-    assert len(rest) == SIZE - 1 - search_views.PAGE_SIZE
+    assert len(rest) == SIZE - 1 - search.PAGE_SIZE
     assert not rest & first
     assert response.context["next_offset"] is None
 

@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
 from config.embedded import stop_process
+from config.stack import worker_command
 from tests.conftest import REPO, service_env
+from tests.waiting import wait_for
 
 
 @dataclass
@@ -31,19 +31,22 @@ class Workers:
         name = f"jobs-{os.getpid()}-{len(self.started)}"
         log = open(self.folder / f"{name}.log", "wb")  # noqa: SIM115 - the child holds it
         process = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "config", "worker", "-Q", "default,gpu",
-             "--pool", "solo", "--loglevel", "INFO", "--hostname", f"{name}@%h"],
+            worker_command("default,gpu", f"{name}@%h", solo=True),
             cwd=REPO, env=service_env(self.redis_url, **self.env), stdout=log,
             stderr=subprocess.STDOUT,
         )  # fmt: skip
         log.close()
         self.started.append(process)
-        deadline = time.monotonic() + 60
-        while not any(w["hostname"].startswith(f"{name}@") for w in live_workers()):
-            if process.poll() is not None or time.monotonic() > deadline:
-                process.kill()
-                pytest.fail(f"worker {name} did not start:\n{self.log(-1)}")
-            time.sleep(0.2)
+
+        def beating() -> bool:
+            return any(w["hostname"].startswith(f"{name}@") for w in live_workers())
+
+        try:
+            wait_for(beating, f"worker {name}'s first heartbeat", 60, process=process)
+        except BaseException:
+            process.kill()
+            print(self.log(-1))  # in the failed test's captured output
+            raise
         return process
 
     def kill(self, process: subprocess.Popen[bytes]) -> None:
@@ -75,11 +78,3 @@ def workers(live_redis: str, tmp_path: Path, settings) -> Iterator[Workers]:
     for process in pool.started:
         if process.poll() is None:
             stop_process(process)
-
-
-def wait_for(condition: Callable[[], bool], what: str, seconds: float = 180) -> None:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"gave up waiting: {what}")
-        time.sleep(0.05)

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import subprocess
+from unittest.mock import patch
 
 import pytest
 from django.test import Client
@@ -53,3 +54,21 @@ def test_a_stopped_worker_disappears_from_healthz(
     response = client.get("/healthz")
     assert response.status_code == 503
     assert response.json()["worker"]["live"] == []
+
+
+def test_collections_page_loads_health_as_a_fragment(client: Client, curator, password) -> None:
+    client.login(username=curator.username, password=password)
+    with patch("worker.views.system_health") as health:
+        page = client.get("/collections/")
+    assert page.status_code == 200
+    assert not health.called  # a slow Redis never delays the list
+    assert b'hx-get="/status/"' in page.content and b'href="/status/"' in page.content
+
+
+def test_status_fragment_names_each_part(client: Client, curator, password, live_redis) -> None:
+    client.login(username=curator.username, password=password)
+    fragment = client.get("/status/", headers={"HX-Request": "true"})
+    assert fragment.status_code == 200
+    assert b"database up" in fragment.content and b"Redis up" in fragment.content
+    assert b"<html" not in fragment.content
+    assert b"<html" in client.get("/status/").content

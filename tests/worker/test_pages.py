@@ -244,11 +244,11 @@ def test_a_version_read_as_ready_before_its_deletion_cannot_be_activated(
 def test_an_activation_while_embeddings_are_deleted_is_refused(
     collection, trained, monkeypatch
 ) -> None:
-    from retrieval import queries
+    from retrieval import indexes
     from worker import actions
 
     refused: list[str] = []
-    drop_index = queries.drop_index
+    drop_index = indexes.drop_index
 
     def activate_meanwhile(version: ModelVersion) -> None:
         try:
@@ -257,7 +257,7 @@ def test_an_activation_while_embeddings_are_deleted_is_refused(
             refused.append(str(error))
         drop_index(version)
 
-    monkeypatch.setattr(queries, "drop_index", activate_meanwhile)
+    monkeypatch.setattr(indexes, "drop_index", activate_meanwhile)
     actions.delete_embeddings(trained)
     collection.refresh_from_db()
     assert collection.active_version_id is None

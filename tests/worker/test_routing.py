@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from worker.actions import heavy_queue
+from worker.enqueue import heavy_queue
 
 
 def test_heavy_work_goes_to_the_default_queue_without_a_gpu_worker(live_redis) -> None:

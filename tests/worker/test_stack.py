@@ -8,11 +8,14 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from tests.waiting import wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 IMPORT_USER = "from django.contrib.auth.models import User\n"
@@ -62,14 +65,11 @@ def _get(url: str) -> tuple[int, str]:
 
 
 def _wait_healthy(port: int, timeout: float = 60) -> str:
-    deadline = time.monotonic() + timeout
-    body = ""
-    while time.monotonic() < deadline:
+    def healthy() -> str:
         status, body = _get(f"http://127.0.0.1:{port}/healthz")
-        if status == 200:
-            return body
-        time.sleep(0.5)
-    pytest.fail(f"/healthz never reported healthy: {body}")
+        return body if status == 200 else ""
+
+    return wait_for(healthy, "/healthz to report healthy", timeout, every=0.5)
 
 
 def _manage(data_dir: Path, port: int, *args: str) -> str:
@@ -102,12 +102,13 @@ def _wait_for_demo_embeddings(data_dir: Path, port: int, expected: int) -> None:
         "c = Collection.objects.get(name='Fashion-MNIST demo')\n"
         "print(c.active_version.embeddings.count() if c.active_version else 0)"
     )
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if _manage(data_dir, port, "shell", "--no-imports", "-c", count).strip() == str(expected):
-            return
-        time.sleep(2)
-    pytest.fail("the demo collection was not embedded by the worker")
+
+    def embedded() -> bool:
+        return _manage(data_dir, port, "shell", "--no-imports", "-c", count).strip() == str(
+            expected
+        )
+
+    wait_for(embedded, "the worker to embed the demo collection", 120, every=2)
 
 
 @pytest.fixture

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 
 import pytest
@@ -11,8 +10,9 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from django.urls import reverse
 from rest_framework.test import APIClient
 
-from retrieval.models import Collection, Embedding, Image
+from retrieval.models import Collection, Embedding, Image, ModelVersion
 from tests.retrieval.test_search_embedding import add_pictures, png
+from tests.waiting import wait_for
 from worker.tasks import embed_collection
 
 
@@ -25,14 +25,6 @@ def stored_files() -> Iterator[None]:
         for name in (image.file.name, image.thumbnail.name):
             if name:
                 default_storage.delete(name)
-
-
-def wait_for(condition, seconds: float = 120) -> None:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail("the worker did not finish in time")
-        time.sleep(0.3)
 
 
 @pytest.mark.django_db
@@ -48,8 +40,12 @@ def test_task_embeds_and_activates_when_called_as_a_function(
 
 
 @pytest.mark.django_db
-def test_task_for_a_deleted_collection_does_nothing() -> None:
-    embed_collection.run(10**9)
+def test_task_for_a_deleted_collection_does_nothing(django_capture_on_commit_callbacks) -> None:
+    with django_capture_on_commit_callbacks() as queued:
+        embed_collection.run(10**9)
+    assert not ModelVersion.objects.exists()  # no version made for a collection that is gone
+    assert not Embedding.objects.exists()
+    assert queued == []  # and no next batch queued
 
 
 @pytest.mark.integration
@@ -72,7 +68,7 @@ def test_upload_is_embedded_by_the_worker_and_becomes_searchable(
         collection.refresh_from_db()
         return collection.active_version_id is not None
 
-    wait_for(activated)
+    wait_for(activated, "the collection's first active version", process=celery_worker)
     assert Embedding.objects.filter(version=collection.active_version).count() == len(created)
     search = api.post(
         reverse("api:search", args=[collection.pk]), {"image_id": created[0], "k": 3}, format="json"
@@ -95,6 +91,6 @@ def test_worker_drains_a_collection_in_self_enqueued_batches(
         collection.refresh_from_db()
         return collection.active_version_id is not None
 
-    wait_for(activated)
+    wait_for(activated, "the collection's first active version", process=celery_worker)
     embedded = Embedding.objects.filter(version=collection.active_version)
     assert sorted(embedded.values_list("image_id", flat=True)) == ids

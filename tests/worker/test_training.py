@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from retrieval import embedding, queries
+from retrieval import embedding, indexes
 from retrieval.models import Collection, Embedding, ModelVersion
 from tests.retrieval.test_search_embedding import add_pictures
 from worker import actions, pipeline
@@ -126,7 +126,7 @@ def test_rollback_then_delete_the_newer_versions_embeddings(searchable, admin) -
     assert actions.delete_embeddings(new) == 24
     new.refresh_from_db()
     assert new.status == ModelVersion.Status.DELETED
-    assert not queries.has_index(new)
+    assert not indexes.has_index(new)
     with pytest.raises(actions.VersionNotAllowed):
         actions.activate_version(new)
 

@@ -6,7 +6,7 @@ from typing import Any
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandParser
 
-from worker.stack import StackOptions, run_stack
+from config.stack import StackOptions, run_stack
 
 
 class Command(BaseCommand):

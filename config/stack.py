@@ -15,6 +15,8 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
@@ -96,12 +98,12 @@ class Stack:
     def load_demo(self) -> None:
         """Import the Fashion-MNIST demo (AUTORET_DEMO_SIZE images, 0 for none, "all" for 70,000)
         while the site already serves; the worker embeds it, so search appears within a minute."""
-        size = os.environ.get("AUTORET_DEMO_SIZE") or "3000"
+        size = settings.AUTORET_DEMO_SIZE
         if size == "0":
             return
         from retrieval.management.commands.load_demo import DEMO_NAME
         from retrieval.models import Collection
-        from worker.tasks import embed_collection
+        from worker.hooks import queue_embedding
 
         admin = get_user_model().objects.filter(is_superuser=True).order_by("pk").first()
         call_command(
@@ -111,7 +113,7 @@ class Stack:
         )  # fmt: skip
         demo = Collection.objects.get(name=DEMO_NAME)
         # Idempotent: embeds only what has no vector yet (a load interrupted earlier included).
-        embed_collection.delay(demo.pk)
+        queue_embedding(demo.pk)
 
     def _web_command(self) -> list[str]:
         return [
@@ -156,12 +158,18 @@ class Stack:
         self.say("stopped")
 
 
-def worker_command() -> list[str]:
-    queues = "default,gpu" if _cuda_available() else "default"
+def worker_command(
+    queues: str | None = None, hostname: str | None = None, *, solo: bool = False
+) -> list[str]:
+    """The one Celery worker command line (the stack's worker and the tests' workers): one task
+    at a time, consuming `queues` (default: gpu too when this machine has CUDA). `solo` runs
+    tasks in the worker process itself, so a kill -9 of the worker kills its task too."""
+    if queues is None:
+        queues = "default,gpu" if _cuda_available() else "default"
+    pool = ["--pool", "solo"] if solo else ["--concurrency", "1"]
     return [
-        sys.executable, "-m", "celery", "-A", "config", "worker",
-        "-Q", queues, "--concurrency", "1", "--loglevel", "INFO",
-        "--hostname", f"autoret-{os.getpid()}@%h",
+        sys.executable, "-m", "celery", "-A", "config", "worker", "-Q", queues, *pool,
+        "--loglevel", "INFO", "--hostname", hostname or f"autoret-{os.getpid()}@%h",
     ]  # fmt: skip
 
 
@@ -184,9 +192,9 @@ def ensure_admin() -> str:
     if existing is not None:
         hint = f" (first password in {password_file})" if password_file.exists() else ""
         return f"Log in as {existing.get_username()}{hint}."
-    username = os.environ.get("DJANGO_SUPERUSER_USERNAME") or "admin"
-    password = os.environ.get("DJANGO_SUPERUSER_PASSWORD") or secrets.token_urlsafe(12)
-    email = os.environ.get("DJANGO_SUPERUSER_EMAIL") or ""
+    username = settings.DJANGO_SUPERUSER_USERNAME
+    password = settings.DJANGO_SUPERUSER_PASSWORD or secrets.token_urlsafe(12)
+    email = settings.DJANGO_SUPERUSER_EMAIL
     with transaction.atomic():
         user = user_model.objects.create_superuser(
             username=username, email=email, password=password
@@ -196,7 +204,7 @@ def ensure_admin() -> str:
         Event.record(
             Event.Action.USER_CREATE, None, None, user, username=username, **rights, by="runstack"
         )
-    if "DJANGO_SUPERUSER_PASSWORD" not in os.environ:
+    if not settings.DJANGO_SUPERUSER_PASSWORD:
         password_file.touch(mode=0o600)
         password_file.write_text(password + "\n")
     return (
@@ -205,8 +213,6 @@ def ensure_admin() -> str:
 
 
 def wait_for_http(url: str, timeout: float, accept: tuple[int, ...] = (200,)) -> bool:
-    import urllib.error
-
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:

@@ -1,4 +1,7 @@
-"""A collection's Activity page: its audit log, newest first, for the collection's admins."""
+"""A collection's Activity page: its audit log, newest first, for the collection's admins.
+
+A collection page, so it lives here: audit/ is the lowest app (every app writes its log) and
+imports none of the apps above it."""
 
 from __future__ import annotations
 
@@ -9,7 +12,8 @@ from django.shortcuts import render
 from django.views.decorators.http import require_GET
 
 from audit.models import Event
-from retrieval.permissions import Role, get_collection_for_user
+from retrieval.models import Membership
+from retrieval.permissions import get_collection_for_user
 
 PAGE_SIZE = 50
 
@@ -17,7 +21,7 @@ PAGE_SIZE = 50
 @login_required
 @require_GET
 def activity(request: HttpRequest, pk: int) -> HttpResponse:
-    collection = get_collection_for_user(request.user, pk, Role.ADMIN)
+    collection = get_collection_for_user(request.user, pk, Membership.Role.ADMIN)
     before = request.GET.get("before", "")
     if before and not before.isdigit():
         raise BadRequest("before must be an event id")

@@ -1,0 +1,17 @@
+"""retrieval/versions.py's numbers agree with the network's, which it cannot import (PyTorch)."""
+
+from __future__ import annotations
+
+from retrieval import versions
+from retrieval.autoret.train import TrainConfig
+from retrieval.models import ModelVersion
+
+
+def test_the_default_alpha_is_the_training_default() -> None:
+    assert TrainConfig.alpha == versions.DEFAULT_ALPHA
+
+
+def test_alpha_is_read_from_the_recorded_training_config() -> None:
+    assert versions.alpha_of(ModelVersion(config={"train": {"alpha": 4}})) == 4.0
+    assert versions.alpha_of(ModelVersion(config={})) == TrainConfig.alpha
+    assert versions.alpha_of(ModelVersion(config={"train": {"alpha": "x"}})) == TrainConfig.alpha

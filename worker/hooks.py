@@ -1,0 +1,40 @@
+"""What the worker does when the apps below it speak: their signals, connected in
+WorkerConfig.ready(). Every send goes through worker/enqueue.py."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from django.db.models.signals import post_delete, post_save
+
+from labeling.signals import answer_recorded, mining_wanted
+from labeling.tasks import mine_pairs
+from retrieval.models import ModelVersion
+from retrieval.signals import images_added, version_activated
+from worker import retraining
+from worker.enqueue import send_on_commit
+from worker.models import TrainingPolicy
+from worker.tasks import embed_collection
+
+
+def queue_embedding(collection_id: int, **_: Any) -> None:
+    """The collection's images without a vector get one (the task is idempotent)."""
+    send_on_commit(embed_collection, collection_id, heavy=True)
+
+
+def _queue_embedding_for(version: ModelVersion, **_: Any) -> None:
+    queue_embedding(version.collection_id)
+
+
+def _queue_mining(collection_id: int, unclaim: Callable[[], None], **_: Any) -> None:
+    send_on_commit(mine_pairs, collection_id, unsent=unclaim)
+
+
+def connect() -> None:
+    images_added.connect(queue_embedding, dispatch_uid="worker-images-added")
+    version_activated.connect(_queue_embedding_for, dispatch_uid="worker-version-activated")
+    answer_recorded.connect(retraining.on_answer_recorded, dispatch_uid="worker-answer")
+    mining_wanted.connect(_queue_mining, dispatch_uid="worker-mining")
+    post_save.connect(retraining.forget_policies, TrainingPolicy, dispatch_uid="worker-policy")
+    post_delete.connect(retraining.forget_policies, TrainingPolicy, dispatch_uid="worker-policy")
