@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -112,13 +114,17 @@ def _wait_for_demo_embeddings(data_dir: Path, port: int, expected: int) -> None:
 
 
 @pytest.fixture
-def data_dir(tmp_path: Path) -> Iterator[Path]:
-    path = tmp_path / "data"
+def data_dir() -> Iterator[Path]:
+    """Outside tmp_path: as root the server runs as the `pgserver` user, and every pytest run that
+    starts on this machine makes /tmp/pytest-of-root private again."""
+    base = Path(tempfile.mkdtemp(prefix="autoret-stack-"))
+    path = base / "data"
     yield path
     # Leave nothing running whatever the test did.
     from config.embedded import stop_postgres
 
     stop_postgres(path / "postgres")
+    shutil.rmtree(base, ignore_errors=True)
 
 
 def test_runstack_survives_kill_9_with_data_and_stops_cleanly(data_dir: Path) -> None:
