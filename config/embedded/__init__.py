@@ -68,8 +68,8 @@ def ensure_postgres(pgdata: Path, database: str) -> PostgresAddress:
     found = pgserver.pgdata_version(pgdata)
     if found is not None and found != pgserver.TARGET_POSTGRES_VERSION:
         raise EmbeddedServiceError(
-            f"{pgdata} holds a PostgreSQL {found} data directory (made by an older AutoRet, "
-            f"pgserver 0.1.4) and this one runs PostgreSQL {pgserver.TARGET_POSTGRES_VERSION}. "
+            f"{pgdata} holds a PostgreSQL {found} data directory (an older AutoRet's embedded "
+            f"server) and this one runs PostgreSQL {pgserver.TARGET_POSTGRES_VERSION}. "
             "Upgrade it in place with `.venv/bin/python manage.py upgrade_postgres` (the old "
             f"directory is kept as {pgdata}.old), or move it away to start with an empty database."
         )
@@ -221,8 +221,8 @@ def upgrade_postgres(pgdata: Path) -> int | None:
             pgserver.upgrade_db(pgdata)
     except subprocess.CalledProcessError as exc:
         raise EmbeddedServiceError(
-            f"pg_upgrade of {pgdata} failed ({exc}); see pg_upgrade_output.d under {pgdata}.old "
-            f"or {pgdata}"
+            f"the upgrade of {pgdata} failed ({exc}); pg_upgrade's logs are in "
+            f"pg_upgrade_output.d of the .pgdata-tmp-* folder beside it"
         ) from exc
     return found
 
@@ -237,11 +237,12 @@ def _upgrade_workdirs_for_pgserver_user() -> Iterator[None]:
         return
     import pwd
 
-    user = pwd.getpwnam("pgserver")
     mkdtemp = tempfile.mkdtemp
 
     def mkdtemp_for_pgserver(*args: Any, **kwargs: Any) -> str:
         path = mkdtemp(*args, **kwargs)
+        # Looked up here: upgrade_db creates the user (get_server) before its first mkdtemp.
+        user = pwd.getpwnam("pgserver")
         os.chown(path, user.pw_uid, user.pw_gid)
         return path
 
