@@ -1,4 +1,4 @@
-"""Retrieval quality on Fashion-MNIST: the side-by-side table of autoret-method.md section 5.
+"""Retrieval quality on Fashion-MNIST: the side-by-side table of docs/autoret-method.md section 5.
 
     .venv/bin/python bench/retrieval_quality.py --config cpu --out var/bench/retrieval-cpu
     python bench/retrieval_quality.py --config gpu --out var/bench/retrieval-gpu   # on a GPU

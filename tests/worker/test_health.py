@@ -26,6 +26,13 @@ def test_healthz_is_503_and_says_why_when_redis_is_down(client: Client, settings
     assert body["ok"] is False
 
 
+def test_healthz_reports_pgvector_0_8_or_newer(client: Client) -> None:
+    """Iterative index scans and halfvec, which search and the feature store rely on, came with
+    pgvector 0.8."""
+    version = client.get("/healthz").json()["database"]["pgvector"]
+    assert tuple(int(part) for part in version.split(".")[:2]) >= (0, 8), version
+
+
 def test_healthz_is_503_without_a_live_worker(client: Client, live_redis: str) -> None:
     response = client.get("/healthz")
     assert response.status_code == 503
