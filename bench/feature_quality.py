@@ -24,7 +24,8 @@ import platform
 import statistics
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -85,43 +86,88 @@ def cached_features(
     return features, rate
 
 
-def _scores(q: torch.Tensor, q_labels: Any, db: torch.Tensor, db_labels: Any) -> dict[str, float]:
-    raw = evaluate_retrieval(q, q_labels, db, db_labels, 1000, 100)
-    unit = evaluate_retrieval(
-        F.normalize(q.float(), dim=1),
-        q_labels,
-        F.normalize(db.float(), dim=1),
-        db_labels,
-        1000,
-        100,
+@dataclass
+class Protocol:
+    """One data set's queries, database and scoring (vectors in, named numbers out)."""
+
+    name: str
+    queries: ImageSet
+    database: ImageSet
+    score: Callable[[torch.Tensor, torch.Tensor], dict[str, float]]
+    headline: tuple[str, ...]  # the metrics the tables show, first one summarised over seeds
+
+
+def _unit(x: torch.Tensor) -> torch.Tensor:
+    return F.normalize(x.float(), dim=1)
+
+
+def fashion_mnist(seed: int, train_size: int, queries_size: int | None) -> Protocol:
+    database = _subset(load_dataset("fashion-mnist:train"), train_size, seed)
+    queries = _subset(load_dataset("fashion-mnist:test"), queries_size, seed + 1)
+    assert database.labels is not None and queries.labels is not None
+    q_labels, db_labels = queries.labels, database.labels
+
+    def score(q: torch.Tensor, db: torch.Tensor) -> dict[str, float]:
+        raw = evaluate_retrieval(q, q_labels, db, db_labels, 1000, 100)
+        unit = evaluate_retrieval(_unit(q), q_labels, _unit(db), db_labels, 1000, 100)
+        return {
+            "mAP@1000": raw["map"],
+            "P@100": raw["precision"],
+            "mAP@1000 L2": unit["map"],
+            "P@100 L2": unit["precision"],
+        }
+
+    return Protocol(
+        f"fashion-mnist-s{seed}-{len(database)}-{len(queries)}",
+        queries,
+        database,
+        score,
+        ("mAP@1000", "P@100", "mAP@1000 L2", "P@100 L2"),
     )
-    return {
-        "map": raw["map"],
-        "precision": raw["precision"],
-        "map_l2": unit["map"],
-        "precision_l2": unit["precision"],
-    }
+
+
+def emoji(cache: Path) -> Protocol:
+    from emoji_data import benchmark_split
+
+    queries, database = benchmark_split(cache / "emoji")
+    assert queries.images.labels is not None and database.images.labels is not None
+    q_id, db_id = queries.images.labels, database.images.labels
+
+    def score(q: torch.Tensor, db: torch.Tensor) -> dict[str, float]:
+        out = {}
+        for tag, (qq, dd) in {"": (q, db), " L2": (_unit(q), _unit(db))}.items():
+            identity = evaluate_retrieval(qq, q_id, dd, db_id, 10, 1)
+            sub = evaluate_retrieval(qq, queries.subcategory, dd, database.subcategory, 100, 1)
+            out[f"id mAP@10{tag}"] = identity["map"]
+            out[f"recall@1{tag}"] = identity["precision"]
+            out[f"sub mAP@100{tag}"] = sub["map"]
+        return out
+
+    return Protocol(
+        "emoji",
+        queries.images,
+        database.images,
+        score,
+        ("id mAP@10", "recall@1", "sub mAP@100", "id mAP@10 L2", "sub mAP@100 L2"),
+    )
 
 
 def run_seed(
+    protocol: Protocol,
     seed: int,
     rows: Sequence[str],
     feature_cfg: FeatureConfig,
     head_cfg: HeadConfig,
     train_cfg: HeadTrainConfig,
     cache: Path,
-    train_size: int,
-    queries_size: int | None,
 ) -> list[dict[str, Any]]:
-    database = _subset(load_dataset("fashion-mnist:train"), train_size, seed)
-    queries = _subset(load_dataset("fashion-mnist:test"), queries_size, seed + 1)
-    assert database.labels is not None and queries.labels is not None
+    queries, database = protocol.queries, protocol.database
+    assert database.labels is not None
     results: list[dict[str, Any]] = []
     need_features = any(r != "raw" and r not in SCRATCH_ROWS for r in rows)
     if need_features:
-        tag = f"fashion-mnist-s{seed}-{len(database)}-{len(queries)}"
-        db_f, db_rate = cached_features(f"{tag}-db", database, feature_cfg, cache)
-        q_f, q_rate = cached_features(f"{tag}-q", queries, feature_cfg, cache)
+        db_f, db_rate = cached_features(f"{protocol.name}-db", database, feature_cfg, cache)
+        q_f, q_rate = cached_features(f"{protocol.name}-q", queries, feature_cfg, cache)
         extract_rate = (len(database) + len(queries)) / (
             len(database) / db_rate + len(queries) / q_rate
         )
@@ -139,7 +185,7 @@ def run_seed(
 
             scratch = run_row(SCRATCH_ROWS[name], CONFIGS["cpu"], database, queries, seed)
             row.update(train_s=scratch.get("train_s"), embed_img_s=scratch["embed_img_s"])
-            row.update(map=scratch["map"], precision=scratch["precision"])
+            row.update({"mAP@1000": scratch["map"], "P@100": scratch["precision"]})
             row["load_average_1min"] = os.getloadavg()[0]
             results.append(row)
             continue
@@ -165,7 +211,7 @@ def run_seed(
             db, q = embed_features(head, db_f), embed_features(head, q_f)
             row["head_embed_s"] = time.perf_counter() - embed_start
         row["vectors_s"] = time.perf_counter() - start
-        row.update(_scores(q, queries.labels, db, database.labels))
+        row.update(protocol.score(q, db))
         row["load_average_1min"] = os.getloadavg()[0]
         print(json.dumps(row), file=sys.stderr, flush=True)
         results.append(row)
@@ -176,36 +222,32 @@ def _number(value: Any, spec: str) -> str:
     return "-" if value is None else format(value, spec)
 
 
-def format_table(results: Sequence[dict[str, Any]]) -> str:
+def format_table(results: Sequence[dict[str, Any]], metrics: Sequence[str]) -> str:
     lines = [
-        "| row | mAP@1000 | P@100 | mAP@1000 L2 | P@100 L2 | train s | extract img/s |",
-        "|---|---|---|---|---|---|---|",
+        "| row | " + " | ".join(metrics) + " | train s | extract img/s |",
+        "|---|" + "---|" * (len(metrics) + 2),
     ]
     for r in results:
+        cells = " | ".join(_number(r.get(m), ".3f") for m in metrics)
         lines.append(
-            f"| {r['row']} | {r['map']:.3f} | {r['precision']:.3f} "
-            f"| {_number(r.get('map_l2'), '.3f')} | {_number(r.get('precision_l2'), '.3f')} "
-            f"| {_number(r.get('train_s'), '.1f')} | {_number(r.get('extract_img_s'), ',.0f')} |"
+            f"| {r['row']} | {cells} | {_number(r.get('train_s'), '.1f')} "
+            f"| {_number(r.get('extract_img_s'), ',.0f')} |"
         )
     return "\n".join(lines)
 
 
-def format_summary(results: Sequence[dict[str, Any]], seeds: Sequence[int]) -> str:
-    """mAP@1000 per seed and the mean, one line per row."""
+def format_summary(results: Sequence[dict[str, Any]], seeds: Sequence[int], metric: str) -> str:
+    """`metric` per seed and its mean, one line per row."""
     lines = [
-        "| row | " + " | ".join(f"seed {s}" for s in seeds) + " | mean | mean P@100 |",
-        "|---|" + "---|" * (len(seeds) + 2),
+        "| row | " + " | ".join(f"seed {s}" for s in seeds) + " | mean |",
+        "|---|" + "---|" * (len(seeds) + 1),
     ]
-    names = list(dict.fromkeys(r["row"] for r in results))
-    for name in names:
-        by_seed = {r["seed"]: r for r in results if r["row"] == name}
-        maps = [by_seed[s]["map"] for s in seeds if s in by_seed]
-        precisions = [by_seed[s]["precision"] for s in seeds if s in by_seed]
-        cells = " | ".join(
-            _number(by_seed[s]["map"] if s in by_seed else None, ".3f") for s in seeds
-        )
-        mean_map, mean_precision = statistics.mean(maps), statistics.mean(precisions)
-        lines.append(f"| {name} | {cells} | {mean_map:.3f} | {mean_precision:.3f} |")
+    for name in dict.fromkeys(r["row"] for r in results):
+        by_seed = {r["seed"]: r.get(metric) for r in results if r["row"] == name}
+        values = [v for v in by_seed.values() if v is not None]
+        cells = " | ".join(_number(by_seed.get(s), ".3f") for s in seeds)
+        mean = _number(statistics.mean(values) if values else None, ".3f")
+        lines.append(f"| {name} | {cells} | {mean} |")
     return "\n".join(lines)
 
 
@@ -230,11 +272,17 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
     )
+    parser.add_argument("--data", choices=["fashion-mnist", "emoji"], default="fashion-mnist")
     parser.add_argument("--rows", help=f"comma-separated, from: {', '.join(ROWS)}")
     parser.add_argument("--seeds", default="0", help="comma-separated seeds (default 0)")
     parser.add_argument("--train-size", type=int, default=20_000)
     parser.add_argument("--queries", type=int, help="query subset (default: all 10,000)")
-    parser.add_argument("--cache", type=Path, default=Path("var/bench/feature-cache"))
+    parser.add_argument(
+        "--cache",
+        type=Path,
+        default=Path("var/bench/feature-cache"),
+        help="extracted features, and the emoji packages under emoji/",
+    )
     parser.add_argument("--out", type=Path)
     parser.add_argument("--threads", type=int)
     parser.add_argument(
@@ -267,21 +315,26 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     load_before = os.getloadavg()
     wall = time.perf_counter()
     results: list[dict[str, Any]] = []
+    metrics: tuple[str, ...] = ()
     for seed in seeds:
-        results += run_seed(
-            seed, rows, feature_cfg, head_cfg, train_cfg, args.cache, args.train_size, args.queries
+        protocol = (
+            emoji(args.cache)
+            if args.data == "emoji"
+            else fashion_mnist(seed, args.train_size, args.queries)
         )
+        metrics = protocol.headline
+        results += run_seed(protocol, seed, rows, feature_cfg, head_cfg, train_cfg, args.cache)
     print(
-        f"Fashion-MNIST: features {feature_cfg.key}, head {head_cfg.to_dict()}, training "
+        f"{args.data}: features {feature_cfg.key}, head {head_cfg.to_dict()}, training "
         f"{train_cfg.to_dict()}; {torch.get_num_threads()} threads, load average "
         f"{load_before[0]:.1f} before / {os.getloadavg()[0]:.1f} after, "
         f"{time.perf_counter() - wall:.0f} s in all"
     )
     for seed in seeds:
         print(f"\nseed {seed}\n")
-        print(format_table([r for r in results if r["seed"] == seed]))
-    print("\nmAP@1000 by seed\n")
-    print(format_summary(results, seeds))
+        print(format_table([r for r in results if r["seed"] == seed], metrics))
+    print(f"\n{metrics[0]} by seed\n")
+    print(format_summary(results, seeds, metrics[0]))
     if args.out is not None:
         args.out.mkdir(parents=True, exist_ok=True)
         report = {
@@ -298,6 +351,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
             "training": train_cfg.to_dict(),
             "rows": results,
         }
+        report["data"] = args.data
         (args.out / "results.json").write_text(json.dumps(report, indent=2, default=str))
     return results
 
