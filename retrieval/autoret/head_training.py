@@ -158,7 +158,7 @@ def train_head(
         reduced = torch.cat(
             [head.reduced(features[i : i + 4096].to(device)) for i in range(0, n, 4096)]
         )
-        start = F.normalize(head.skip(reduced[:, -1]), dim=1).cpu()
+        start = F.normalize(head.skip(reduced.flatten(1)), dim=1).cpu()
     neighbors = torch.full((n, 1), -1, dtype=torch.long)
     if cfg.neighbor_pairs > 0:
         neighbors = mutual_neighbors(start, cfg.neighbor_k, cfg.neighbor_pool, cfg.seed)
