@@ -147,11 +147,20 @@ def test_a_long_browser_import_ends_in_time_logged_and_queued_for_embedding(
     monkeypatch.setattr(imports.time, "monotonic", lambda: clock[0])
     monkeypatch.setattr(imports, "check_image", slow_check)
     queued: list[int] = []
-    monkeypatch.setattr(imports, "_enqueue_embedding", queued.append)
+
+    def images_added(collection_id: int, **kwargs: object) -> None:
+        queued.append(collection_id)
+
     login(client, curator, password)
     files = [SimpleUploadedFile(f"{i}.png", image_bytes((i, 0, 0))) for i in range(4)]
-    with django_capture_on_commit_callbacks(execute=True):
-        response = client.post(reverse("retrieval:upload", args=[collection.pk]), {"files": files})
+    imports.images_added.connect(images_added)
+    try:
+        with django_capture_on_commit_callbacks(execute=True):
+            response = client.post(
+                reverse("retrieval:upload", args=[collection.pk]), {"files": files}
+            )
+    finally:
+        imports.images_added.disconnect(images_added)
     assert response.status_code == 200
     assert Image.objects.filter(collection=collection).count() == 2
     assert "upload it again for the rest" in response.content.decode()
