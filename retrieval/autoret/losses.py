@@ -39,7 +39,11 @@ def nt_xent_loss(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.2) -
 
 
 def batch_all_autoembedder_loss(
-    e: torch.Tensor, same: torch.Tensor, alpha: float, can_weight: float = 0.5
+    e: torch.Tensor,
+    same: torch.Tensor,
+    alpha: float,
+    can_weight: float = 0.5,
+    ignore: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The AutoEmbedder loss over every pair of a batch (ours; docs/autoret-method.md sections 1-2).
 
@@ -49,13 +53,16 @@ def batch_all_autoembedder_loss(
     `autoembedder_loss`; the can-link and cannot-link means are weighted can_weight and
     1 - can_weight, so the spec's 50/50 balance holds although cannot-link pairs outnumber
     can-link ones about B to 1. A half with no pairs drops out and the other gets full weight.
-    Returns a scalar.
+    ignore (ours): bool N x N, pairs that are neither (unknown, e.g. likely matches that no
+    evidence links), left out of the cannot-link half. Returns a scalar.
     """
     e = e.float()  # bf16 would round small can-link distances to zero (as in autoembedder_loss)
     n = e.shape[0]
     upper = torch.triu(torch.ones(n, n, dtype=torch.bool, device=e.device), diagonal=1)
     can = same & upper
     cannot = ~same & upper
+    if ignore is not None:
+        cannot &= ~ignore
     norms = e.pow(2).sum(1)
     # Squared distances from one matrix product: N x N instead of an N x N x D difference tensor.
     sq = (norms[:, None] + norms[None, :] - 2.0 * e @ e.T).clamp(min=0.0)
