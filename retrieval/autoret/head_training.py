@@ -135,7 +135,7 @@ def nearest_neighbors(vectors: torch.Tensor, k: int, pool: int, chunk: int = 204
     for begin in range(0, m, chunk):
         sims = z[begin : begin + chunk] @ z.T
         sims[torch.arange(sims.shape[0]), torch.arange(begin, begin + sims.shape[0])] = -2.0
-        out[begin : begin + chunk, :k_found] = sims.topk(k_found, dim=1).indices
+        out[begin : begin + sims.shape[0], :k_found] = sims.topk(k_found, dim=1).indices
     return out
 
 

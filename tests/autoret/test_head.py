@@ -12,6 +12,7 @@ from retrieval.autoret.head_training import (
     HeadTrainConfig,
     embed_features,
     mutual_neighbors,
+    nearest_neighbors,
     train_head,
 )
 from retrieval.autoret.pairs import KnownPairs
@@ -156,3 +157,23 @@ def test_the_full_model_embeds_images_as_stage_then_head() -> None:
     assert torch.allclose(model.embed(x), model.head(cached))
     assert model.output_dim == 128
     assert isinstance(model.stage, FeatureStage)
+
+
+def test_the_anchor_keeps_the_head_near_version_one() -> None:
+    features, _ = clustered_features()
+
+    def drift(anchor: float) -> float:
+        head = small_head(features)
+        start = embed_features(head, features)
+        train_head(head, features, HeadTrainConfig(steps=80, batch_size=32, anchor=anchor))
+        return float((embed_features(head, features) - start).norm(dim=1).mean())
+
+    free, anchored = drift(0.0), drift(100.0)
+    assert anchored < 0.5 * free, (anchored, free)
+
+
+def test_nearest_neighbors_are_the_closest_rows_and_none_beyond_the_pool() -> None:
+    points = torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.1, 0.9], [0.7, 0.7]])
+    near = nearest_neighbors(points, k=2, pool=4)
+    assert near[0].tolist() == [1, 3] and near[2].tolist() == [3, 1]
+    assert near[4].tolist() == [-1, -1]

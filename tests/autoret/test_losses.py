@@ -71,7 +71,9 @@ def test_nt_xent_equals_slow_reference() -> None:
     assert math.isclose(nt_xent_loss(z1, z2, tau).item(), total / n, rel_tol=1e-5)
 
 
-def _slow_batch_all_loss(e: torch.Tensor, same: torch.Tensor, alpha: float) -> float:
+def _slow_batch_all_loss(
+    e: torch.Tensor, same: torch.Tensor, alpha: float, ignore: torch.Tensor | None = None
+) -> float:
     can, cannot = [], []
     rows = e.tolist()
     for i in range(len(rows)):
@@ -80,7 +82,7 @@ def _slow_batch_all_loss(e: torch.Tensor, same: torch.Tensor, alpha: float) -> f
             p = min(d, alpha)
             if same[i, j]:
                 can.append(p**2)
-            else:
+            elif ignore is None or not ignore[i, j]:
                 cannot.append((p - alpha) ** 2)
     return 0.5 * sum(can) / len(can) + 0.5 * sum(cannot) / len(cannot)
 
@@ -98,6 +100,20 @@ def test_batch_all_loss_equals_slow_reference_with_halves_weighted_equally() -> 
         expected = _slow_batch_all_loss(e, same, alpha)
         actual = batch_all_autoembedder_loss(e, same, alpha).item()
         assert math.isclose(actual, expected, rel_tol=1e-4), (alpha, actual, expected)
+
+
+def test_batch_all_loss_leaves_ignored_pairs_out_of_the_cannot_link_half() -> None:
+    g = torch.Generator().manual_seed(4)
+    e = torch.randn(10, 3, generator=g) * 3
+    index = torch.arange(5).repeat(2)
+    same = index[:, None] == index[None]
+    ignore = torch.zeros(10, 10, dtype=torch.bool)
+    ignore[0, 1] = ignore[1, 0] = ignore[2, 8] = ignore[8, 2] = True
+    ignore[0, 5] = ignore[5, 0] = True  # a can-link pair stays can-link
+    expected = _slow_batch_all_loss(e, same, 10.0, ignore)
+    actual = batch_all_autoembedder_loss(e, same, 10.0, ignore=ignore).item()
+    assert math.isclose(actual, expected, rel_tol=1e-4)
+    assert not math.isclose(actual, batch_all_autoembedder_loss(e, same, 10.0).item())
 
 
 def test_batch_all_loss_gives_finite_gradients_to_every_view_even_when_views_coincide() -> None:
