@@ -42,7 +42,7 @@ class FeatureConfig:
     """
 
     backbone: Literal["efficientnet_lite0"] = "efficientnet_lite0"
-    input_size: int = 64
+    input_size: int = 96
     grid: int = 2
     layout: FeatureLayout = "regions"
 
