@@ -44,3 +44,28 @@ def test_tiny_bench_prints_every_row_with_finite_numbers(
     assert all(r["label"] in table for r in results)
     report = json.loads((tmp_path / "results.json").read_text())
     assert report["database"] == 400 and report["queries"] == 50
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not FASHION_MNIST_DIR.is_dir(), reason="Fashion-MNIST IDX files not installed")
+def test_feature_bench_prints_every_default_row_and_reuses_its_feature_cache(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = BENCH.parent / "feature_quality.py"
+    spec = importlib.util.spec_from_file_location("feature_quality", path)
+    assert spec is not None and spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = bench
+    spec.loader.exec_module(bench)
+    argv = ["--train-size", "300", "--queries", "40", "--cache", str(tmp_path / "cache")]
+    argv += ["--set", "input_size=32", "--set", "steps=5", "--out", str(tmp_path)]
+    results = bench.main(argv)
+    assert [r["row"] for r in results] == list(bench.DEFAULT_ROWS)
+    for r in results:
+        assert 0.0 <= r["mAP@1000"] <= 1.0 and 0.0 <= r["P@100 L2"] <= 1.0
+        if r["row"].startswith("head"):
+            assert r["steps"] == 5 and math.isfinite(r["final_loss"])
+    cached = sorted(p.name for p in (tmp_path / "cache").iterdir())
+    assert len(cached) == 2 and all("32px-2x2-regions" in name for name in cached)
+    assert "| head-labels-10 |" in capsys.readouterr().out
+    assert json.loads((tmp_path / "results.json").read_text())["features"]["input_size"] == 32
