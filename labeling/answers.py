@@ -348,11 +348,14 @@ def _write_answer(
             pk=settings_id, collection_id=pair.collection_id, inference_epoch=epoch
         )
     refresh_flags(pair.collection_id, pair, before, labeling)
-    constraint = Constraint(
-        pk=constraint_id, pair=pair, annotator=user, annotator_name=annotator_name,
-        answer=answer, source=source, idempotency_key=key, created_at=created, updated_at=now,
-    )  # fmt: skip
-    constraint._state.adding, constraint._state.db = False, connection.alias
+    row = {
+        "id": constraint_id, "pair_id": pair.pk, "answer": answer, "source": source,
+        "annotator_id": user.pk, "annotator_name": annotator_name, "idempotency_key": key,
+        "created_at": created, "updated_at": now,
+    }  # fmt: skip
+    fields = [f.attname for f in Constraint._meta.concrete_fields]
+    constraint = Constraint.from_db(connection.alias, fields, [row[name] for name in fields])
+    constraint.pair, constraint.annotator = pair, user
     return Stored(constraint, created=True)
 
 

@@ -87,7 +87,7 @@ def next_pair(collection: Collection, user: User, exclude: Iterable[int] = ()) -
 
 # One statement leases the next pair: a pair the caller still holds first (a reloaded page), else
 # the first open one (never leased or lease expired) that no other transaction has locked (SKIP
-# LOCKED: two annotators asking at once never get the same pair). It returns the pair with both
+# LOCKED: two annotators asking at once never get the same pair). It returns the pair's row, both
 # images' files and how many open pairs were left besides it, counted in the same snapshot.
 _CLAIM = """
     WITH chosen AS (
@@ -107,8 +107,7 @@ _CLAIM = """
     UPDATE {pair} p SET leased_by_id = %(user)s, lease_expires_at = %(until)s
     FROM chosen, open, {image} ia, {image} ib
     WHERE p.id = chosen.id AND ia.id = p.a_id AND ib.id = p.b_id
-    RETURNING p.id, p.strategy, p.a_id, ia.file, p.b_id, ib.file,
-              open.n - (CASE WHEN chosen.held THEN 0 ELSE 1 END)
+    RETURNING {columns}, ia.file, ib.file, open.n - (CASE WHEN chosen.held THEN 0 ELSE 1 END)
 """
 
 
@@ -116,7 +115,9 @@ def _claim(
     collection_id: int, user_id: int, exclude: list[int], now: datetime, until: datetime
 ) -> tuple[Pair, int] | None:
     """(the leased pair with its images, open pairs left), or None when none is free."""
-    sql = _CLAIM.format(pair=Pair._meta.db_table, image=Image._meta.db_table)
+    fields = [f.attname for f in Pair._meta.concrete_fields]
+    columns = ", ".join(f"p.{f.column}" for f in Pair._meta.concrete_fields)
+    sql = _CLAIM.format(pair=Pair._meta.db_table, image=Image._meta.db_table, columns=columns)
     params: dict[str, Any] = {
         "collection": collection_id, "user": user_id, "exclude": exclude,
         "now": now, "until": until,
@@ -126,18 +127,12 @@ def _claim(
         row = cursor.fetchone()
     if row is None:
         return None
-    pk, strategy, a_id, a_file, b_id, b_file, open_left = row
-    pair = Pair(
-        pk=pk,
-        collection_id=collection_id,
-        a=Image(pk=a_id, collection_id=collection_id, file=a_file),
-        b=Image(pk=b_id, collection_id=collection_id, file=b_file),
-        strategy=strategy,
-        status=Pair.Status.QUEUED,
-        leased_by_id=user_id,
-        lease_expires_at=until,
-    )
-    pair._state.adding, pair._state.db = False, connection.alias
+    *values, a_file, b_file, open_left = row
+    pair = Pair.from_db(connection.alias, fields, values)
+    # Of the images only the files were read: their other fields load if anything asks for them.
+    image = ["id", "collection_id", "file"]
+    pair.a = Image.from_db(connection.alias, image, [pair.a_id, collection_id, a_file])
+    pair.b = Image.from_db(connection.alias, image, [pair.b_id, collection_id, b_file])
     return pair, int(open_left)
 
 

@@ -340,3 +340,27 @@ def test_an_unreachable_cache_lets_answers_through(
     pair_id = client.get(next_url(collection)).json()["pair_id"]
     response = client.post(f"/api/v1/pairs/{pair_id}/answer/", {"answer": "same"}, format="json")
     assert response.status_code == 201
+
+
+def test_the_leased_pair_and_the_stored_answer_are_their_saved_rows(
+    collection, images, annotator, django_assert_num_queries
+):
+    # Both are built from the rows their statements return (Model.from_db), so every field is
+    # the stored one, read without another query, and a save() updates rather than inserts.
+    mine_pairs(collection.pk)
+    fresh = Collection.objects.select_related("active_version").get(pk=collection.pk)
+    pair = pair_queue.next_pair(fresh, annotator)
+    assert pair is not None
+    saved = Pair.objects.select_related("a", "b").get(pk=pair.pk)
+    with django_assert_num_queries(0):
+        for field in Pair._meta.concrete_fields:
+            assert getattr(pair, field.attname) == getattr(saved, field.attname), field.name
+        assert (pair.a.file.name, pair.b.file.name) == (saved.a.file.name, saved.b.file.name)
+    assert not pair._state.adding
+    constraint = answers.record_answer(pair, annotator, Answer.SAME).constraint
+    stored = Constraint.objects.get(pk=constraint.pk)
+    with django_assert_num_queries(0):
+        for field in Constraint._meta.concrete_fields:
+            assert getattr(constraint, field.attname) == getattr(stored, field.attname), field.name
+        assert constraint.pair is pair and constraint.annotator == annotator
+    assert not constraint._state.adding and constraint._state.db == stored._state.db
