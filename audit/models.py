@@ -1,6 +1,6 @@
 """The audit log: who changed what, when, in which collection.
 
-Rows are written by the action functions that make the changes (labeling/actions.py,
+Rows are written by the action functions that make the changes (labeling/answers.py,
 labeling/exchange.py, retrieval/actions.py, worker/actions.py, config/stack.py,
 retrieval/imports.py, retrieval/versions.py), inside the
 change's own transaction, so a rolled-back change leaves no row and a committed one always has its

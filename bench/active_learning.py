@@ -7,7 +7,7 @@
 A simulated annotator answers from Fashion-MNIST's true classes (same class = "same"). For each
 strategy row (the collection's default mix, each strategy alone, and `random`) the loop is the
 platform's own: `labeling.strategies.mine` queues pairs of the active version, the annotator
-answers B of them in queue order through `labeling.actions.record_answer` (skipping those an
+answers B of them in queue order through `labeling.answers.record_answer` (skipping those an
 earlier answer retired as implied, as the labeling page never shows them),
 `labeling.training.known_constraints` gives the must/cannot-links, the network trains for a
 fixed budget of images from scratch (from the round-0 network, as the worker trains every new
@@ -133,7 +133,8 @@ def run_row(
 ) -> list[dict[str, float]]:
     from django.contrib.auth.models import User
 
-    from labeling import actions, strategies
+    from labeling import strategies
+    from labeling.answers import record_answer
     from labeling.models import Pair
     from labeling.training import known_constraints
 
@@ -185,7 +186,7 @@ def run_row(
                 if pair.status != Pair.Status.QUEUED:
                     continue  # retired as implied by an earlier answer: nobody is shown it
                 same = label_of[pair.a_id] == label_of[pair.b_id]
-                actions.record_answer(pair, oracle, "same" if same else "different")
+                record_answer(pair, oracle, "same" if same else "different")
                 answered += 1
             queued.delete()
         # "none" is plotted where the others are after this round, with no answers behind it.

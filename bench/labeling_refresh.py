@@ -4,7 +4,7 @@
 
 In its own database (`autoret_bench_refresh`, dropped afterwards) a collection of --images image
 rows gets --pairs resolved pairs (one in five "same"), then --answers answers through
-`labeling.actions.record_answer` on new pairs, each its own transaction, timed twice: with this
+`labeling.answers.record_answer` on new pairs, each its own transaction, timed twice: with this
 process's kept replay (labeling.inference.refresh appends the pair) and with the kept replay
 dropped before each answer (a full replay of every resolved pair, as every answer did before).
 Prints p50/p95 ms per answer, in-process (no HTTP), one connection.
@@ -34,7 +34,7 @@ def run(args: argparse.Namespace) -> None:
     from django.db import transaction
     from django.utils import timezone
 
-    from labeling import actions, inference
+    from labeling import answers, inference
     from labeling.models import Answer, Pair
     from retrieval.models import Collection, Image
 
@@ -72,18 +72,18 @@ def run(args: argparse.Namespace) -> None:
         )  # fmt: skip
     Pair.objects.bulk_create(rows, batch_size=2000)
     with transaction.atomic():
-        actions.refresh_flags(collection.pk)
+        answers.refresh_flags(collection.pk)
     results = {}
     for mode in ("kept replay", "full replay"):
         times = []
         for _ in range(args.answers):
             a, b = new_pair()
-            pair = actions.pair_for(collection, a, b)
+            pair = answers.pair_for(collection, a, b)
             if mode == "full replay":
                 inference._replays.clear()
             answer = Answer.SAME if rng.random() < 0.2 else Answer.DIFFERENT
             began = time.perf_counter()
-            actions.record_answer(pair, user, answer)
+            answers.record_answer(pair, user, answer)
             times.append((time.perf_counter() - began) * 1000)
         times.sort()
         results[mode] = (statistics.median(times), times[int(0.95 * (len(times) - 1))])

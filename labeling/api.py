@@ -17,7 +17,7 @@ from rest_framework.parsers import JSONParser, MultiPartParser
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from labeling import actions, exchange
+from labeling import answers, exchange, pair_queue
 from labeling.models import Answer, Pair
 from retrieval.models import Collection, Image, Membership
 from retrieval.permissions import get_collection_for_user, get_in_collection_for_user
@@ -90,7 +90,7 @@ def next_pair(request: Request, pk: int) -> Response:
         exclude = [int(x) for x in raw.split(",") if x.strip()]
     except ValueError:
         raise ValidationError({"exclude": "comma-separated pair ids"}) from None
-    pair = actions.next_pair(collection, _user(request), exclude)
+    pair = pair_queue.next_pair(collection, _user(request), exclude)
     if pair is None:
         return Response(status=status.HTTP_204_NO_CONTENT)
     return Response(pair_payload(request, pair))
@@ -134,13 +134,13 @@ def answer(request: Request, pair_id: int) -> Response:
     serializer = AnswerSerializer(data=request.data)
     serializer.is_valid(raise_exception=True)
     try:
-        stored = actions.record_answer(
+        stored = answers.record_answer(
             pair,
             _user(request),
             serializer.validated_data["answer"],
             serializer.validated_data.get("idempotency_key", ""),
         )
-    except actions.KeyReused as reused:
+    except answers.KeyReused as reused:
         return Response({"detail": str(reused)}, status=status.HTTP_409_CONFLICT)
     return Response(
         {"pair_id": pair.pk, "answer": stored.constraint.answer, "stored": stored.created},
@@ -156,7 +156,7 @@ def answer(request: Request, pair_id: int) -> Response:
 @api_view(["POST"])
 def undo(request: Request, pair_id: int) -> Response:
     pair = get_in_collection_for_user(request.user, PAIRS, pair_id)
-    if not actions.undo_answer(pair, _user(request)):
+    if not answers.undo_answer(pair, _user(request)):
         # 409, not 404: the pair exists and the caller may see it; only the answer is missing.
         return Response(
             {"detail": "You have no answer on this pair to undo."}, status=status.HTTP_409_CONFLICT
@@ -171,7 +171,7 @@ def undo(request: Request, pair_id: int) -> Response:
 @api_view(["GET"])
 def counters(request: Request, pk: int) -> Response:
     collection = get_collection_for_user(request.user, pk)
-    return Response(actions.counters(collection, _user(request)))
+    return Response(pair_queue.counters(collection, _user(request)))
 
 
 class MarkSerializer(serializers.Serializer):
@@ -179,7 +179,7 @@ class MarkSerializer(serializers.Serializer):
     # The answers' one choice set (one enum in the schema); "unsure" is refused below.
     answer = serializers.ChoiceField(choices=Answer.values, help_text="same or different")
     images = serializers.ListField(
-        child=serializers.IntegerField(), min_length=1, max_length=actions.MAX_MARKS
+        child=serializers.IntegerField(), min_length=1, max_length=answers.MAX_MARKS
     )
 
     def validate_answer(self, value: str) -> str:
@@ -204,7 +204,7 @@ def mark(request: Request, pk: int) -> Response:
     if not throttle.allow_many(request, len(serializer.validated_data["images"])):
         raise Throttled(throttle.wait())
     try:
-        stored = actions.mark_many(
+        stored = answers.mark_many(
             collection,
             _user(request),
             serializer.validated_data["query"],
@@ -227,7 +227,7 @@ def adjudicate(request: Request, pair_id: int) -> Response:
     pair = get_in_collection_for_user(request.user, PAIRS, pair_id, Membership.Role.CURATOR)
     serializer = RulingSerializer(data=request.data)
     serializer.is_valid(raise_exception=True)
-    actions.adjudicate(pair, _user(request), serializer.validated_data["answer"])
+    answers.adjudicate(pair, _user(request), serializer.validated_data["answer"])
     return Response({"pair_id": pair.pk, "adjudicated": serializer.validated_data["answer"]})
 
 

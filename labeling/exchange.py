@@ -16,8 +16,9 @@ from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
 from audit.models import Event
-from labeling.actions import _lock_collection, _resolve, normalize, refresh_flags
+from labeling.answers import normalize, refresh_flags, resolve_pair
 from labeling.inference import infer
+from labeling.locks import lock_collection
 from labeling.models import Answer, Constraint, ConstraintRevision, Group, Pair, Source
 from retrieval.models import Collection, Image
 
@@ -255,7 +256,7 @@ def import_constraints(
     }
     stored = 0
     with transaction.atomic():
-        _lock_collection(collection.pk)
+        lock_collection(collection.pk)
         touched: dict[int, Pair] = {}
         for row in rows:
             a, b = normalize(row.a, row.b)
@@ -277,7 +278,7 @@ def import_constraints(
             ConstraintRevision.objects.create(pair=pair, answer=row.answer, source=Source.IMPORTED)
             touched[pair.pk] = pair
         for pair in touched.values():
-            _resolve(pair)
+            resolve_pair(pair)
             pair.save()
         refresh_flags(collection.pk)
         Event.record(

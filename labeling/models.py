@@ -84,7 +84,7 @@ class LabelingSettings(models.Model):
     low_water = models.PositiveIntegerField(default=50)
     # Claimed by a conditional UPDATE so at most one mining task is queued per collection.
     mining_requested_at = models.DateTimeField(null=True, blank=True)
-    # Kept by every change to the answers (labeling.actions.refresh_flags), so the counters an
+    # Kept by every change to the answers (labeling.answers.refresh_flags), so the counters an
     # annotator sees after each answer cost no replay of the whole collection.
     implied_pairs = models.PositiveBigIntegerField(default=0)
     flagged_pairs = models.PositiveIntegerField(default=0)

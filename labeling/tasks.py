@@ -15,7 +15,7 @@ def mine_pairs(collection_id: int) -> int:
 
     Idempotent: mining never queues a pair twice (unique pair, `accept` skips known ones), so a
     redelivered task only adds what is still missing. Queued after each activation and when the
-    queue runs low (labeling.actions.next_pair).
+    queue runs low (labeling.pair_queue.next_pair).
     """
     collection = (
         Collection.objects.select_related("active_version").filter(pk=collection_id).first()

@@ -14,7 +14,7 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_http_methods, require_POST
 
-from labeling import actions
+from labeling import answers, pair_queue
 from labeling.api import AnswerRateThrottle
 from labeling.inference import infer
 from labeling.models import Answer, Constraint, Group, Pair
@@ -39,7 +39,8 @@ def _id(request: HttpRequest, field: str) -> int:
 @login_required
 def label(request: HttpRequest, pk: int) -> HttpResponse:
     collection = get_collection_for_user(request.user, pk)
-    context = {"collection": collection, "counters": actions.counters(collection, _user(request))}
+    counters = pair_queue.counters(collection, _user(request))
+    context = {"collection": collection, "counters": counters}
     if request.htmx:  # type: ignore[attr-defined]  # django-htmx's middleware sets it
         return render(request, "labeling/label.html#counters", context)
     return render(request, "labeling/label.html", context)
@@ -57,14 +58,14 @@ def groups(request: HttpRequest, pk: int) -> HttpResponse:
             ruling = request.POST.get("answer", "")
             if ruling not in Answer.values:
                 raise BadRequest("a ruling is same, different or unsure")
-            actions.adjudicate(pair, _user(request), ruling)
+            answers.adjudicate(pair, _user(request), ruling)
             messages.success(request, f"Ruled {ruling} on pair {pair.a_id}-{pair.b_id}.")
         else:
             image = get_object_or_404(Image, pk=_id(request, "image"), collection=collection)
             name = request.POST.get("name", "").strip()[:100]
             if not name:
                 raise BadRequest("a group name cannot be empty")
-            actions.name_group(collection, image, name, _user(request))
+            answers.name_group(collection, image, name, _user(request))
             messages.success(request, f"Named the group of {image.original_name} “{name}”.")
         return redirect("labeling:groups", pk=collection.pk)
     inference = infer(collection)
@@ -86,11 +87,11 @@ def groups(request: HttpRequest, pk: int) -> HttpResponse:
         .select_related("a", "b")
         .order_by("answered_at")[:50]
     )
-    answers: dict[int, list[str]] = {}
+    said: dict[int, list[str]] = {}
     for c in Constraint.objects.filter(pair__in=flagged).select_related("annotator"):
         who = c.annotator.get_username() if c.annotator else c.annotator_name
-        answers.setdefault(c.pair_id, []).append(f"{who}: {c.answer}")
-    conflicts = [{"pair": p, "answers": answers.get(p.pk, [])} for p in flagged]
+        said.setdefault(c.pair_id, []).append(f"{who}: {c.answer}")
+    conflicts = [{"pair": p, "answers": said.get(p.pk, [])} for p in flagged]
     context = {
         "collection": collection,
         "groups": rows,
@@ -115,8 +116,8 @@ def mark(request: HttpRequest, pk: int) -> HttpResponse:
         chosen = [int(x) for x in request.POST.getlist("images")]
     except ValueError:
         raise BadRequest("image ids are numbers") from None
-    if len(chosen) > actions.MAX_MARKS:
-        raise BadRequest(f"mark at most {actions.MAX_MARKS} images at once")
+    if len(chosen) > answers.MAX_MARKS:
+        raise BadRequest(f"mark at most {answers.MAX_MARKS} images at once")
     # Each marked image is an answer against the answer rate, as through the API.
     throttle = AnswerRateThrottle()
     if chosen and not throttle.allow_many(request, len(chosen)):
@@ -130,7 +131,7 @@ def mark(request: HttpRequest, pk: int) -> HttpResponse:
         return response
     if chosen:
         try:
-            stored = actions.mark_many(collection, _user(request), query, chosen, answer)
+            stored = answers.mark_many(collection, _user(request), query, chosen, answer)
         except Image.DoesNotExist:
             raise BadRequest("every image must belong to this collection") from None
         messages.success(request, f"Marked {stored} images {answer} as the query.")

@@ -390,14 +390,14 @@ def test_the_admin_shows_only_a_prefix_of_api_keys(curator, admin) -> None:
 
 
 def test_a_rolled_back_change_leaves_no_row(annotator, pair, monkeypatch) -> None:
-    from labeling import actions
+    from labeling import answers
 
     def broken(*args: object) -> int:
         raise RuntimeError("the database went away")
 
-    monkeypatch.setattr(actions, "refresh_flags", broken)
+    monkeypatch.setattr(answers, "refresh_flags", broken)
     with pytest.raises(RuntimeError):
-        actions.record_answer(pair, annotator, "same")
+        answers.record_answer(pair, annotator, "same")
     assert not Event.objects.exists()
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from django.db import IntegrityError, transaction
 
-from labeling import actions
+from labeling import answers, pair_queue
 from labeling.inference import infer
 from labeling.models import Answer, Constraint, ConstraintRevision, Pair
 from labeling.training import answers_since, known_constraints
@@ -14,19 +14,19 @@ pytestmark = pytest.mark.django_db
 
 
 def answer(collection, user, a, b, value: str) -> Pair:
-    pair = actions.pair_for(collection, a.pk, b.pk)
-    actions.record_answer(pair, user, value)
+    pair = answers.pair_for(collection, a.pk, b.pk)
+    answers.record_answer(pair, user, value)
     pair.refresh_from_db()
     return pair
 
 
 def test_pair_is_stored_smaller_id_first(collection, images):
     a, b = images[0], images[1]
-    assert actions.pair_for(collection, b.pk, a.pk) == actions.pair_for(collection, a.pk, b.pk)
+    assert answers.pair_for(collection, b.pk, a.pk) == answers.pair_for(collection, a.pk, b.pk)
     pair = Pair.objects.get()
     assert (pair.a_id, pair.b_id) == (a.pk, b.pk)
-    with pytest.raises(actions.SameImage):
-        actions.pair_for(collection, a.pk, a.pk)
+    with pytest.raises(answers.SameImage):
+        answers.pair_for(collection, a.pk, a.pk)
     with pytest.raises(IntegrityError), transaction.atomic():
         Pair.objects.create(collection=collection, a=images[3], b=images[2])
 
@@ -42,9 +42,9 @@ def test_majority_and_agreement_over_annotators(collection, images, annotator, c
 
 
 def test_a_tie_resolves_to_unsure():
-    assert actions.majority([Answer.SAME, Answer.DIFFERENT]) == (Answer.UNSURE, 0.5, 2)
-    assert actions.majority([Answer.SAME]) == (Answer.SAME, 1.0, 1)
-    assert actions.majority([]) == ("", None, 0)
+    assert answers.majority([Answer.SAME, Answer.DIFFERENT]) == (Answer.UNSURE, 0.5, 2)
+    assert answers.majority([Answer.SAME]) == (Answer.SAME, 1.0, 1)
+    assert answers.majority([]) == ("", None, 0)
 
 
 def test_new_answer_replaces_the_old_one_and_keeps_history(collection, images, annotator):
@@ -76,7 +76,7 @@ def test_groups_cannot_links_and_implied_counts(collection, images, annotator):
     assert inference.implied(x[0].pk, x[5].pk) is None
     # must: 3 + 1 pairs minus 3 answered; cannot: 3 x 2 minus 1 answered.
     assert inference.implied_count() == 1 + 5
-    assert actions.counters(collection, annotator)["implied"] == 6
+    assert pair_queue.counters(collection, annotator)["implied"] == 6
 
 
 def test_unsure_answers_imply_nothing(collection, images, annotator):
@@ -96,10 +96,10 @@ def test_different_inside_a_group_is_flagged_and_left_out_of_training(
     must, cannot = known_constraints(collection)
     assert must == [(x[0].pk, x[1].pk), (x[1].pk, x[2].pk)]
     assert cannot == []
-    assert actions.counters(collection, annotator)["flagged"] == 1
+    assert pair_queue.counters(collection, annotator)["flagged"] == 1
 
     # A curator's ruling settles it: the pair leaves the queue and trains from then on.
-    actions.adjudicate(contradiction, curator, Answer.DIFFERENT)
+    answers.adjudicate(contradiction, curator, Answer.DIFFERENT)
     contradiction.refresh_from_db()
     assert not contradiction.flagged
     must, cannot = known_constraints(collection)
@@ -136,5 +136,5 @@ def test_answers_since_counts_answers_not_undos(collection, images, annotator):
     assert middle is not None
     assert answers_since(collection, None) == 2
     assert answers_since(collection, middle.created_at) == 1
-    actions.undo_answer(pair, annotator)
+    answers.undo_answer(pair, annotator)
     assert answers_since(collection, None) == 2

@@ -9,7 +9,7 @@ import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
 from rest_framework.test import APIClient
 
-from labeling import actions
+from labeling import answers
 from labeling.models import Answer, Constraint, Group, Pair, Source
 
 pytestmark = pytest.mark.django_db
@@ -31,7 +31,7 @@ def answered(collection, images, annotator, curator):
         (x[2], x[3], Answer.DIFFERENT, curator),
         (x[4], x[5], Answer.UNSURE, annotator),
     ]:
-        actions.record_answer(actions.pair_for(collection, a.pk, b.pk), user, value)
+        answers.record_answer(answers.pair_for(collection, a.pk, b.pk), user, value)
     return x
 
 
@@ -138,7 +138,7 @@ def test_an_impossible_annotator_or_time_is_a_400_naming_the_line(
 
 
 def test_groups_export_carries_the_curators_name(curator_client, collection, answered, curator):
-    actions.name_group(collection, answered[2], "sneakers", curator)
+    answers.name_group(collection, answered[2], "sneakers", curator)
     assert Group.objects.get().name == "sneakers"
     response = curator_client.get(f"/api/v1/collections/{collection.pk}/groups/export/")
     lines = b"".join(response.streaming_content).decode().splitlines()
@@ -156,7 +156,7 @@ def test_csv_exports_escape_cells_a_spreadsheet_would_run_as_formulas(
     for image, name in zip(answered, hostile, strict=False):
         image.original_name = name
         image.save(update_fields=["original_name"])
-    actions.name_group(collection, answered[0], "=cmd|' /c calc'!A0", curator)
+    answers.name_group(collection, answered[0], "=cmd|' /c calc'!A0", curator)
     constraints = export(curator_client, collection, "csv")
     response = curator_client.get(f"/api/v1/collections/{collection.pk}/groups/export/")
     groups = b"".join(response.streaming_content).decode()

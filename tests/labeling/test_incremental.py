@@ -12,7 +12,7 @@ import random
 import pytest
 from django.db import transaction
 
-from labeling import actions, inference
+from labeling import answers, inference
 from labeling.inference import Inference, ResolvedPair, replay, replay_rows
 from labeling.models import Answer, Constraint, LabelingSettings, Pair
 
@@ -86,25 +86,25 @@ def test_incremental_refresh_equals_full_replay(
         roll = rng.random()
         if roll < 0.7:
             a, b = rng.sample(images, 2)
-            pair = actions.pair_for(collection, a.pk, b.pk)
+            pair = answers.pair_for(collection, a.pk, b.pk)
             value = rng.choice([Answer.SAME, Answer.DIFFERENT, Answer.DIFFERENT, Answer.UNSURE])
-            actions.record_answer(pair, rng.choice(users), value)
+            answers.record_answer(pair, rng.choice(users), value)
         elif roll < 0.8:
             constraint = Constraint.objects.order_by("?").first()
             if constraint is not None:
                 assert constraint.annotator is not None
-                actions.undo_answer(constraint.pair, constraint.annotator)
+                answers.undo_answer(constraint.pair, constraint.annotator)
         elif roll < 0.85:
             ruled = Pair.objects.filter(collection=collection).order_by("?").first()
             if ruled is not None:
                 ruling = rng.choice([Answer.SAME, Answer.DIFFERENT, Answer.UNSURE])
-                actions.adjudicate(ruled, curator, ruling)
+                answers.adjudicate(ruled, curator, ruling)
         else:
             # An answer whose transaction rolls back after its refresh: no replay may keep it.
             a, b = rng.sample(images, 2)
-            pair = actions.pair_for(collection, a.pk, b.pk)
+            pair = answers.pair_for(collection, a.pk, b.pk)
             with pytest.raises(Rollback), transaction.atomic():
-                actions.record_answer(pair, rng.choice(users), Answer.SAME)
+                answers.record_answer(pair, rng.choice(users), Answer.SAME)
                 raise Rollback
         check_against_full_replay(collection.pk)
     # The point of it: most answers did not replay everything.
@@ -116,13 +116,13 @@ def test_incremental_refresh_equals_full_replay(
 def test_deleted_pairs_are_noticed(collection, annotator):
     images = add_images(collection, 5)
     for a, b in [(0, 1), (1, 2), (3, 4)]:
-        actions.record_answer(
-            actions.pair_for(collection, images[a].pk, images[b].pk), annotator, Answer.SAME
+        answers.record_answer(
+            answers.pair_for(collection, images[a].pk, images[b].pk), annotator, Answer.SAME
         )
     # Deleting an image takes its pairs along without any answer being changed.
     images[1].delete()
-    actions.record_answer(
-        actions.pair_for(collection, images[0].pk, images[2].pk), annotator, Answer.DIFFERENT
+    answers.record_answer(
+        answers.pair_for(collection, images[0].pk, images[2].pk), annotator, Answer.DIFFERENT
     )
     check_against_full_replay(collection.pk)
     assert not Pair.objects.filter(flagged=True).exists()

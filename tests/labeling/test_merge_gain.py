@@ -13,7 +13,7 @@ import importlib
 
 import pytest
 
-from labeling import actions, strategies
+from labeling import answers, strategies
 from labeling.inference import infer
 from labeling.models import Answer, Pair, default_mix
 from labeling.tasks import mine_pairs
@@ -32,7 +32,7 @@ def propose(collection, n: int):
 
 
 def link(collection, annotator, a, b, answer=Answer.SAME) -> None:
-    actions.record_answer(actions.pair_for(collection, a.pk, b.pk), annotator, answer)
+    answers.record_answer(answers.pair_for(collection, a.pk, b.pk), annotator, answer)
 
 
 def test_without_groups_it_asks_nearest_neighbours(collection, images):

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from labeling import actions, strategies
+from labeling import pair_queue, strategies
 from labeling.models import LabelingSettings, Pair
 from labeling.tasks import mine_pairs
 from retrieval.models import Collection
@@ -23,10 +23,10 @@ def test_a_low_queue_queues_one_mining_task(
     collection, images, annotator, curator, django_capture_on_commit_callbacks
 ):
     with django_capture_on_commit_callbacks(execute=True):
-        actions.next_pair(fresh(collection), annotator)  # an empty queue: mined in the request
+        pair_queue.next_pair(fresh(collection), annotator)  # an empty queue: mined in the request
     assert redis_client().llen("default") == 1
     with django_capture_on_commit_callbacks(execute=True):
-        actions.next_pair(fresh(collection), curator)
+        pair_queue.next_pair(fresh(collection), curator)
     assert redis_client().llen("default") == 1  # one request per collection at a time
 
 
@@ -35,14 +35,14 @@ def test_mining_a_new_version_retires_the_old_versions_unheld_pairs(
     collection, images, annotator, curator
 ):
     mine_pairs(collection.pk)
-    held = actions.next_pair(fresh(collection), annotator)
+    held = pair_queue.next_pair(fresh(collection), annotator)
     assert held is not None
     old_open = Pair.objects.filter(status=Pair.Status.QUEUED).exclude(pk=held.pk).count()
     assert old_open > 0
     v2 = add_version(collection, images, number=2, seed=9)
     LabelingSettings.objects.update(mining_requested_at=None)
     # The next request notices the queue was mined from another version and asks for mining.
-    actions.next_pair(fresh(collection), curator)
+    pair_queue.next_pair(fresh(collection), curator)
     assert LabelingSettings.objects.get().mining_requested_at is not None
     mine_pairs(collection.pk)
     held.refresh_from_db()

@@ -8,7 +8,7 @@ from django.db import connection
 from django.test import Client
 from rest_framework.test import APIClient
 
-from labeling import actions
+from labeling import answers
 from labeling.models import Answer, Group, Pair
 
 pytestmark = pytest.mark.django_db
@@ -21,8 +21,8 @@ def logged_in(user) -> Client:
 
 
 def test_label_page_shows_counters_and_the_htmx_partial(collection, images, annotator):
-    pair = actions.pair_for(collection, images[0].pk, images[1].pk)
-    actions.record_answer(pair, annotator, Answer.SAME)
+    pair = answers.pair_for(collection, images[0].pk, images[1].pk)
+    answers.record_answer(pair, annotator, Answer.SAME)
     client = logged_in(annotator)
     page = client.get(f"/collections/{collection.pk}/label/")
     assert page.status_code == 200
@@ -41,7 +41,7 @@ def test_outsider_gets_404_on_labeling_pages(collection, outsider):
 def test_curator_names_a_group_and_rules_on_a_conflict(collection, images, annotator, curator):
     x = images
     for a, b, value in ((0, 1, Answer.SAME), (1, 2, Answer.SAME), (0, 2, Answer.DIFFERENT)):
-        actions.record_answer(actions.pair_for(collection, x[a].pk, x[b].pk), annotator, value)
+        answers.record_answer(answers.pair_for(collection, x[a].pk, x[b].pk), annotator, value)
     conflict = Pair.objects.get(flagged=True)
     client = logged_in(curator)
     page = client.get(f"/collections/{collection.pk}/groups/")
@@ -95,7 +95,7 @@ def mark(client: Client, collection, query, images, answer: str = "same"):
 
 
 def test_the_mark_page_refuses_more_images_than_the_api(collection, images, annotator, monkeypatch):
-    monkeypatch.setattr(actions, "MAX_MARKS", 5)
+    monkeypatch.setattr(answers, "MAX_MARKS", 5)
     response = mark(logged_in(annotator), collection, images[0], images[1:7])
     assert response.status_code == 400
     assert not Pair.objects.exists()
@@ -129,9 +129,9 @@ def test_a_large_mark_commits_in_short_chunks_each_with_its_audit_row(
 ):
     from audit.models import Event
 
-    monkeypatch.setattr(actions, "MARK_CHUNK", 4)
+    monkeypatch.setattr(answers, "MARK_CHUNK", 4)
     locks: list[str | None] = []
-    lock = actions._lock_collection
+    lock = answers.lock_collection
     depth = len(connection.savepoint_ids)
 
     def counting_lock(collection_id: int) -> None:
@@ -140,7 +140,7 @@ def test_a_large_mark_commits_in_short_chunks_each_with_its_audit_row(
         locks.append(connection.savepoint_ids[depth])
         lock(collection_id)
 
-    monkeypatch.setattr(actions, "_lock_collection", counting_lock)
+    monkeypatch.setattr(answers, "lock_collection", counting_lock)
     assert mark(logged_in(annotator), collection, images[0], images[1:11]).status_code == 302
     rows = Event.objects.filter(action=Event.Action.MARK).order_by("id")
     assert [row.detail["count"] for row in rows] == [4, 4, 2]

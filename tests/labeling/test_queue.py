@@ -12,7 +12,7 @@ from django.db import connection, transaction
 from django.utils import timezone
 from rest_framework.test import APIClient
 
-from labeling import actions, strategies
+from labeling import answers, pair_queue, strategies
 from labeling.inference import infer
 from labeling.models import Answer, Constraint, ConstraintRevision, Pair, Strategy
 from labeling.tasks import mine_pairs
@@ -83,8 +83,8 @@ def test_an_idempotency_key_reused_on_another_pair_is_a_409_not_a_lost_answer(
     collection, images, annotator
 ):
     client = client_for(annotator)
-    first = actions.pair_for(collection, images[0].pk, images[1].pk)
-    second = actions.pair_for(collection, images[2].pk, images[3].pk)
+    first = answers.pair_for(collection, images[0].pk, images[1].pk)
+    second = answers.pair_for(collection, images[2].pk, images[3].pk)
     body = {"answer": "same", "idempotency_key": "k-1"}
     assert client.post(f"/api/v1/pairs/{first.pk}/answer/", body, format="json").status_code == 201
     reused = client.post(f"/api/v1/pairs/{second.pk}/answer/", body, format="json")
@@ -97,7 +97,7 @@ def test_an_idempotency_key_reused_on_another_pair_is_a_409_not_a_lost_answer(
 def test_an_answer_sent_for_another_user_is_a_403_and_stores_nothing(
     collection, images, annotator, curator
 ):
-    pair = actions.pair_for(collection, images[0].pk, images[1].pk)
+    pair = answers.pair_for(collection, images[0].pk, images[1].pk)
     response = client_for(curator).post(
         f"/api/v1/pairs/{pair.pk}/answer/",
         {"answer": "same"},
@@ -177,7 +177,7 @@ def test_an_implied_queued_pair_is_retired_not_shown(collection, images, annotat
     x = images
     stale = Pair.objects.create(collection=collection, a=x[0], b=x[2], strategy=Strategy.RANDOM)
     for a, b in ((x[0], x[1]), (x[1], x[2])):
-        actions.record_answer(actions.pair_for(collection, a.pk, b.pk), annotator, Answer.SAME)
+        answers.record_answer(answers.pair_for(collection, a.pk, b.pk), annotator, Answer.SAME)
     shown = client_for(annotator).get(next_url(collection)).json()["pair_id"]
     assert shown != stale.pk
     stale.refresh_from_db()
@@ -192,12 +192,12 @@ def test_strategy_never_proposes_an_answered_or_implied_pair(name, collection, i
     collection.refresh_from_db()
     answered = set()
     for i in range(0, 12, 2):
-        pair = actions.pair_for(collection, x[i].pk, x[i + 4].pk)
-        actions.record_answer(pair, annotator, Answer.SAME if i % 4 == 0 else Answer.DIFFERENT)
+        pair = answers.pair_for(collection, x[i].pk, x[i + 4].pk)
+        answers.record_answer(pair, annotator, Answer.SAME if i % 4 == 0 else Answer.DIFFERENT)
         answered.add((pair.a_id, pair.b_id))
     for i in range(0, 8):
-        pair = actions.pair_for(collection, x[i].pk, x[i + 8].pk)
-        actions.record_answer(pair, annotator, Answer.SAME)
+        pair = answers.pair_for(collection, x[i].pk, x[i + 8].pk)
+        answers.record_answer(pair, annotator, Answer.SAME)
         answered.add((pair.a_id, pair.b_id))
     ctx = strategies.MiningContext.build(collection, collection.active_version, seed=0)
     inference = infer(collection)
@@ -247,7 +247,7 @@ def test_skip_locked_lets_a_second_session_pass_a_locked_pair(
     try:
         assert locked.wait(30)
         collection = Collection.objects.select_related("active_version").get(pk=collection.pk)
-        pair = actions.next_pair(collection, curator)
+        pair = pair_queue.next_pair(collection, curator)
         assert pair is not None and pair.pk != head.pk
     finally:
         release.set()
@@ -265,7 +265,7 @@ def test_concurrent_sessions_get_distinct_pairs(collection, images, django_user_
         try:
             c = Collection.objects.select_related("active_version").get(pk=collection.pk)
             start.wait(30)
-            pair = actions.next_pair(c, users[index])
+            pair = pair_queue.next_pair(c, users[index])
             got[index] = pair.pk if pair else None
         finally:
             connection.close()
@@ -340,3 +340,27 @@ def test_an_unreachable_cache_lets_answers_through(
     pair_id = client.get(next_url(collection)).json()["pair_id"]
     response = client.post(f"/api/v1/pairs/{pair_id}/answer/", {"answer": "same"}, format="json")
     assert response.status_code == 201
+
+
+def test_the_leased_pair_and_the_stored_answer_are_their_saved_rows(
+    collection, images, annotator, django_assert_num_queries
+):
+    # Both are built from the rows their statements return (Model.from_db), so every field is
+    # the stored one, read without another query, and a save() updates rather than inserts.
+    mine_pairs(collection.pk)
+    fresh = Collection.objects.select_related("active_version").get(pk=collection.pk)
+    pair = pair_queue.next_pair(fresh, annotator)
+    assert pair is not None
+    saved = Pair.objects.select_related("a", "b").get(pk=pair.pk)
+    with django_assert_num_queries(0):
+        for field in Pair._meta.concrete_fields:
+            assert getattr(pair, field.attname) == getattr(saved, field.attname), field.name
+        assert (pair.a.file.name, pair.b.file.name) == (saved.a.file.name, saved.b.file.name)
+    assert not pair._state.adding
+    constraint = answers.record_answer(pair, annotator, Answer.SAME).constraint
+    stored = Constraint.objects.get(pk=constraint.pk)
+    with django_assert_num_queries(0):
+        for field in Constraint._meta.concrete_fields:
+            assert getattr(constraint, field.attname) == getattr(stored, field.attname), field.name
+        assert constraint.pair is pair and constraint.annotator == annotator
+    assert not constraint._state.adding and constraint._state.db == stored._state.db

@@ -135,7 +135,7 @@ def test_rollback_then_delete_the_newer_versions_embeddings(searchable, admin) -
 def test_enough_new_answers_start_retraining_that_learns_from_them(
     searchable, annotator, live_redis, django_capture_on_commit_callbacks
 ) -> None:
-    from labeling.actions import pair_for, record_answer
+    from labeling.answers import pair_for, record_answer
 
     TrainingPolicy.objects.create(collection=searchable, retrain_after_answers=2, minutes=0.02)
     ids = list(searchable.images.order_by("pk").values_list("pk", flat=True))

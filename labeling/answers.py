@@ -1,28 +1,25 @@
-"""The labeling loop's work across models: answers, undo, the leased queue, adjudication,
-group names.
+"""Answers to pairs: recording them (with idempotency keys) and undoing them, one-to-many marks,
+a curator's rulings and group names, and the contradiction flags and implied/flagged counts that
+every change refreshes.
 
-Every change to a pair's answers runs under a per-collection advisory lock: the contradiction
-flags depend on the order answers arrived in, and two concurrent answers must not each judge
-themselves against a state that misses the other.
+Every change to a pair's answers runs under its collection's lock (labeling.locks).
 """
 
 from __future__ import annotations
 
-import functools
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
 
 from django.contrib.auth.models import User
 from django.db import connection, transaction
-from django.db.models import Q, QuerySet
 from django.utils import timezone
 
 from audit.models import Event
 from labeling import inference
 from labeling.inference import infer
+from labeling.locks import lock_collection, lock_pair
 from labeling.models import (
     Answer,
     Constraint,
@@ -32,8 +29,9 @@ from labeling.models import (
     Pair,
     Source,
 )
-from labeling.signals import answer_recorded, mining_wanted
-from labeling.strategies import mine, settings_for
+from labeling.pair_queue import open_pairs
+from labeling.signals import answer_recorded
+from labeling.strategies import settings_for
 from retrieval.models import Collection, Image
 
 # One-to-many marks (the Mark page and the API): at most MAX_MARKS images in one request, stored
@@ -56,12 +54,6 @@ def normalize(a: int, b: int) -> tuple[int, int]:
     if a == b:
         raise SameImage("a pair needs two different images")
     return (a, b) if a < b else (b, a)
-
-
-def _lock_collection(collection_id: int) -> None:
-    # Transaction-scoped: released at commit or rollback, never leaked by an error.
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT pg_advisory_xact_lock(%s, %s)", [0x4C41, collection_id])
 
 
 def pair_for(collection: Collection, a: int, b: int) -> Pair:
@@ -89,7 +81,9 @@ def majority(answers: Iterable[str]) -> tuple[str, float | None, int]:
     return top, top_count / total, total
 
 
-def _resolve(pair: Pair) -> None:
+def resolve_pair(pair: Pair) -> None:
+    """Sets `pair`'s majority answer, agreement and count from its stored answers (unsaved: the
+    caller saves it and refreshes the flags, under the collection's lock)."""
     answers = list(pair.constraints.values_list("answer", flat=True))
     resolved, agreement, count = majority(answers)
     if resolved != pair.resolved:
@@ -153,7 +147,7 @@ def refresh_flags(
     head = result.head
     if head is None:
         head = list(
-            _open_pairs(collection_id, now)
+            open_pairs(collection_id, now)
             .order_by("id")[:RECHECK_HEAD]
             .values_list("id", "a_id", "b_id")
         )
@@ -243,7 +237,7 @@ def _store_answer(
                     answer=answer,
                     source=source,
                 )
-            _lock_collection(pair.collection_id)
+            lock_collection(pair.collection_id)
             stored = _write_answer(pair, user, answer, idempotency_key, source, when)
     except _KeySeen as seen:
         existing = Constraint.objects.filter(pair_id=seen.pair_id, annotator=user).first()
@@ -354,11 +348,14 @@ def _write_answer(
             pk=settings_id, collection_id=pair.collection_id, inference_epoch=epoch
         )
     refresh_flags(pair.collection_id, pair, before, labeling)
-    constraint = Constraint(
-        pk=constraint_id, pair=pair, annotator=user, annotator_name=annotator_name,
-        answer=answer, source=source, idempotency_key=key, created_at=created, updated_at=now,
-    )  # fmt: skip
-    constraint._state.adding, constraint._state.db = False, connection.alias
+    row = {
+        "id": constraint_id, "pair_id": pair.pk, "answer": answer, "source": source,
+        "annotator_id": user.pk, "annotator_name": annotator_name, "idempotency_key": key,
+        "created_at": created, "updated_at": now,
+    }  # fmt: skip
+    fields = [f.attname for f in Constraint._meta.concrete_fields]
+    constraint = Constraint.from_db(connection.alias, fields, [row[name] for name in fields])
+    constraint.pair, constraint.annotator = pair, user
     return Stored(constraint, created=True)
 
 
@@ -366,15 +363,14 @@ def undo_answer(pair: Pair, user: User) -> bool:
     """Withdraws `user`'s answer about `pair` (history keeps it) and gives the pair back to them
     leased, so the page can show it again. False if they had no answer there."""
     with transaction.atomic():
-        _lock_collection(pair.collection_id)
-        pair = Pair.objects.select_for_update().get(pk=pair.pk)
+        pair = lock_pair(pair)
         before = (pair.final_answer, pair.answered_at)
         deleted, _ = Constraint.objects.filter(pair=pair, annotator=user).delete()
         if not deleted:
             return False
         ConstraintRevision.objects.create(pair=pair, annotator=user, answer="")
         Event.record(Event.Action.UNDO, user, pair.collection_id, pair)
-        _resolve(pair)
+        resolve_pair(pair)
         if not pair.answer_count:
             pair.status = Pair.Status.QUEUED
             pair.answered_at = timezone.now()
@@ -387,134 +383,12 @@ def undo_answer(pair: Pair, user: User) -> bool:
     return True
 
 
-def _request_mining(collection: Collection, labeling: LabelingSettings) -> None:
-    """Queues one mining task when the queue runs low (at most one per collection per minute:
-    the conditional UPDATE is the claim)."""
-    now = timezone.now()
-    claimed = (
-        LabelingSettings.objects.filter(pk=labeling.pk)
-        .filter(
-            Q(mining_requested_at__isnull=True)
-            | Q(mining_requested_at__lt=now - timedelta(minutes=1))
-        )
-        .update(mining_requested_at=now)
-    )
-    if claimed:
-        # Queued on commit (worker/enqueue.py): the task must see the claim, and a rolled-back
-        # request queues nothing.
-        mining_wanted.send(
-            sender=LabelingSettings,
-            collection_id=collection.pk,
-            unclaim=functools.partial(_unclaim_mining, labeling.pk),
-        )
-
-
-def _unclaim_mining(settings_id: int) -> None:
-    # The mining task could not be queued (a broker outage): the queue still has pairs, and
-    # releasing the claim lets a later request try again.
-    LabelingSettings.objects.filter(pk=settings_id).update(mining_requested_at=None)
-
-
-def _open_pairs(collection: Collection | int, now: datetime) -> QuerySet[Pair]:
-    return Pair.objects.filter(collection=collection, status=Pair.Status.QUEUED).filter(
-        Q(lease_expires_at__isnull=True) | Q(lease_expires_at__lt=now)
-    )
-
-
-def next_pair(collection: Collection, user: User, exclude: Iterable[int] = ()) -> Pair | None:
-    """The next pair for `user`, leased to them; None when nothing is left to ask.
-
-    A pair they already hold (a reloaded page) comes back first, except those in `exclude` (the
-    pair the page shows while preloading the next). New pairs are claimed with FOR UPDATE SKIP
-    LOCKED, so two annotators asking at once never get the same one. Pairs that answers came to
-    imply are retired from the head of the queue by every answer (refresh_flags), so none is
-    shown.
-    """
-    excluded = [int(x) for x in exclude]
-    labeling = settings_for(collection)
-    now = timezone.now()
-    lease = timedelta(seconds=labeling.lease_seconds)
-    for attempt in range(2):
-        claimed = _claim(collection.pk, user.pk, excluded, now, now + lease)
-        if claimed is not None:
-            pair, open_left = claimed
-            stale = labeling.mined_version_id != collection.active_version_id
-            if stale or open_left < labeling.low_water:
-                _request_mining(collection, labeling)
-            return pair
-        # An empty queue: mine a small batch now rather than show an idle annotator nothing.
-        if (
-            attempt == 0
-            and not _open_pairs(collection, now).exists()
-            and not mine(collection, n=min(labeling.batch_size, 50))
-        ):
-            return None
-    return None
-
-
-# One statement leases the next pair: a pair the caller still holds first (a reloaded page), else
-# the first open one (never leased or lease expired) that no other transaction has locked (SKIP
-# LOCKED: two annotators asking at once never get the same pair). It returns the pair with both
-# images' files and how many open pairs were left besides it, counted in the same snapshot.
-_CLAIM = """
-    WITH chosen AS (
-        SELECT id, (lease_expires_at IS NOT NULL AND lease_expires_at > %(now)s) AS held
-        FROM {pair}
-        WHERE collection_id = %(collection)s AND status = 'queued' AND NOT (id = ANY(%(exclude)s))
-          AND (lease_expires_at IS NULL OR lease_expires_at < %(now)s
-               OR (leased_by_id = %(user)s AND lease_expires_at > %(now)s))
-        ORDER BY (leased_by_id = %(user)s AND lease_expires_at > %(now)s) IS TRUE DESC, id
-        LIMIT 1
-        FOR UPDATE SKIP LOCKED
-    ), open AS (
-        SELECT count(*) AS n FROM {pair}
-        WHERE collection_id = %(collection)s AND status = 'queued'
-          AND (lease_expires_at IS NULL OR lease_expires_at < %(now)s)
-    )
-    UPDATE {pair} p SET leased_by_id = %(user)s, lease_expires_at = %(until)s
-    FROM chosen, open, {image} ia, {image} ib
-    WHERE p.id = chosen.id AND ia.id = p.a_id AND ib.id = p.b_id
-    RETURNING p.id, p.strategy, p.a_id, ia.file, p.b_id, ib.file,
-              open.n - (CASE WHEN chosen.held THEN 0 ELSE 1 END)
-"""
-
-
-def _claim(
-    collection_id: int, user_id: int, exclude: list[int], now: datetime, until: datetime
-) -> tuple[Pair, int] | None:
-    """(the leased pair with its images, open pairs left), or None when none is free."""
-    sql = _CLAIM.format(pair=Pair._meta.db_table, image=Image._meta.db_table)
-    params: dict[str, Any] = {
-        "collection": collection_id, "user": user_id, "exclude": exclude,
-        "now": now, "until": until,
-    }  # fmt: skip
-    with connection.cursor() as cursor:
-        cursor.execute(sql, params)
-        row = cursor.fetchone()
-    if row is None:
-        return None
-    pk, strategy, a_id, a_file, b_id, b_file, open_left = row
-    pair = Pair(
-        pk=pk,
-        collection_id=collection_id,
-        a=Image(pk=a_id, collection_id=collection_id, file=a_file),
-        b=Image(pk=b_id, collection_id=collection_id, file=b_file),
-        strategy=strategy,
-        status=Pair.Status.QUEUED,
-        leased_by_id=user_id,
-        lease_expires_at=until,
-    )
-    pair._state.adding, pair._state.db = False, connection.alias
-    return pair, int(open_left)
-
-
 def adjudicate(pair: Pair, curator: User, answer: str) -> None:
     """A curator's ruling on a pair: it overrides the majority and clears the flag."""
     if answer not in (Answer.SAME, Answer.DIFFERENT, Answer.UNSURE):
         raise ValueError("a ruling is same, different or unsure")
     with transaction.atomic():
-        _lock_collection(pair.collection_id)
-        pair = Pair.objects.select_for_update().get(pk=pair.pk)
+        pair = lock_pair(pair)
         pair.adjudicated = answer
         pair.adjudicated_by = curator
         pair.answered_at = timezone.now()
@@ -535,17 +409,6 @@ def name_group(collection: Collection, image: Image, name: str, user: User) -> G
         return Group.objects.create(
             collection=collection, anchor=image, name=name.strip(), named_by=user
         )
-
-
-def counters(collection: Collection, user: User) -> dict[str, int]:
-    """What the labeling page shows: my answers, everybody's, implied pairs, open conflicts."""
-    stored = settings_for(collection)
-    return {
-        "mine": Constraint.objects.filter(pair__collection=collection, annotator=user).count(),
-        "answered": Pair.objects.filter(collection=collection, answer_count__gt=0).count(),
-        "implied": stored.implied_pairs,
-        "flagged": stored.flagged_pairs,
-    }
 
 
 def mark_many(
