@@ -24,6 +24,7 @@ from PIL import Image as PILImage
 
 from audit.models import Event
 from retrieval import indexes
+from retrieval.autoret.constants import DEFAULT_ALPHA
 from retrieval.models import Collection, Embedding, ModelVersion
 from retrieval.signals import version_activated
 
@@ -31,12 +32,6 @@ from retrieval.signals import version_activated
 # CPU cores, so a few thousand images are searchable within seconds of an upload.
 INITIAL_IMAGE_SIZE = 32
 INITIAL_SEED = 0
-
-
-# TrainConfig.alpha (retrieval/autoret/train.py): the cannot-link distance of a version whose
-# config records none (the untrained version 1). Restated here because importing TrainConfig
-# loads PyTorch; tests/retrieval/test_versions.py checks that the two agree.
-DEFAULT_ALPHA = 10.0
 
 
 class VersionNotAllowed(Exception):

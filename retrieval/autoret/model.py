@@ -10,7 +10,6 @@ The network only; it loads no data and writes no files.
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -404,8 +403,3 @@ def create_model(name: str = "autoret", **overrides: Any) -> AutoRet:
     if name not in PRESETS:
         raise ValueError(f"unknown model {name!r}; choose from {', '.join(PRESETS)}")
     return AutoRet(ModelConfig(**{**PRESETS[name], **overrides}))
-
-
-def count_parameters(model: nn.Module) -> int:
-    """Number of trainable parameters."""
-    return sum(math.prod(p.shape) for p in model.parameters() if p.requires_grad)

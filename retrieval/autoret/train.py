@@ -20,6 +20,7 @@ import torch
 from tqdm import tqdm
 
 from retrieval.autoret.checkpoint import INFO_FILE, load_training_state, save_checkpoint
+from retrieval.autoret.constants import DEFAULT_ALPHA
 from retrieval.autoret.data import DataError, ImageSet, resize
 from retrieval.autoret.losses import autoembedder_loss, batch_all_autoembedder_loss, nt_xent_loss
 from retrieval.autoret.model import AutoRet
@@ -66,7 +67,7 @@ class TrainConfig:
     loss is scale-free).
     """
 
-    alpha: float = 10.0
+    alpha: float = DEFAULT_ALPHA
     batch_size: int = 128
     lr: float = 1e-3
     weight_decay: float = 0.0
