@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from retrieval.autoret.configs import from_json_dict
 from retrieval.autoret.data import ImageSet
 
 FeatureLayout = Literal["regions", "crops"]
@@ -66,7 +67,7 @@ class FeatureConfig:
 
     @property
     def key(self) -> str:
-        """A short stable name, e.g. "efficientnet_lite0-64px-2x2-regions"."""
+        """A short stable name, e.g. "efficientnet_lite0-96px-2x2-regions"."""
         g = self.grid
         return f"{self.backbone}-{self.input_size}px-{g}x{g}-{self.layout}"
 
@@ -75,11 +76,7 @@ class FeatureConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> FeatureConfig:
-        fields = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - fields)
-        if unknown:
-            raise TypeError(f"unknown feature config fields: {', '.join(unknown)}")
-        return cls(**values)
+        return from_json_dict(cls, values, "feature")
 
 
 def to_rgb(x: torch.Tensor) -> torch.Tensor:

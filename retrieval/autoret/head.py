@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from retrieval.autoret.configs import from_json_dict
 from retrieval.autoret.constants import EMBED_DIM
 from retrieval.autoret.features import FeatureConfig, FeatureStage
 
@@ -56,11 +57,7 @@ class HeadConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> HeadConfig:
-        fields = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - fields)
-        if unknown:
-            raise TypeError(f"unknown head config fields: {', '.join(unknown)}")
-        return cls(**values)
+        return from_json_dict(cls, values, "head")
 
 
 def _top_directions(x: torch.Tensor, k: int) -> torch.Tensor:

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from retrieval.autoret.configs import from_json_dict
 from retrieval.autoret.constants import EMBED_DIM
 
 DEFAULT_EMBED_DIM = EMBED_DIM
@@ -80,14 +81,7 @@ class ModelConfig:
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> ModelConfig:
         """Inverse of `to_dict`; unknown keys raise TypeError."""
-        fields = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - fields)
-        if unknown:
-            raise TypeError(f"unknown model config fields: {', '.join(unknown)}")
-        converted: dict[str, Any] = {
-            k: tuple(v) if isinstance(v, list) else v for k, v in values.items()
-        }
-        return cls(**converted)
+        return from_json_dict(cls, values, "model")
 
 
 PRESETS: dict[str, dict[str, Any]] = {
