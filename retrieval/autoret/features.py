@@ -22,7 +22,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -164,8 +163,3 @@ def extract_features(
             if callable(progress):
                 progress(min(begin + batch_size, len(pixels)), len(pixels))
     return out
-
-
-def as_numpy_f16(features: torch.Tensor) -> np.ndarray:
-    """N x T x F features as a float16 array (what the platform stores)."""
-    return features.to(torch.float16).cpu().numpy()

@@ -164,7 +164,7 @@ class PretrainedAutoRet(nn.Module):
         super().__init__()
         self.feature_config = features
         self.stage = FeatureStage(features, pretrained=pretrained)
-        self.head = FeatureHead(head, features.dim)
+        self.head = FeatureHead(head, features.dim, features.steps)
 
     @property
     def output_dim(self) -> int:

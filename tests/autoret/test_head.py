@@ -177,3 +177,8 @@ def test_nearest_neighbors_are_the_closest_rows_and_none_beyond_the_pool() -> No
     near = nearest_neighbors(points, k=2, pool=4)
     assert near[0].tolist() == [1, 3] and near[2].tolist() == [3, 1]
     assert near[4].tolist() == [-1, -1]
+
+
+def test_the_full_model_follows_the_feature_grid() -> None:
+    model = PretrainedAutoRet(FeatureConfig(input_size=32, grid=3), HeadConfig(), pretrained=False)
+    assert model.head.skip.in_features == 10 * HeadConfig().reduce_dim
