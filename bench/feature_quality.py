@@ -35,6 +35,8 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from retrieval_quality import seeded_subset  # noqa: E402
+
 from retrieval.autoret.data import ImageSet, load_dataset  # noqa: E402
 from retrieval.autoret.evaluate import evaluate_retrieval  # noqa: E402
 from retrieval.autoret.features import FeatureConfig, FeatureStage, extract_features  # noqa: E402
@@ -59,13 +61,6 @@ HEAD_ROWS = {
 }
 ROWS = ("raw", "frozen", "version-1", *HEAD_ROWS, *SCRATCH_ROWS)
 DEFAULT_ROWS = ("raw", "frozen", "version-1", *HEAD_ROWS)
-
-
-def _subset(data: ImageSet, size: int | None, seed: int) -> ImageSet:
-    if size is None or size >= len(data):
-        return data
-    generator = torch.Generator().manual_seed(seed)
-    return data.subset(torch.randperm(len(data), generator=generator)[:size].sort().values)
 
 
 def cached_features(
@@ -102,8 +97,8 @@ def _unit(x: torch.Tensor) -> torch.Tensor:
 
 
 def fashion_mnist(seed: int, train_size: int, queries_size: int | None) -> Protocol:
-    database = _subset(load_dataset("fashion-mnist:train"), train_size, seed)
-    queries = _subset(load_dataset("fashion-mnist:test"), queries_size, seed + 1)
+    database = seeded_subset(load_dataset("fashion-mnist:train"), train_size, seed)
+    queries = seeded_subset(load_dataset("fashion-mnist:test"), queries_size, seed + 1)
     assert database.labels is not None and queries.labels is not None
     q_labels, db_labels = queries.labels, database.labels
 

@@ -368,7 +368,8 @@ def run_row(
     return result
 
 
-def _subset(data: ImageSet, size: int | None, seed: int) -> ImageSet:
+def seeded_subset(data: ImageSet, size: int | None, seed: int) -> ImageSet:
+    """The protocol's database or query subset: `size` images drawn with `seed`, in order."""
     if size is None or size >= len(data):
         return data
     generator = torch.Generator().manual_seed(seed)
@@ -454,8 +455,8 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
 
-    train_set = _subset(load_dataset("fashion-mnist:train"), bench.train_size, args.seed)
-    queries = _subset(load_dataset("fashion-mnist:test"), bench.queries, args.seed + 1)
+    train_set = seeded_subset(load_dataset("fashion-mnist:train"), bench.train_size, args.seed)
+    queries = seeded_subset(load_dataset("fashion-mnist:test"), bench.queries, args.seed + 1)
     started = datetime.datetime.now(datetime.UTC)
     wall_start = time.perf_counter()
     load_before = os.getloadavg()
