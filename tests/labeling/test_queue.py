@@ -98,21 +98,22 @@ def test_an_answer_sent_for_another_user_is_a_403_and_stores_nothing(
     collection, images, annotator, curator
 ):
     pair = answers.pair_for(collection, images[0].pk, images[1].pk)
-    response = client_for(curator).post(
-        f"/api/v1/pairs/{pair.pk}/answer/",
-        {"answer": "same"},
-        format="json",
-        headers={"X-Autoret-User": str(annotator.pk)},
-    )
-    assert response.status_code == 403
+
+    def send_as_annotator(signed_in) -> int:
+        return (
+            client_for(signed_in)
+            .post(
+                f"/api/v1/pairs/{pair.pk}/answer/",
+                {"answer": "same"},
+                format="json",
+                headers={"X-Autoret-User": str(annotator.pk)},
+            )
+            .status_code
+        )
+
+    assert send_as_annotator(curator) == 403
     assert not Constraint.objects.exists()
-    mine = client_for(annotator).post(
-        f"/api/v1/pairs/{pair.pk}/answer/",
-        {"answer": "same"},
-        format="json",
-        headers={"X-Autoret-User": str(annotator.pk)},
-    )
-    assert mine.status_code == 201
+    assert send_as_annotator(annotator) == 201
 
 
 def test_undo_puts_the_pair_back_to_the_annotator(collection, images, annotator):
