@@ -1,7 +1,10 @@
 """Command line: python -m retrieval.autoret train | embed | evaluate.
 
-PATH arguments accept a folder of images, an .npz, fashion-mnist:train|test or
-cifar10:DIR:train|test. Unusable data or checkpoints end with one "error: ..." line and status 2.
+`train` with no --model trains what the platform trains by default: the head on frozen ImageNet
+EfficientNet-Lite0 patch features (FeatureConfig, HeadConfig and HeadTrainConfig defaults). The
+from-scratch networks are the other --model presets. PATH arguments accept a folder of images,
+an .npz, fashion-mnist:train|test or cifar10:DIR:train|test. Unusable data or checkpoints end
+with one "error: ..." line and status 2.
 """
 
 from __future__ import annotations
@@ -16,12 +19,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from retrieval.autoret.checkpoint import CheckpointError, load_model
-from retrieval.autoret.data import DataError, load_dataset
+from retrieval.autoret.checkpoint import CheckpointError, load_model, save_head_checkpoint
+from retrieval.autoret.data import DataError, ImageSet, load_dataset
 from retrieval.autoret.embed import embed_images
 from retrieval.autoret.evaluate import evaluate_retrieval
+from retrieval.autoret.features import FeatureConfig, FeatureStage, extract_features
+from retrieval.autoret.head import HeadConfig, PretrainedAutoRet
+from retrieval.autoret.head_training import HeadTrainConfig, train_head, version_one
 from retrieval.autoret.model import PRESETS, AutoRet, create_model
-from retrieval.autoret.pairs import AUGMENT_PRESETS
+from retrieval.autoret.pairs import AUGMENT_PRESETS, KnownPairs
 from retrieval.autoret.train import TrainConfig, train
 
 BACKBONES = {
@@ -30,6 +36,9 @@ BACKBONES = {
     "efficientnet-lite0": "efficientnet_lite0",
     "efficientnet_lite0": "efficientnet_lite0",
 }
+
+
+PRETRAINED = "pretrained"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -42,7 +51,19 @@ def _parser() -> argparse.ArgumentParser:
     budget = t.add_mutually_exclusive_group()
     budget.add_argument("--minutes", type=float, help="wall-clock budget")
     budget.add_argument("--epochs", type=float, help="epochs (an epoch is one pair per image)")
-    t.add_argument("--model", default="autoret", choices=sorted(PRESETS), help="model preset")
+    t.add_argument(
+        "--model",
+        default=PRETRAINED,
+        choices=[PRETRAINED, *sorted(PRESETS)],
+        help=f"{PRETRAINED} (the platform's default): a head on frozen ImageNet features; the "
+        "others are from-scratch presets, which the options marked (scratch) tune",
+    )
+    t.add_argument(
+        "--steps",
+        type=int,
+        default=HeadTrainConfig.steps,
+        help=f"training steps of the {PRETRAINED} head",
+    )
     t.add_argument("--backbone", choices=sorted(BACKBONES), help="override the preset's backbone")
     t.add_argument(
         "--labels-fraction",
@@ -122,7 +143,54 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _load_at(spec: str, size: int | None) -> ImageSet:
+    """Arrays stay at their size (embedding resizes each batch); folders of mixed sizes need one."""
+    return load_dataset(spec, size if Path(spec).is_dir() else None)
+
+
+def _train_pretrained(args: argparse.Namespace) -> None:
+    """Extracts the frozen features once, fits version 1 on them and trains the head."""
+    features_cfg = FeatureConfig()
+    data = _load_at(args.data, features_cfg.input_size)
+    stage = FeatureStage(features_cfg).to(args.device)
+    features = extract_features(stage, data, device=args.device, progress=not args.no_progress)
+    model = version_one(features, features_cfg, HeadConfig(), seed=args.seed)
+    known = None
+    if args.labels_fraction > 0:
+        if data.labels is None:
+            raise DataError(f"{args.data}: --labels-fraction needs labels")
+        known = KnownPairs.from_labels(data.labels, args.labels_fraction, seed=args.seed)
+    cfg = HeadTrainConfig(
+        steps=args.steps,
+        seconds=args.minutes * 60 if args.minutes is not None else None,
+        seed=args.seed,
+        device=args.device,
+    )
+    result = train_head(model.head, features, cfg, known)
+    save_head_checkpoint(
+        args.out,
+        model,
+        step=result.steps,
+        train_config=cfg.to_dict(),
+        metrics={"final_loss": result.final_loss, "neighbor_images": result.neighbor_images},
+        loss_history=result.loss_history,
+        elapsed_s=result.elapsed_s,
+    )
+    summary = dataclasses.asdict(result)
+    summary.pop("loss_history")
+    summary["checkpoint"] = str(args.out)
+    print(json.dumps(summary))
+
+
 def _train(args: argparse.Namespace) -> None:
+    if args.model == PRETRAINED:
+        if args.resume or args.epochs is not None:
+            raise DataError(
+                "--resume and --epochs apply to the from-scratch presets; the pretrained head "
+                "trains for HeadTrainConfig.steps, capped by --minutes"
+            )
+        _train_pretrained(args)
+        return
     overrides: dict[str, object] = {}
     if args.backbone:
         overrides["backbone"] = BACKBONES[args.backbone]
@@ -163,7 +231,7 @@ def _train(args: argparse.Namespace) -> None:
     print(json.dumps(summary))
 
 
-def _load(checkpoint: Path, device: str) -> AutoRet:
+def _load(checkpoint: Path, device: str) -> AutoRet | PretrainedAutoRet:
     if not checkpoint.is_dir():
         raise CheckpointError(f"{checkpoint}: no such checkpoint directory")
     return load_model(checkpoint, device)
@@ -171,7 +239,7 @@ def _load(checkpoint: Path, device: str) -> AutoRet:
 
 def _embed(args: argparse.Namespace) -> None:
     model = _load(args.checkpoint, args.device)
-    data = load_dataset(args.data, model.config.image_size)
+    data = _load_at(args.data, model.image_size)
     vectors = embed_images(model, data, args.batch_size, args.device)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     np.save(args.out, vectors)
@@ -180,8 +248,8 @@ def _embed(args: argparse.Namespace) -> None:
 
 def _evaluate(args: argparse.Namespace) -> None:
     model = _load(args.checkpoint, args.device)
-    queries = load_dataset(args.queries, model.config.image_size)
-    database = load_dataset(args.database, model.config.image_size)
+    queries = _load_at(args.queries, model.image_size)
+    database = _load_at(args.database, model.image_size)
     for name, data in (("queries", queries), ("database", database)):
         if data.labels is None:
             raise DataError(

@@ -7,11 +7,12 @@ import torch
 from tqdm import tqdm
 
 from retrieval.autoret.data import ImageSet, resize
+from retrieval.autoret.head import PretrainedAutoRet
 from retrieval.autoret.model import AutoRet
 
 
 def embed_images(
-    model: AutoRet,
+    model: AutoRet | PretrainedAutoRet,
     images: torch.Tensor | ImageSet,
     batch_size: int = 256,
     device: str | torch.device | None = None,
@@ -32,7 +33,7 @@ def embed_images(
     was_training = model.training
     model.eval()
     out = np.empty((pixels.shape[0], model.output_dim), dtype=np.float32)
-    size = model.config.image_size
+    size = model.image_size
     try:
         with torch.inference_mode():
             for begin in tqdm(

@@ -170,6 +170,11 @@ class PretrainedAutoRet(nn.Module):
     def output_dim(self) -> int:
         return self.head.config.embed_dim
 
+    @property
+    def image_size(self) -> int:
+        """Images are resized to the feature stage's input size before they reach it."""
+        return self.feature_config.input_size
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.stage(x))
 

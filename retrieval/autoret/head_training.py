@@ -25,7 +25,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from retrieval.autoret.head import FeatureHead
+from retrieval.autoret.features import FeatureConfig
+from retrieval.autoret.head import FeatureHead, HeadConfig, PretrainedAutoRet
 from retrieval.autoret.losses import batch_all_autoembedder_loss
 from retrieval.autoret.pairs import KnownPairs
 from retrieval.autoret.train import Progress
@@ -276,6 +277,16 @@ def train_head(
         neighbor_images=n_neighbors,
         known_pairs=known.counts() if known is not None else None,
     )
+
+
+def version_one(
+    features: torch.Tensor, feature_cfg: FeatureConfig, head_cfg: HeadConfig, seed: int = 0
+) -> PretrainedAutoRet:
+    """The untrained model (the platform's version 1): the head fitted, unsupervised, on these
+    cached features N x T x F and trained no further."""
+    model = PretrainedAutoRet(feature_cfg, head_cfg)
+    model.head.fit(features, seed=seed)
+    return model
 
 
 @torch.no_grad()

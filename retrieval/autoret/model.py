@@ -339,6 +339,11 @@ class AutoRet(nn.Module):
         """Length of the vectors `embed` returns (depends on `embed_from`)."""
         return self.config.embed_dim if self.config.embed_from == "projection" else self.feature_dim
 
+    @property
+    def image_size(self) -> int | None:
+        """The square size images are resized to before embedding; None keeps them."""
+        return self.config.image_size
+
     def _match_channels(self, x: torch.Tensor) -> torch.Tensor:
         """Grey and colour both work: grey is repeated, colour averaged to grey, alpha dropped."""
         want, have = self.config.in_channels, x.shape[1]

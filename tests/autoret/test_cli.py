@@ -10,6 +10,8 @@ import pytest
 
 from retrieval.autoret.checkpoint import read_info
 from retrieval.autoret.cli import main
+from retrieval.autoret.features import FeatureConfig
+from retrieval.autoret.head import HeadConfig
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -32,6 +34,8 @@ def test_train_embed_evaluate_round_trip(
         main(
             [
                 "train",
+                "--model",
+                "autoret",
                 "--data",
                 str(tiny_npz),
                 "--out",
@@ -82,6 +86,36 @@ def test_train_embed_evaluate_round_trip(
     assert result["map"] >= 1 / 3
 
 
+def test_train_with_no_model_trains_the_platform_default_head_on_pretrained_features(
+    tiny_npz: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out, vectors = tmp_path / "ckpt", tmp_path / "v.npy"
+    argv = ["train", "--data", str(tiny_npz), "--out", str(out), "--steps", "3", "--no-progress"]
+    assert main(argv) == 0
+    assert json.loads(capsys.readouterr().out)["steps"] == 3
+    info = read_info(out)
+    assert info["features"] == FeatureConfig().to_dict() and info["head"] == HeadConfig().to_dict()
+    assert "model" not in info
+    # Only the head is saved: the backbone is the shipped ImageNet one.
+    assert (out / "model.safetensors").stat().st_size < 4_000_000
+    assert (
+        main(["embed", "--checkpoint", str(out), "--data", str(tiny_npz), "--out", str(vectors)])
+        == 0
+    )
+    embedded = np.load(vectors)
+    assert embedded.shape == (24, 128)
+    assert np.allclose(np.linalg.norm(embedded, axis=1), HeadConfig().sphere_radius, atol=1e-3)
+
+
+def test_scratch_only_options_with_the_pretrained_default_are_one_error_line(
+    tiny_npz: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["train", "--data", str(tiny_npz), "--out", str(tmp_path / "c"), "--epochs", "1"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --resume and --epochs apply to the from-scratch presets")
+
+
 def test_evaluate_without_labels_is_one_error_line(
     tmp_path: Path, tiny_npz: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -93,10 +127,8 @@ def test_evaluate_without_labels_is_one_error_line(
             str(tiny_npz),
             "--out",
             str(out),
-            "--epochs",
-            "0.4",
-            "--batch-size",
-            "8",
+            "--steps",
+            "2",
             "--no-progress",
         ]
     )
@@ -163,7 +195,17 @@ def test_train_with_batch_all_pairing_records_it_in_the_checkpoint(
     tiny_npz: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "ckpt"
-    argv = ["train", "--data", str(tiny_npz), "--out", str(out), "--epochs", "1"]
+    argv = [
+        "train",
+        "--model",
+        "autoret",
+        "--data",
+        str(tiny_npz),
+        "--out",
+        str(out),
+        "--epochs",
+        "1",
+    ]
     assert main([*argv, "--batch-size", "8", "--pairing", "batch-all", "--no-progress"]) == 0
     assert json.loads(capsys.readouterr().out)["steps"] == 3
     assert read_info(out)["train"]["pairing"] == "batch-all"
@@ -173,7 +215,18 @@ def test_train_with_neighbor_pairs_and_light_augmentation_records_them(
     tiny_npz: Path, tmp_path: Path
 ) -> None:
     out = tmp_path / "ckpt"
-    argv = ["train", "--data", str(tiny_npz), "--out", str(out), "--epochs", "1", "--no-progress"]
+    argv = [
+        "train",
+        "--model",
+        "autoret",
+        "--data",
+        str(tiny_npz),
+        "--out",
+        str(out),
+        "--epochs",
+        "1",
+        "--no-progress",
+    ]
     assert main([*argv, "--batch-size", "8", "--neighbor-pairs", "0.75", "--augment", "light"]) == 0
     recorded = read_info(out)["train"]
     assert recorded["neighbor_pairs"] == 0.75
@@ -184,7 +237,18 @@ def test_sphere_radius_and_cosine_schedule_are_recorded_and_embeddings_lie_on_th
     tiny_npz: Path, tmp_path: Path
 ) -> None:
     out, vectors = tmp_path / "ckpt", tmp_path / "v.npy"
-    argv = ["train", "--data", str(tiny_npz), "--out", str(out), "--epochs", "1", "--no-progress"]
+    argv = [
+        "train",
+        "--model",
+        "autoret",
+        "--data",
+        str(tiny_npz),
+        "--out",
+        str(out),
+        "--epochs",
+        "1",
+        "--no-progress",
+    ]
     options = ["--sphere-radius", "5", "--lr-schedule", "cosine", "--warmup", "0.1"]
     assert main([*argv, "--batch-size", "8", *options]) == 0
     info = read_info(out)
