@@ -1,17 +1,22 @@
-"""From stored images to vectors in a model version: load, embed with AutoRet, COPY.
+"""From stored images to vectors in a model version: features or pixels, the network, COPY.
 
-A collection is searchable before anyone trains: `versions.ensure_initial_version` gives it an
-UNTRAINED AutoRet network (seeded, so every process rebuilds the same weights from
-ModelVersion.config) and `embed_new_images` fills that version and activates it once every image
-has a vector and the index is built. Embedding is resumable: it only ever picks images without a
-vector in the version, and the unique (version, image) constraint turns a doubled batch into a
-no-op (queries.copy_embeddings).
+A collection is searchable before anyone trains. `versions.ensure_initial_version` gives a new
+collection version 1: the head on frozen ImageNet features (features.py), fitted on the
+collection's own cached features and not trained (issue 13). `embed_new_images` fills the
+features, fits that head once (saved as the version's checkpoint), embeds every image from its
+cached features and activates the version once every image has a vector and the index is built.
+Versions of older collections (a seeded untrained network, or one trained from scratch) embed from
+pixels as before. Embedding is resumable: it only ever picks images without a vector in the
+version, and the unique (version, image) constraint turns a doubled batch into a no-op
+(queries.copy_embeddings).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Sequence
+import shutil
+import uuid
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import IO, Any
@@ -21,85 +26,54 @@ import torch
 from django.conf import settings
 from django.db.models import Exists, OuterRef, QuerySet
 from PIL import Image as PILImage
-from PIL import ImageOps
 from tqdm import tqdm
 
-from retrieval import indexes, queries, versions
-from retrieval.autoret.checkpoint import load_model
+from retrieval import features, indexes, queries, versions
+from retrieval.autoret.checkpoint import load_model, save_head_checkpoint
 from retrieval.autoret.embed import embed_images
+from retrieval.autoret.features import FeatureConfig
+from retrieval.autoret.head import HeadConfig, PretrainedAutoRet
+from retrieval.autoret.head_training import embed_features, version_one
 from retrieval.autoret.model import AutoRet, ModelConfig
 from retrieval.models import Collection, Embedding, Image, ModelVersion
+from retrieval.pixels import load_pixels, pictures_to_tensor
 
 log = logging.getLogger(__name__)
 
 BATCH_SIZE = 256
 
+Network = AutoRet | PretrainedAutoRet
 Progress = Callable[[int], None]
 # Asked between batches; True stops the walk (a cancelled job), leaving `next_after` to go on.
 ShouldStop = Callable[[], bool]
 
 
+class NotFitted(ValueError):
+    """A pretrained-features version whose head has not been fitted yet (too few images)."""
+
+
 @lru_cache(maxsize=4)
-def _network(version_id: int, config_key: str, checkpoint: str) -> AutoRet:
+def _network(version_id: int, config_key: str, checkpoint: str) -> Network:
     # Keyed on the version's contents too, so a test database reusing an id never gets a stale net.
     version = ModelVersion.objects.get(pk=version_id)
     if checkpoint:
         return load_model(settings.MODELS_DIR / checkpoint, device="cpu")
+    if features.feature_config(version) is not None:
+        raise NotFitted(f"version {version.number}'s head is fitted once its images have features")
     torch.manual_seed(int(version.config.get("seed", versions.INITIAL_SEED)))
     model = AutoRet(ModelConfig.from_dict(version.config["model"]))
     model.eval()
     return model
 
 
-def load_network(version: ModelVersion) -> AutoRet:
+def load_network(version: ModelVersion) -> Network:
     """The version's network, built once per process: from its checkpoint, else from its seed."""
     return _network(version.pk, repr(sorted(version.config.items())), version.checkpoint)
 
 
-def _pixels(picture: PILImage.Image, size: int, channels: int) -> np.ndarray:
-    """One picture as uint8 C x size x size: fitted inside the square keeping its aspect ratio
-    and centred on black (padding, not cropping: nothing of the content is cut off)."""
-    picture = ImageOps.exif_transpose(picture)
-    picture = picture.convert("L" if channels == 1 else "RGB")
-    fitted = ImageOps.pad(picture, (size, size), method=PILImage.Resampling.BILINEAR, color=0)
-    array = np.asarray(fitted, dtype=np.uint8)
-    return array[None] if channels == 1 else array.transpose(2, 0, 1)
-
-
-def _stack(arrays: Sequence[np.ndarray], size: int, channels: int) -> torch.Tensor:
-    if not arrays:
-        return torch.empty((0, channels, size, size), dtype=torch.uint8)
-    return torch.from_numpy(np.stack(arrays))
-
-
-def pictures_to_tensor(
-    pictures: Iterable[PILImage.Image], size: int, channels: int
-) -> torch.Tensor:
-    """uint8 N x C x size x size from Pillow images."""
-    return _stack([_pixels(p, size, channels) for p in pictures], size, channels)
-
-
-def load_pixels(
-    images: Iterable[Image], size: int, channels: int
-) -> tuple[list[int], np.ndarray, list[tuple[int, str]]]:
-    """(ids, uint8 N x C x size x size, failed) of stored images; unreadable files are listed in
-    `failed` with their error instead of stopping the rest (training data, a batch)."""
-    ids: list[int] = []
-    arrays: list[np.ndarray] = []
-    failed: list[tuple[int, str]] = []
-    for image in images:
-        try:
-            with image.file.open("rb") as handle, PILImage.open(handle) as picture:
-                arrays.append(_pixels(picture, size, channels))
-                ids.append(image.pk)
-        except (OSError, ValueError, PILImage.DecompressionBombError) as error:
-            log.warning("image %s cannot be read: %s", image.pk, error)
-            failed.append((image.pk, str(error)))
-    pixels = np.stack(arrays) if arrays else np.empty((0, channels, size, size), dtype=np.uint8)
-    return ids, pixels, failed
-
-
-def _input_shape(model: AutoRet) -> tuple[int, int]:
+def _input_shape(model: Network) -> tuple[int, int]:
+    if isinstance(model, PretrainedAutoRet):
+        return model.image_size, 3
     size = model.config.image_size
     if size is None:
         raise ValueError("a platform model needs a fixed image_size in its config")
@@ -120,6 +94,26 @@ def embed_upload(version: ModelVersion, upload: IO[bytes]) -> np.ndarray:
         return embed_pictures(version, [picture])[0]
 
 
+def fit_version_one(version: ModelVersion, cfg: FeatureConfig) -> bool:
+    """Fits an untrained pretrained-features version's head on the collection's cached features
+    (PCA, no training) and saves it as the version's checkpoint. False when fewer than two
+    images have features. Two workers may race here: the first to record its checkpoint wins
+    and the other's files are removed."""
+    ids, array = features.read_all(version.collection, cfg, features.FIT_ROWS)
+    if len(ids) < 2:
+        return False
+    head_cfg = HeadConfig.from_dict(version.config.get("head") or {})
+    model = version_one(torch.from_numpy(array), cfg, head_cfg, seed=features.SEED)
+    name = f"collection-{version.collection_id}/v{version.number}-{uuid.uuid4().hex[:8]}"
+    directory = settings.MODELS_DIR / name
+    save_head_checkpoint(directory, model, metrics={"fitted_on_images": len(ids)})
+    won = ModelVersion.objects.filter(pk=version.pk, checkpoint="").update(checkpoint=name)
+    if not won:
+        shutil.rmtree(directory, ignore_errors=True)
+    version.refresh_from_db(fields=["checkpoint"])
+    return True
+
+
 @dataclass
 class BatchResult:
     """What one call of `embed_new_images` did; `finished` when the version is complete."""
@@ -130,6 +124,9 @@ class BatchResult:
     next_after: int | None = None
     finished: bool = False
     activated: bool = False
+    # "features" while a pretrained-features version 1 is still waiting for every image's
+    # features (its head is fitted on them), then "embedding".
+    phase: str = "embedding"
 
 
 def _target_version(collection: Collection) -> ModelVersion:
@@ -163,8 +160,20 @@ def embed_new_images(
     """
     if version is None:
         version = _target_version(collection)
-    model = load_network(version)
     result = BatchResult(version_id=version.pk)
+    cfg = features.feature_config(version)
+    if cfg is not None and not version.checkpoint:
+        # Version 1 on pretrained features: every image's features first, then the head's PCA.
+        filled = features.fill(collection, cfg, after_id, limit, stop, progress)
+        result.failed, result.phase = filled.failed, "features"
+        if not filled.finished:
+            result.next_after = filled.next_after
+            return result
+        if not fit_version_one(version, cfg):
+            return result  # fewer than two readable images: the next upload tries again
+        # The embedding walk reports unreadable files again, once.
+        after_id, result.phase, result.failed = 0, "embedding", []
+    model = load_network(version)
     missing = (
         Image.objects.filter(collection=collection, pk__gt=after_id)
         .exclude(Exists(Embedding.objects.filter(version=version, image=OuterRef("pk"))))
@@ -185,9 +194,24 @@ def embed_new_images(
     return result
 
 
+def _vectors(
+    model: Network, batch: Sequence[Image]
+) -> tuple[list[int], np.ndarray, list[tuple[int, str]]]:
+    """(ids, float32 N x 128, failed) of one batch: from cached features (computed where
+    missing) for a pretrained-features version, from pixels for the others."""
+    if isinstance(model, PretrainedAutoRet):
+        cfg = model.feature_config
+        ids, array, failed = features.ensure(batch, cfg)
+        vectors = embed_features(model.head, torch.from_numpy(array)).numpy()
+        return ids, vectors, failed
+    size, channels = _input_shape(model)
+    ids, pixels, failed = load_pixels(batch, size, channels)
+    return ids, embed_images(model, torch.from_numpy(pixels), BATCH_SIZE), failed
+
+
 def _walk(
     version: ModelVersion,
-    model: AutoRet,
+    model: Network,
     missing: QuerySet[Image],
     result: BatchResult,
     after_id: int,
@@ -198,7 +222,6 @@ def _walk(
     stop: ShouldStop | None = None,
 ) -> BatchResult:
     """The batch loop of `embed_new_images`: embeds and stores; `finished` at the end."""
-    size, channels = _input_shape(model)
     cursor = after_id
     budget = limit
     while budget is None or budget > 0:
@@ -209,10 +232,9 @@ def _walk(
         batch = list(missing.filter(pk__gt=cursor)[:take])
         if not batch:
             break
-        ids, pixels, failed = load_pixels(batch, size, channels)
+        ids, vectors, failed = _vectors(model, batch)
         result.failed.extend(failed)
         if ids:
-            vectors = embed_images(model, torch.from_numpy(pixels), batch_size)
             result.embedded += queries.copy_embeddings(version, ids, vectors)
         cursor = batch[-1].pk
         if budget is not None:

@@ -68,7 +68,7 @@ class Image(models.Model):
 class ModelVersion(models.Model):
     class Kind(models.TextChoices):
         UNTRAINED = "untrained", "untrained network"
-        PRETRAINED = "pretrained", "ImageNet-pretrained network"
+        PRETRAINED = "pretrained", "ImageNet features, untrained"
         TRAINED = "trained", "trained on this collection"
 
     class Status(models.TextChoices):
@@ -120,6 +120,26 @@ class Embedding(models.Model):
             models.UniqueConstraint(
                 fields=["version", "image"], name="embedding_unique_per_version"
             )
+        ]
+
+
+class ImageFeature(models.Model):
+    """One image's frozen backbone features under one feature configuration (issue 13).
+
+    `key` is FeatureConfig.key (backbone, input size, patch layout); `data` holds the T x F patch
+    features as float16 bytes in C order (T = grid^2 + 1, F = 1280: 12.8 kB for the default).
+    Computed once per image and key, shared by every version and every worker host: training a
+    head reads these rows and never decodes an image. Plain bytes rather than halfvec: nothing
+    searches them, and a 6,400-number halfvec would only be parsed and rebuilt on every read.
+    """
+
+    image = models.ForeignKey(Image, on_delete=models.CASCADE, related_name="features")
+    key = models.CharField(max_length=100)
+    data = models.BinaryField()
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["image", "key"], name="feature_unique_per_key")
         ]
 
 

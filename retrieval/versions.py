@@ -2,7 +2,9 @@
 version, marks a version ready, switches search to a version (or back: a rollback), frees a
 version's vectors and abandons one that will never be complete.
 
-The life of a version: version 1 is an untrained network, EMBEDDING until every image has a vector;
+The life of a version: version 1 is the head on frozen ImageNet features, fitted on the collection's
+features and not trained (retrieval/features.py; collections made before issue 13 keep their
+untrained 32-px network), EMBEDDING until every image has a vector;
 a trained version is TRAINING, then EMBEDDING while a job fills it and search still answers from
 the active one. It becomes READY once (`complete`: every image embedded, the index built), and
 only a READY version is ever activated. A version that will never be complete is FAILED and its
@@ -14,6 +16,7 @@ where the initial version is made.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -28,8 +31,8 @@ from retrieval.autoret.constants import DEFAULT_ALPHA
 from retrieval.models import Collection, Embedding, ModelVersion
 from retrieval.signals import version_activated
 
-# The untrained network: the default AutoRet at 32 px, which embeds about 1,000 images/s on two
-# CPU cores, so a few thousand images are searchable within seconds of an upload.
+# The from-scratch network (the "scratch" training recipe, and version 1 of collections made
+# before the pretrained features): AutoRet at 32 px.
 INITIAL_IMAGE_SIZE = 32
 INITIAL_SEED = 0
 
@@ -51,12 +54,17 @@ def channels_for(collection: Collection) -> int:
 
 
 def alpha_of(version: ModelVersion) -> float:
-    """The cannot-link target distance the version was trained with (TrainConfig.alpha)."""
+    """The cannot-link target distance the version was trained with (TrainConfig.alpha); a head
+    on pretrained features without one uses R * sqrt(2) on its sphere of radius R, as its training
+    does (HeadTrainConfig.alpha)."""
     config = version.config or {}
     train = config.get("train")
-    value = (train if isinstance(train, dict) else config).get("alpha", DEFAULT_ALPHA)
+    value = (train if isinstance(train, dict) else config).get("alpha")
+    head = config.get("head")
+    if value is None and isinstance(head, dict):
+        value = float(head.get("sphere_radius", 5.0)) * math.sqrt(2.0)
     try:
-        return float(value)
+        return float(value if value is not None else DEFAULT_ALPHA)
     except (TypeError, ValueError):
         return DEFAULT_ALPHA
 
@@ -73,9 +81,12 @@ def initial_model_config(collection: Collection) -> dict[str, Any]:
 def ensure_initial_version(collection: Collection) -> ModelVersion:
     """The version that embeds a collection nobody has trained on yet (created once).
 
-    Returns the collection's latest version if it has one; else creates version 1: an untrained
-    AutoRet network whose config and seed are stored in ModelVersion.config.
+    Returns the collection's latest version if it has one; else creates version 1: the default
+    feature stage and head (features.default_version_config), fitted once the images have
+    features (embedding.fit_version_one).
     """
+    from retrieval.features import default_version_config  # PyTorch: only in workers
+
     with transaction.atomic():
         # The row lock makes a second caller (another worker) wait here and then find version 1.
         locked = Collection.objects.select_for_update().get(pk=collection.pk)
@@ -85,9 +96,9 @@ def ensure_initial_version(collection: Collection) -> ModelVersion:
         return ModelVersion.objects.create(
             collection=locked,
             number=1,
-            kind=ModelVersion.Kind.UNTRAINED,
+            kind=ModelVersion.Kind.PRETRAINED,
             status=ModelVersion.Status.EMBEDDING,
-            config={"model": initial_model_config(locked), "seed": INITIAL_SEED},
+            config=default_version_config(),
         )
 
 

@@ -21,7 +21,7 @@ from retrieval import versions
 from retrieval.models import Collection, ModelVersion
 from retrieval.versions import VersionNotAllowed
 from worker.enqueue import send_on_commit
-from worker.models import Job, TrainingPolicy
+from worker.models import PRETRAINED, RECIPES, Job, TrainingPolicy
 from worker.tasks import advance_job
 
 
@@ -64,8 +64,12 @@ def start_training(
     minutes: float | None = None,
     *,
     run_here: bool = False,
+    recipe: str = PRETRAINED,
 ) -> Job:
     """Creates the next model version and a training job for it, and queues the job.
+
+    `recipe` (worker.models.RECIPES): the head on cached pretrained features (the default), the
+    from-scratch network, or the ImageNet backbone fine-tuned in full.
 
     Raises TrainingAlreadyRunning when the collection has a training job queued or running (a
     partial unique constraint decides, so two simultaneous clicks cannot both win). run_here:
@@ -81,6 +85,8 @@ def start_training(
     budget = float(minutes) if minutes is not None else min(default_minutes(collection), cap)
     if budget <= 0:
         raise ValueError("training needs a positive number of minutes")
+    if recipe not in RECIPES:
+        raise ValueError(f"unknown training recipe {recipe!r}; choose from {', '.join(RECIPES)}")
     running = active_training(collection)
     if running is not None:
         raise TrainingAlreadyRunning(running)
@@ -107,7 +113,7 @@ def start_training(
                 version=version,
                 requested_by=user,
                 phase="queued",
-                options={"minutes": budget},
+                options={"minutes": budget, "recipe": recipe},
             )
             Event.record(
                 Event.Action.TRAIN_START, user, locked, job, version=number, minutes=budget

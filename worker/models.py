@@ -16,6 +16,12 @@ from retrieval.models import Collection, ModelVersion
 # Lines of log kept on the row: enough to see what happened, small enough to poll every second.
 LOG_TAIL_LINES = 40
 
+# Training recipes (Job.options["recipe"]): the head on cached pretrained features (the
+# default), the from-scratch network at 32 px, and full fine-tuning of the ImageNet backbone
+# (meant for GPU workers: on two CPU cores it is far slower than the head).
+PRETRAINED, SCRATCH, FINETUNE = "pretrained", "scratch", "finetune"
+RECIPES = (PRETRAINED, SCRATCH, FINETUNE)
+
 
 class Job(models.Model):
     class Kind(models.TextChoices):

@@ -24,22 +24,28 @@ from django.db.models import F, Q
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
-from labeling.training import known_constraints
-from retrieval import embedding, queries, versions
-from retrieval.autoret.checkpoint import CheckpointError, read_info
+from labeling.training import answers_since, known_constraints
+from retrieval import embedding, features, queries, versions
+from retrieval.autoret.checkpoint import CheckpointError, read_info, save_head_checkpoint
 from retrieval.autoret.data import ImageSet
 from retrieval.autoret.evaluate import evaluate_retrieval
+from retrieval.autoret.features import FeatureConfig
+from retrieval.autoret.head import HeadConfig
+from retrieval.autoret.head_training import HeadTrainConfig, train_head, version_one
 from retrieval.autoret.model import AutoRet, ModelConfig
 from retrieval.autoret.pairs import KnownPairs
 from retrieval.autoret.train import Progress, TrainConfig, train
 from retrieval.models import Embedding, Image, ModelVersion
-from worker.models import LOG_TAIL_LINES, Job
+from worker.models import FINETUNE, LOG_TAIL_LINES, PRETRAINED, RECIPES, SCRATCH, Job
 
 log = logging.getLogger(__name__)
 
-# Shares of the progress bar: training dominates the wall time, embedding follows.
+# Shares of the progress bar: training dominates the wall time, embedding follows. A head on
+# pretrained features spends the first FEATURE_SHARE on images still without features.
 TRAIN_SHARE = 0.8
 EMBED_SHARE = 0.19
+FEATURE_SHARE = 0.4
+
 # Progress is written at most this often (a GPU reports many steps a second).
 WRITE_EVERY_S = 1.0
 DATA_FILE = "data.npz"
@@ -139,11 +145,33 @@ def _out_dir(version: ModelVersion) -> Path:
     return Path(settings.MODELS_DIR) / version.checkpoint
 
 
-def _model_config(version: ModelVersion) -> ModelConfig:
+def _recipe(job: Job, version: ModelVersion) -> str:
+    """What the version trains: a version that already records a network keeps it."""
+    if "model" in version.config:
+        return FINETUNE if version.config["model"].get("pretrained") else SCRATCH
+    if "features" in version.config:
+        return PRETRAINED
+    recipe = str(job.options.get("recipe") or PRETRAINED)
+    if recipe not in RECIPES:
+        raise ValueError(f"unknown training recipe {recipe!r}; choose from {', '.join(RECIPES)}")
+    return recipe
+
+
+def _record_config(version: ModelVersion, values: dict[str, Any]) -> None:
+    version.config = {**version.config, **values}
+    ModelVersion.objects.filter(pk=version.pk).update(config=version.config)
+
+
+def _model_config(version: ModelVersion, recipe: str) -> ModelConfig:
     if "model" not in version.config:
-        model = versions.initial_model_config(version.collection)
-        version.config = {**version.config, "model": model}
-        ModelVersion.objects.filter(pk=version.pk).update(config=version.config)
+        if recipe == FINETUNE:
+            size = FeatureConfig().input_size
+            model = ModelConfig(
+                backbone="efficientnet_lite0", pretrained=True, image_size=size, in_channels=3
+            ).to_dict()
+        else:
+            model = versions.initial_model_config(version.collection)
+        _record_config(version, {"model": model})
     return ModelConfig.from_dict(version.config["model"])
 
 
@@ -208,8 +236,11 @@ def _train_slice(job: Job, progress_bar: bool) -> str:
     version = job.version
     if version is None:
         raise ValueError("a training job needs its model version")
+    recipe = _recipe(job, version)
+    if recipe == PRETRAINED:
+        return _train_head(job, version)
     out_dir = _out_dir(version)
-    config = _model_config(version)
+    config = _model_config(version, recipe)
     data, known = _training_data(job, config, out_dir)
     cfg = _train_config(job, progress_bar)
     try:
@@ -283,6 +314,130 @@ def _train_slice(job: Job, progress_bar: bool) -> str:
     return "done"
 
 
+def _known_rows(collection_id: int, ids: list[int]) -> tuple[KnownPairs | None, dict[str, int]]:
+    """The collection's resolved answers and imports as pairs of rows of `ids`."""
+    row = {image_id: i for i, image_id in enumerate(ids)}
+    must, cannot = known_constraints(collection_id)
+    must_rows = [(row[a], row[b]) for a, b in must if a in row and b in row]
+    cannot_rows = [(row[a], row[b]) for a, b in cannot if a in row and b in row]
+    if not must_rows and not cannot_rows:
+        return None, {}
+    known = KnownPairs.from_constraints(len(ids), must_rows, cannot_rows)
+    return known, known.counts()
+
+
+def _train_head(job: Job, version: ModelVersion) -> str:
+    """The default recipe (issue 13): features for images still without them (a batch per step,
+    so a killed worker resumes where it stopped), then the head fitted and trained on the cached
+    features alone, in one step: "more", "done" or "cancelled"."""
+    if "features" not in version.config:
+        config = features.default_version_config()
+        _record_config(version, {"features": config["features"], "head": config["head"]})
+    feature_cfg = FeatureConfig.from_dict(version.config["features"])
+    head_cfg = HeadConfig.from_dict(version.config["head"])
+    collection = job.collection
+    filled = features.fill(
+        collection,
+        feature_cfg,
+        limit=settings.AUTORET_EMBED_BATCH,
+        stop=lambda: _cancel_requested(job),
+    )
+    if not filled.finished:
+        if _cancel_requested(job):
+            return "cancelled"
+        done, total = features.counts(collection, feature_cfg)
+        note(
+            job,
+            f"features {done}/{total} images ({feature_cfg.key})",
+            phase="training",
+            progress=FEATURE_SHARE * done / max(total, 1),
+        )
+        return "more"
+    ids, array = features.read_all(collection, feature_cfg)
+    if len(ids) < 2:
+        raise ValueError("the collection needs at least two readable images to train on")
+    known, known_counts = _known_rows(collection.pk, ids)
+    on_cuda = torch.cuda.is_available()
+    minutes = float(job.options.get("minutes", settings.AUTORET_TRAIN_MINUTES))
+    cfg = HeadTrainConfig(
+        seconds=minutes * 60,
+        seed=version.number,
+        device="cuda" if on_cuda else "cpu",
+        log_every=10,
+    )
+    answers = answers_since(collection, None)
+    job.options = {**job.options, "device": cfg.device, "recipe": PRETRAINED}
+    job.metrics = {**job.metrics, "known_pairs": known_counts}
+    job.save(update_fields=["options", "metrics"])
+    note(
+        job,
+        f"training the head on {len(ids)} images' cached features, {answers} answers, "
+        f"on {cfg.device}",
+        phase="training",
+        progress=FEATURE_SHARE,
+    )
+    tensor = torch.from_numpy(array)
+    model = version_one(tensor, feature_cfg, head_cfg, seed=features.SEED)
+    history: list[dict[str, float]] = []
+    last_write = 0.0
+    cancelled = False
+
+    def callback(p: Progress) -> bool:
+        nonlocal last_write, cancelled
+        history.append({"step": p.step, "loss": p.loss})
+        now = time.monotonic()
+        if now - last_write < WRITE_EVERY_S and p.fraction_done < 1.0:
+            return True
+        last_write = now
+        Job.objects.filter(pk=job.pk).update(
+            progress=FEATURE_SHARE + (TRAIN_SHARE - FEATURE_SHARE) * p.fraction_done,
+            eta_s=p.eta_s,
+            metrics={**job.metrics, "loss": history},
+            heartbeat_at=timezone.now(),
+        )
+        cancelled = _cancel_requested(job)
+        return not cancelled
+
+    result = train_head(model.head, tensor, cfg, known, callback)
+    job.metrics = {**job.metrics, "loss": history}
+    job.save(update_fields=["metrics"])
+    if cancelled:
+        return "cancelled"
+    summary = {
+        "steps": result.steps,
+        "elapsed_s": round(result.elapsed_s, 1),
+        "final_loss": result.final_loss,
+        "neighbor_images": result.neighbor_images,
+        "known_pairs": known_counts,
+        "device": cfg.device,
+        "stopped": result.stopped,
+    }
+    save_head_checkpoint(
+        _out_dir(version),
+        model.to("cpu"),
+        step=result.steps,
+        train_config=cfg.to_dict(),
+        metrics=summary,
+        loss_history=history,
+        elapsed_s=result.elapsed_s,
+    )
+    version.config = {
+        **version.config,
+        "train": cfg.to_dict(),
+        "images": len(ids),
+        "answers": answers,
+    }
+    version.metrics = {**version.metrics, "training": summary, "loss": history}
+    version.save(update_fields=["config", "metrics"])
+    note(
+        job,
+        f"trained {result.steps} steps in {result.elapsed_s:.1f} s, "
+        f"final loss {result.final_loss:.4g}",
+        progress=TRAIN_SHARE,
+    )
+    return "done"
+
+
 # Embedding, evaluation, activation -----------------------------------------------------------
 
 
@@ -303,6 +458,23 @@ def _embed_step(job: Job, after_id: int, progress_bar: bool) -> int | None:
         stop=lambda: _cancel_requested(job),
         progress_bar=progress_bar,
     )
+    if result.phase == "features":
+        done, total = features.counts(
+            collection, features.feature_config(version) or FeatureConfig()
+        )
+        note(
+            job,
+            f"features {done}/{total} images",
+            phase="features",
+            progress=FEATURE_SHARE * min(done / max(total, 1), 1.0),
+        )
+        if result.next_after is None:
+            _end(job, Job.Status.DONE, "done", "waiting for a second readable image")
+            return None
+        if _cancel_requested(job):
+            _end_cancelled(job)
+            return None
+        return result.next_after
     done = Embedding.objects.filter(version=version).count()
     rate = result.embedded / max(time.monotonic() - started, 1e-6)
     base = TRAIN_SHARE if job.kind == Job.Kind.TRAIN else 0.0

@@ -1,4 +1,5 @@
-"""Embedding a collection with the untrained AutoRet network: versions, resuming, activation."""
+"""Embedding a collection: version 1 on cached pretrained features (and older collections'
+seeded networks), resuming, activation."""
 
 from __future__ import annotations
 
@@ -7,11 +8,14 @@ from functools import partial
 
 import numpy as np
 import pytest
+from django.conf import settings
 from PIL import Image as PILImage
 
-from retrieval import embedding, queries, search, versions
+from retrieval import embedding, features, queries, search, versions
+from retrieval.autoret.checkpoint import read_info
+from retrieval.autoret.features import FeatureConfig
 from retrieval.imports import Candidate, import_items
-from retrieval.models import Collection, Embedding, ModelVersion
+from retrieval.models import Collection, Embedding, ImageFeature, ModelVersion
 
 pytestmark = pytest.mark.django_db
 
@@ -41,20 +45,23 @@ def add_pictures(collection: Collection, seeds: range | list[int], label: str = 
 @pytest.fixture(autouse=True)
 def media(settings, tmp_path):
     settings.MEDIA_ROOT = tmp_path / "media"
+    settings.MODELS_DIR = tmp_path / "models"
 
 
-def test_initial_version_is_an_untrained_seeded_network_created_once(collection) -> None:
+def test_initial_version_is_the_pretrained_feature_head_created_once(collection) -> None:
     add_pictures(collection, range(3))
     version = versions.ensure_initial_version(collection)
-    assert version.kind == ModelVersion.Kind.UNTRAINED
+    assert version.kind == ModelVersion.Kind.PRETRAINED
     assert version.number == 1
-    assert version.config["model"]["in_channels"] == 1  # greyscale pictures
-    assert version.config["model"]["image_size"] == versions.INITIAL_IMAGE_SIZE
+    assert version.config == features.default_version_config()
+    assert version.checkpoint == ""  # fitted once the images have features
     assert versions.ensure_initial_version(collection) == version
     assert collection.versions.count() == 1
 
 
-def test_embedding_fills_the_version_then_activates_it(collection) -> None:
+def test_embedding_fills_features_fits_version_one_without_training_and_activates_it(
+    collection,
+) -> None:
     ids = add_pictures(collection, range(12))
     result = embedding.embed_new_images(collection)
     assert result.finished and result.activated and result.embedded == 12
@@ -64,10 +71,52 @@ def test_embedding_fills_the_version_then_activates_it(collection) -> None:
     assert version.status == ModelVersion.Status.READY
     assert version.activated_at is not None
     assert sorted(Embedding.objects.filter(version=version).values_list("image", flat=True)) == ids
-    assert search.version_label(version)["text"] == "version 1: untrained network"
+    assert search.version_label(version)["text"] == "version 1: ImageNet features, untrained"
+    # Version 1 needs no training: a fitted PCA saved as its checkpoint, no training config.
+    info = read_info(settings.MODELS_DIR / version.checkpoint)
+    assert info["step"] == 0 and info["train"] is None and info["loss_history"] == []
+    assert info["metrics"] == {"fitted_on_images": 12}
+    assert "train" not in version.config and "training" not in version.metrics
+    cfg = features.feature_config(version)
+    assert cfg is not None
+    assert ImageFeature.objects.filter(image__collection=collection, key=cfg.key).count() == 12
 
 
-def test_the_seeded_network_is_rebuilt_identically_in_another_process(collection) -> None:
+def test_features_are_computed_once_per_image_and_configuration(collection, monkeypatch) -> None:
+    ids = add_pictures(collection, range(6))
+    computed: list[int] = []
+    real = features.extract
+
+    def counting(images, cfg):
+        computed.extend(image.pk for image in images)
+        return real(images, cfg)
+
+    monkeypatch.setattr(features, "extract", counting)
+    embedding.embed_new_images(collection)
+    assert sorted(computed) == ids
+    cfg = FeatureConfig()
+    # Another fill, a resumed one, and the embedding walk of a second version find them stored.
+    assert features.fill(collection, cfg).stored == 0
+    _, array, _ = features.ensure(list(collection.images.all()), cfg)
+    assert array.shape == (6, cfg.steps, cfg.dim) and array.dtype == np.float16
+    assert sorted(computed) == ids
+    # Another configuration is another cache entry.
+    small = FeatureConfig(input_size=64)
+    assert features.fill(collection, small).stored == 6
+    assert ImageFeature.objects.filter(image__collection=collection).count() == 12
+
+
+def test_stored_features_of_a_deleted_image_are_skipped_not_an_error(collection) -> None:
+    ids = add_pictures(collection, range(2))
+    cfg = FeatureConfig(input_size=64)
+    images = list(collection.images.order_by("pk"))
+    got, array, _ = features.extract(images, cfg)
+    collection.images.filter(pk=ids[0]).delete()
+    assert features.store(got, array, cfg) == 1
+    assert list(ImageFeature.objects.values_list("image_id", flat=True)) == [ids[1]]
+
+
+def test_the_fitted_head_is_reloaded_identically_in_another_process(collection) -> None:
     ids = add_pictures(collection, range(4))
     embedding.embed_new_images(collection)
     collection.refresh_from_db()
@@ -75,7 +124,27 @@ def test_the_seeded_network_is_rebuilt_identically_in_another_process(collection
     assert version is not None
     stored = queries.vector_of(version, ids[2])
     assert stored is not None
-    # A fresh process has no cached network: it rebuilds from the stored config and seed.
+    # A fresh process has no cached network: it loads the version's checkpoint. The stored
+    # vector came from float16 cached features, the query from float32 ones: close, not equal.
+    embedding._network.cache_clear()
+    again = embedding.embed_upload(version, io.BytesIO(png(2)))
+    np.testing.assert_allclose(again, stored, atol=0.05)
+    assert np.linalg.norm(again) == pytest.approx(5.0, abs=1e-3)
+
+
+def test_a_collections_older_seeded_network_still_embeds_from_pixels(collection) -> None:
+    ids = add_pictures(collection, range(4))
+    version = ModelVersion.objects.create(
+        collection=collection,
+        number=1,
+        kind=ModelVersion.Kind.UNTRAINED,
+        config={"model": versions.initial_model_config(collection), "seed": 0},
+    )
+    result = embedding.embed_new_images(collection, version=version)
+    assert result.finished and result.embedded == 4
+    assert not ImageFeature.objects.filter(image__collection=collection).exists()
+    stored = queries.vector_of(version, ids[2])
+    assert stored is not None
     embedding._network.cache_clear()
     again = embedding.embed_upload(version, io.BytesIO(png(2)))
     np.testing.assert_allclose(again, stored, rtol=1e-4, atol=1e-5)
@@ -85,16 +154,31 @@ def test_embedding_resumes_in_batches_without_doubles(collection) -> None:
     ids = add_pictures(collection, range(10))
     steps: list[int] = []
     first = embedding.embed_new_images(collection, limit=4, batch_size=3, progress=steps.append)
-    assert not first.finished and first.embedded == 4 and first.next_after == ids[3]
-    assert steps == [3, 1]
+    assert first.phase == "features" and not first.finished and first.next_after == ids[3]
+    assert steps == [4] and ImageFeature.objects.count() == 4
     collection.refresh_from_db()
     assert collection.active_version is None  # never a half-embedded active version
-    rest = embedding.embed_new_images(collection, after_id=first.next_after)
-    assert rest.finished and rest.activated and rest.embedded == 6
-    # A redelivered first batch finds nothing to do.
+    rest = embedding.embed_new_images(collection, after_id=first.next_after, limit=4)
+    assert rest.phase == "features" and rest.next_after == ids[7]
+    last = embedding.embed_new_images(collection, after_id=rest.next_after)
+    assert last.finished and last.activated and last.embedded == 10
+    # A redelivered batch finds nothing to do.
     again = embedding.embed_new_images(collection, limit=4)
     assert again.embedded == 0
     assert Embedding.objects.filter(version__collection=collection).count() == 10
+    assert ImageFeature.objects.count() == 10
+
+
+def test_one_image_waits_for_a_second_before_version_one_is_fitted(collection) -> None:
+    add_pictures(collection, [0])
+    first = embedding.embed_new_images(collection)
+    assert not first.finished and first.next_after is None
+    collection.refresh_from_db()
+    assert collection.active_version is None
+    assert collection.versions.get().checkpoint == ""
+    add_pictures(collection, [1])
+    second = embedding.embed_new_images(collection)
+    assert second.finished and second.activated and second.embedded == 2
 
 
 def test_images_added_later_go_into_the_active_version(collection) -> None:
@@ -108,6 +192,7 @@ def test_images_added_later_go_into_the_active_version(collection) -> None:
     version = collection.active_version
     assert version is not None
     assert all(queries.vector_of(version, image_id) is not None for image_id in new)
+    assert ImageFeature.objects.filter(image_id__in=new).count() == 3
 
 
 def test_an_unreadable_file_is_skipped_not_blocking(collection) -> None:
@@ -120,10 +205,13 @@ def test_an_unreadable_file_is_skipped_not_blocking(collection) -> None:
     assert [image_id for image_id, _ in result.failed] == [ids[1]]
 
 
-def test_colour_collections_get_a_colour_network(collection) -> None:
+def test_grey_and_colour_pictures_get_features_of_one_shape(collection) -> None:
     import_items(collection, [Candidate("c.png", lambda: png(1, colour=True))])
-    version = versions.ensure_initial_version(collection)
-    assert version.config["model"]["in_channels"] == 3
+    add_pictures(collection, [2])
+    cfg = FeatureConfig(input_size=64)
+    ids, array, failed = features.extract(list(collection.images.order_by("pk")), cfg)
+    assert len(ids) == 2 and not failed
+    assert array.shape == (2, cfg.steps, cfg.dim) and np.isfinite(array).all()
 
 
 def test_map_projection_is_in_the_unit_square() -> None:
