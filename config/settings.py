@@ -407,6 +407,9 @@ CELERY_WORKER_HEARTBEAT_SECONDS = env_int("AUTORET_HEARTBEAT_SECONDS", 10, minim
 # checkpoints and re-enqueues itself, so no task outlives the visibility timeout and a killed
 # worker loses at most a checkpoint interval.
 AUTORET_TRAIN_MINUTES = env_int("AUTORET_TRAIN_MINUTES", 10, minimum=1)
+# Retraining starts by itself after this many new answers in a collection (worker/retraining.py;
+# a collection's training policy may set its own number); 0 turns it off where none is set.
+AUTORET_RETRAIN_AFTER_ANSWERS = env_int("AUTORET_RETRAIN_AFTER_ANSWERS", 50, minimum=0)
 # Who may create collections (and so become their admin): "everyone" signed in, or "staff"
 # (users marked staff in /admin/, and site admins).
 AUTORET_COLLECTION_CREATORS = env_str("AUTORET_COLLECTION_CREATORS", "everyone")

@@ -33,6 +33,13 @@ def _empty_cache() -> None:
 
 
 @pytest.fixture(autouse=True)
+def _models_in_tmp(settings, tmp_path: Path) -> None:
+    """Checkpoints (version 1's fitted head included) go to the test's own folder, which the
+    worker and web processes it starts are given too (service_env)."""
+    settings.MODELS_DIR = tmp_path / "models"
+
+
+@pytest.fixture(autouse=True)
 def _no_remembered_policies() -> None:
     """worker.retraining remembers which collections retrain after answers for 30 s: each test
     reads them from its own database."""
@@ -111,9 +118,10 @@ def service_env(redis_url: str, **extra: str) -> dict[str, str]:
         AUTORET_DB_NAME=str(settings.DATABASES["default"]["NAME"]),
         AUTORET_HEARTBEAT_SECONDS="1",
         AUTORET_MEDIA_ROOT=str(settings.MEDIA_ROOT),
+        AUTORET_MODELS_DIR=str(settings.MODELS_DIR),
         PYTHONUNBUFFERED="1",
-        **extra,
     )
+    env.update(extra)
     return env
 
 

@@ -38,19 +38,27 @@ def heavy_queue() -> str:
 
 
 def send_on_commit(
-    task: Task, *args: Any, heavy: bool = False, unsent: Callable[[], None] | None = None
+    task: Task,
+    *args: Any,
+    heavy: bool = False,
+    unsent: Callable[[], None] | None = None,
+    countdown: float = 0.0,
 ) -> None:
-    """Queues `task(*args)` once the surrounding transaction commits; `heavy` work goes to the
-    GPU queue when a GPU worker is live."""
-    transaction.on_commit(functools.partial(_send, task, args, heavy, unsent))
+    """Queues `task(*args)` once the surrounding transaction commits (to run `countdown` seconds
+    later when given); `heavy` work goes to the GPU queue when a GPU worker is live."""
+    transaction.on_commit(functools.partial(_send, task, args, heavy, unsent, countdown))
 
 
 def _send(
-    task: Task, args: tuple[Any, ...], heavy: bool, unsent: Callable[[], None] | None
+    task: Task,
+    args: tuple[Any, ...],
+    heavy: bool,
+    unsent: Callable[[], None] | None,
+    countdown: float = 0.0,
 ) -> None:
     queue = heavy_queue() if heavy else settings.CELERY_TASK_DEFAULT_QUEUE
     try:
-        task.apply_async(args, queue=queue)
+        task.apply_async(args, queue=queue, countdown=countdown)
     except Exception:
         log.exception("%s%r could not be queued (broker down?)", task.name, args)
         if unsent is not None:

@@ -1,68 +1,101 @@
-"""Retraining started by answers: the collection's TrainingPolicy, heard through labeling's
-`answer_recorded` signal (connected in worker/hooks.py)."""
+"""Retraining started by answers, on by default: after every AUTORET_RETRAIN_AFTER_ANSWERS new
+answers (a collection's TrainingPolicy may set its own number, or 0 for never), heard through
+labeling's `answer_recorded` signal (connected in worker/hooks.py).
+
+The answer request only asks Redis whether a check is already on its way and, if not, queues one
+(`consider_retraining`, CHECK_DELAY_S later, so a burst of answers costs one check). The check
+itself (counting answers, starting a job) runs in a worker, off the labeling path.
+"""
 
 from __future__ import annotations
 
 import contextlib
-import functools
+import logging
 import time
 from typing import Any
 
-from django.db import transaction
+from celery import shared_task
+from django.conf import settings
+from django.core.cache import cache
 
 from labeling.training import answers_since
 from retrieval.models import Collection
 from worker.actions import TrainingAlreadyRunning, active_training, start_training
+from worker.enqueue import send_on_commit
 from worker.models import Job, TrainingPolicy
 
-# Collections whose policy retrains after answers, read at most this often per process (and again
-# at once after this process saves a policy): the answers of collections without such a policy,
-# nearly all of them, cost no query, as the labeling loop's query budget asks
-# (tests/labeling/test_query_counts.py). A policy saved in another process applies within this.
+log = logging.getLogger(__name__)
+
+# Collections' own thresholds, read at most this often per process (and again at once after this
+# process saves a policy): the answer path costs no query for them, as the labeling loop's query
+# budget asks (tests/labeling/test_query_counts.py). A policy saved in another process applies
+# within this.
 POLICY_CACHE_SECONDS = 30.0
-_watched: tuple[float, frozenset[int]] | None = None
+# Answers within this long of one another share one check.
+CHECK_DELAY_S = 2.0
+_policies: tuple[float, dict[int, int]] | None = None
 
 
-def _retraining_collections() -> frozenset[int]:
-    global _watched
+def _own_thresholds() -> dict[int, int]:
+    global _policies
     now = time.monotonic()
-    if _watched is None or now - _watched[0] > POLICY_CACHE_SECONDS:
-        ids = TrainingPolicy.objects.filter(retrain_after_answers__gt=0).values_list(
-            "collection_id", flat=True
+    if _policies is None or now - _policies[0] > POLICY_CACHE_SECONDS:
+        rows = TrainingPolicy.objects.exclude(retrain_after_answers=None).values_list(
+            "collection_id", "retrain_after_answers"
         )
-        _watched = (now, frozenset(ids))
-    return _watched[1]
+        _policies = (now, {collection_id: n for collection_id, n in rows if n is not None})
+    return _policies[1]
+
+
+def threshold(collection_id: int) -> int:
+    """New answers that start retraining in this collection; 0: never automatically."""
+    return _own_thresholds().get(collection_id, settings.AUTORET_RETRAIN_AFTER_ANSWERS)
 
 
 def forget_policies(**_: Any) -> None:
     """A policy changed in this process: read them again at the next answer."""
-    global _watched
-    _watched = None
+    global _policies
+    _policies = None
 
 
 def on_answer_recorded(collection_id: int, **_: Any) -> None:
-    if collection_id in _retraining_collections():
-        # After commit: the count sees this answer, and a failing trigger (logged) must not turn
-        # a stored answer into an error the page would retry.
-        transaction.on_commit(functools.partial(after_answer, collection_id), robust=True)
+    if threshold(collection_id) <= 0:
+        return
+    try:
+        first = cache.add(f"retrain-check:{collection_id}", 1, timeout=CHECK_DELAY_S)
+    except Exception:  # Redis down: the send below reports it, nothing is lost but a check
+        first = True
+    if first:
+        send_on_commit(consider_retraining, collection_id, countdown=CHECK_DELAY_S)
+
+
+@shared_task(acks_late=True, ignore_result=True)
+def consider_retraining(collection_id: int) -> None:
+    after_answer(collection_id)
 
 
 def after_answer(collection_id: int) -> None:
-    """Starts retraining once the collection's policy says enough new answers arrived since the
-    last training job started."""
-    collection = Collection.objects.get(pk=collection_id)
-    policy = TrainingPolicy.objects.filter(collection=collection).first()
-    if policy is None or not policy.retrain_after_answers:
+    """Starts retraining once enough new answers arrived since the last training job started
+    (the collection's threshold, else AUTORET_RETRAIN_AFTER_ANSWERS)."""
+    collection = Collection.objects.filter(pk=collection_id).first()
+    if collection is None:
         return
-    if active_training(collection) is not None:
+    policy = TrainingPolicy.objects.filter(collection=collection).first()
+    needed = settings.AUTORET_RETRAIN_AFTER_ANSWERS
+    if policy is not None and policy.retrain_after_answers is not None:
+        needed = policy.retrain_after_answers
+    if needed <= 0 or active_training(collection) is not None:
         return
     last = (
         Job.objects.filter(collection=collection, kind=Job.Kind.TRAIN)
         .order_by("-created_at")
         .first()
     )
-    if answers_since(collection, last.created_at if last else None) < policy.retrain_after_answers:
+    if answers_since(collection, last.created_at if last else None) < needed:
         return
-    # Another answer's request may have started it a moment ago: that one is the retraining.
+    # Another check may have started it a moment ago: that one is the retraining.
     with contextlib.suppress(TrainingAlreadyRunning):
-        start_training(collection, None)
+        job = start_training(collection, None)
+        log.info(
+            "collection %s: %d new answers, retraining (job %s)", collection_id, needed, job.pk
+        )

@@ -58,11 +58,12 @@ class TrainForm(forms.Form):
 
 class PolicyForm(forms.Form):
     retrain_after_answers = forms.IntegerField(
-        min_value=1,
+        min_value=0,
         # The column is a PostgreSQL integer: more is "integer out of range", a 500.
         max_value=2**31 - 1,
         required=False,
-        label="Retrain automatically after this many new answers",
+        label="Retrain automatically after this many new answers (0: never; empty: the "
+        "site's default)",
     )
     minutes = forms.FloatField(
         min_value=0.01, max_value=24 * 60, required=False, label="Training minutes"

@@ -5,27 +5,47 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('retrieval', '0002_collections_images_embeddings'),
+        ("retrieval", "0002_collections_images_embeddings"),
     ]
 
     operations = [
         migrations.AlterField(
-            model_name='modelversion',
-            name='kind',
-            field=models.CharField(choices=[('untrained', 'untrained network'), ('pretrained', 'ImageNet features, untrained'), ('trained', 'trained on this collection')], max_length=16),
+            model_name="modelversion",
+            name="kind",
+            field=models.CharField(
+                choices=[
+                    ("untrained", "untrained network"),
+                    ("pretrained", "ImageNet features, untrained"),
+                    ("trained", "trained on this collection"),
+                ],
+                max_length=16,
+            ),
         ),
         migrations.CreateModel(
-            name='ImageFeature',
+            name="ImageFeature",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('key', models.CharField(max_length=100)),
-                ('data', models.BinaryField()),
-                ('image', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='features', to='retrieval.image')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("key", models.CharField(max_length=100)),
+                ("data", models.BinaryField()),
+                (
+                    "image",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="features",
+                        to="retrieval.image",
+                    ),
+                ),
             ],
             options={
-                'constraints': [models.UniqueConstraint(fields=('image', 'key'), name='feature_unique_per_key')],
+                "constraints": [
+                    models.UniqueConstraint(fields=("image", "key"), name="feature_unique_per_key")
+                ],
             },
         ),
         # float16 activations barely compress: skip pglz's attempt on every 12.8 kB row.

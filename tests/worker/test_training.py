@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 import pytest
+from django.conf import settings as django_settings
 
-from retrieval import embedding, indexes
-from retrieval.models import Collection, Embedding, ModelVersion
+from retrieval import embedding, features, indexes
+from retrieval.autoret.checkpoint import read_info
+from retrieval.autoret.features import FeatureConfig
+from retrieval.autoret.head import HeadConfig
+from retrieval.models import Collection, Embedding, ImageFeature, ModelVersion
 from tests.retrieval.test_search_embedding import add_pictures
-from worker import actions, pipeline
-from worker.models import Job, TrainingPolicy
+from worker import actions, pipeline, retraining
+from worker.models import PRETRAINED, SCRATCH, Job, TrainingPolicy
+
+
+def settings_models_dir():
+    return django_settings.MODELS_DIR
 
 
 @pytest.fixture(autouse=True)
@@ -62,7 +70,8 @@ def test_a_second_start_is_refused_while_one_runs(searchable, admin) -> None:
 @pytest.mark.django_db
 def test_slices_resume_from_the_checkpoint_step(searchable, admin, settings) -> None:
     settings.AUTORET_TRAIN_SLICE_SECONDS = 1
-    job = run_to_end(actions.start_training(searchable, admin, minutes=0.06, run_here=True))
+    job = actions.start_training(searchable, admin, minutes=0.06, run_here=True, recipe=SCRATCH)
+    job = run_to_end(job)
     assert job.status == Job.Status.DONE, job.error
     slices = job.metrics["slices"]
     assert len(slices) >= 2
@@ -141,15 +150,89 @@ def test_enough_new_answers_start_retraining_that_learns_from_them(
     ids = list(searchable.images.order_by("pk").values_list("pk", flat=True))
     with django_capture_on_commit_callbacks(execute=True):
         record_answer(pair_for(searchable, ids[0], ids[1]), annotator, "same")
+    # The check runs in a worker (consider_retraining); here it is called as the task would be.
+    retraining.after_answer(searchable.pk)
     assert not Job.objects.filter(collection=searchable).exists()
     with django_capture_on_commit_callbacks(execute=True):
         record_answer(pair_for(searchable, ids[0], ids[20]), annotator, "different")
+    retraining.after_answer(searchable.pk)
     job = Job.objects.get(collection=searchable)
     assert job.requested_by is None and job.options["minutes"] == 0.02
+    assert job.options["recipe"] == PRETRAINED
     job = run_to_end(job)
     assert job.status == Job.Status.DONE, job.error
     assert job.metrics["known_pairs"]["must_explicit"] == 1
     assert job.metrics["evaluation"]["answered_pairs"] == 2
+    assert job.version is not None and job.version.config["answers"] == 2
+
+
+@pytest.mark.django_db
+def test_retraining_after_answers_is_on_by_default_and_a_policy_of_zero_turns_it_off(
+    searchable, annotator, settings
+) -> None:
+    from labeling.answers import pair_for, record_answer
+
+    settings.AUTORET_RETRAIN_AFTER_ANSWERS = 2
+    ids = list(searchable.images.order_by("pk").values_list("pk", flat=True))
+    assert retraining.threshold(searchable.pk) == 2
+    TrainingPolicy.objects.create(collection=searchable, retrain_after_answers=0)
+    retraining.forget_policies()
+    assert retraining.threshold(searchable.pk) == 0
+    for other in (1, 2, 3):
+        record_answer(pair_for(searchable, ids[0], ids[other]), annotator, "same")
+    retraining.after_answer(searchable.pk)
+    assert not Job.objects.filter(collection=searchable).exists()
+    TrainingPolicy.objects.filter(collection=searchable).update(retrain_after_answers=None)
+    retraining.forget_policies()
+    assert retraining.threshold(searchable.pk) == 2
+    retraining.after_answer(searchable.pk)
+    assert Job.objects.get(collection=searchable).requested_by is None
+
+
+@pytest.mark.django_db
+def test_the_default_head_trains_from_cached_features_only(searchable, admin, monkeypatch) -> None:
+    def no_decoding(*_args, **_kwargs):
+        raise AssertionError("training decoded an image")
+
+    # Every image of `searchable` has its features already (version 1 was embedded from them).
+    monkeypatch.setattr(features, "load_pixels", no_decoding)
+    monkeypatch.setattr(pipeline.embedding, "load_pixels", no_decoding)
+    job = run_to_end(actions.start_training(searchable, admin, minutes=0.02, run_here=True))
+    assert job.status == Job.Status.DONE, job.error
+    version = job.version
+    assert version is not None and version.kind == ModelVersion.Kind.TRAINED
+    assert version.config["features"] == FeatureConfig().to_dict()
+    assert version.config["head"] == HeadConfig().to_dict()
+    assert version.config["train"]["seconds"] == pytest.approx(1.2)
+    info = read_info(settings_models_dir() / version.checkpoint)
+    assert info["features"] == version.config["features"] and info["step"] > 0
+    assert Embedding.objects.filter(version=version).count() == 24
+
+
+@pytest.mark.django_db
+def test_a_killed_training_job_resumes_feature_extraction_where_it_stopped(
+    collection, admin, monkeypatch
+) -> None:
+    add_pictures(collection, range(20))
+    computed: list[int] = []
+    real = features.extract
+
+    def counting(images, cfg):
+        computed.extend(image.pk for image in images)
+        return real(images, cfg)
+
+    monkeypatch.setattr(features, "extract", counting)
+    job = actions.start_training(collection, admin, minutes=0.02, run_here=True)
+    claimed = pipeline.claim(job.pk, "first-worker")
+    assert claimed is not None
+    assert pipeline.advance(claimed) == 0  # one batch of AUTORET_EMBED_BATCH (8) images
+    assert len(computed) == 8 and ImageFeature.objects.count() == 8
+    # The worker dies here; the job's next run goes on from the 9th image.
+    pipeline.release(claimed)
+    job = run_to_end(job)
+    assert job.status == Job.Status.DONE, job.error
+    assert sorted(computed) == sorted(collection.images.values_list("pk", flat=True))
+    assert ImageFeature.objects.count() == 20
 
 
 @pytest.mark.django_db
