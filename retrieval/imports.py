@@ -589,8 +589,9 @@ def _delete_unreferenced(names: list[str]) -> None:
 
 def embed_later(collection: Collection) -> None:
     """From web and API uploads: the worker embeds the new images once this request commits
-    (worker/hooks.py queues the task). A broker outage leaves the images stored; the embed task
-    embeds every image without a vector, so the next upload's task picks them up too."""
+    (worker/hooks.py queues an embedding job). A broker outage leaves the images stored; an
+    embedding job embeds every image without a vector, so the next upload's job picks them up
+    too."""
     images_added.send(sender=Collection, collection_id=collection.pk)
 
 

@@ -10,17 +10,19 @@ from django.db.models.signals import post_delete, post_save
 
 from labeling.signals import answer_recorded, mining_wanted
 from labeling.tasks import mine_pairs
-from retrieval.models import ModelVersion
+from retrieval.models import Collection, ModelVersion
 from retrieval.signals import images_added, version_activated
-from worker import retraining
+from worker import actions, retraining
 from worker.enqueue import send_on_commit
 from worker.models import TrainingPolicy
-from worker.tasks import embed_collection
 
 
 def queue_embedding(collection_id: int, **_: Any) -> None:
-    """The collection's images without a vector get one (the task is idempotent)."""
-    send_on_commit(embed_collection, collection_id, heavy=True)
+    """The collection's images without a vector get one: an embedding job, whose progress
+    (features, then vectors) its job page shows. Idempotent: a second job finds nothing left."""
+    collection = Collection.objects.filter(pk=collection_id).first()
+    if collection is not None:
+        actions.enqueue(actions.start_embedding(collection))
 
 
 def _queue_embedding_for(version: ModelVersion, **_: Any) -> None:

@@ -494,8 +494,12 @@ def _embed_step(job: Job, after_id: int, progress_bar: bool) -> int | None:
         return result.next_after
     if job.kind == Job.Kind.TRAIN:
         _finish_training(job, version)
-    else:
-        _end(job, Job.Status.DONE, "done", "embedding finished")
+        return None
+    if result.activated:
+        # Version 1 is measured as soon as it answers searches: the Models page's first point.
+        note(job, "evaluating", phase="evaluating")
+        record_evaluation(version.pk)
+    _end(job, Job.Status.DONE, "done", "embedding finished")
     return None
 
 
@@ -519,6 +523,13 @@ def _finish_training(job: Job, version: ModelVersion) -> None:
     job.metrics = {**job.metrics, "evaluation": version.metrics["evaluation"]}
     job.save(update_fields=["metrics"])
     _end(job, Job.Status.DONE, "done", f"version {version.number} is active")
+
+
+def record_evaluation(version_id: int) -> None:
+    """Measures a version (evaluate_version) and stores the result in its metrics."""
+    version = ModelVersion.objects.get(pk=version_id)
+    version.metrics = {**version.metrics, "evaluation": evaluate_version(version)}
+    version.save(update_fields=["metrics"])
 
 
 def evaluate_version(version: ModelVersion) -> dict[str, Any]:

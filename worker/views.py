@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from django import forms
+from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.contrib.auth.models import User
@@ -99,6 +100,46 @@ def loss_curve(history: list[dict[str, float]]) -> dict[str, Any] | None:
     }
 
 
+def quality_curve(rows: list[actions.VersionRow]) -> dict[str, Any] | None:
+    """Each measured version's mAP@100 on imported labels against the answers it was trained
+    with (version 1: none), as SVG points scaled into CURVE_WIDTH x CURVE_HEIGHT."""
+    measured = sorted(
+        (
+            int(row.version.config.get("answers", 0)),
+            float(row.version.metrics["evaluation"]["map_at_100"]),
+            row.version.number,
+        )
+        for row in rows
+        if row.version.status != ModelVersion.Status.DELETED
+        and (row.version.metrics.get("evaluation") or {}).get("map_at_100") is not None
+    )
+    if not measured:
+        return None
+    most_answers = max(max(a for a, _, _ in measured), 1)
+    low = min(q for _, q, _ in measured)
+    high = max(q for _, q, _ in measured)
+    floor, span = max(0.0, low - 0.05), max(high - low + 0.1, 1e-6)
+    points = [
+        {
+            "x": round(a / most_answers * CURVE_WIDTH, 1),
+            "y": round((1 - (q - floor) / span) * CURVE_HEIGHT, 1),
+            "answers": a,
+            "quality": q,
+            "number": n,
+        }
+        for a, q, n in measured
+    ]
+    return {
+        "points": points,
+        "polyline": " ".join(f"{p['x']},{p['y']}" for p in points),
+        "width": CURVE_WIDTH,
+        "height": CURVE_HEIGHT,
+        "most_answers": most_answers,
+        "low": low,
+        "high": high,
+    }
+
+
 def _models_page(
     request: HttpRequest,
     collection: Collection,
@@ -121,8 +162,10 @@ def _models_page(
             }
         ),
         "default_minutes": actions.default_minutes(collection),
+        "default_retrain": settings.AUTORET_RETRAIN_AFTER_ANSWERS,
         "curve": loss_curve(latest_trained.metrics["loss"]) if latest_trained else None,
         "curve_version": latest_trained,
+        "quality": quality_curve(rows),
         "jobs": Job.objects.filter(collection=collection)[:10],
     }
     return render(request, "worker/models.html", context, status=status)

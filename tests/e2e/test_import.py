@@ -68,4 +68,4 @@ def test_upload_a_zip_see_the_report_open_an_image_and_its_neighbours(
     assert hits.count() == 2, "the two other images of the collection, nearest first"
     distances = [float(d) for d in page.locator("#results .distance").all_inner_texts()]
     assert distances == sorted(distances) and all(d >= 0 for d in distances)
-    assert "untrained network" in page.content()
+    assert "ImageNet features, untrained" in page.content()

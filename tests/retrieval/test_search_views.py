@@ -57,7 +57,7 @@ def test_similar_page_shows_a_page_of_neighbours_with_distances(
     distances = [hit.distance for hit in hits]
     assert distances == sorted(distances)
     html = response.content.decode()
-    assert "untrained network" in html
+    assert "ImageNet features, untrained" in html
     assert f"{distances[0]:.3g}" in html
     assert 'href="?offset=24"' in html and 'hx-get="?offset=24"' in html
 
@@ -98,7 +98,7 @@ def test_an_image_added_after_embedding_says_it_is_not_embedded_yet(
     assert response.status_code == 200
     html = response.content.decode()
     assert "no vector in the active model version yet" in html
-    assert "untrained network" in html
+    assert "ImageNet features, untrained" in html
 
 
 def test_outsider_gets_404_on_every_search_page_and_the_api(
@@ -128,7 +128,7 @@ def test_search_by_uploaded_image_finds_its_twin(
     assert response.status_code == 200
     hits = response.context["hits"]
     assert hits[0].image.pk == embedded[3]
-    assert "untrained network" in response.content.decode()
+    assert "ImageNet features, untrained" in response.content.decode()
 
 
 def test_search_rejects_a_file_that_is_not_an_image(
@@ -182,7 +182,7 @@ def test_map_places_every_sampled_image_coloured_by_label(
     assert all(0 <= p["left"] <= 100 and 0 <= p["top"] <= 100 for p in points)
     legend = dict(response.context["legend"])
     assert set(legend) == {"shirt", "shoe"} and legend["shirt"] != legend["shoe"]
-    assert "untrained network" in response.content.decode()
+    assert "ImageNet features, untrained" in response.content.decode()
 
 
 def test_api_search_by_image_id(annotator, collection, embedded) -> None:
@@ -194,7 +194,7 @@ def test_api_search_by_image_id(annotator, collection, embedded) -> None:
     body = response.json()
     version = collection.active_version
     assert version is not None
-    assert body["model_version"] == {"id": version.pk, "number": 1, "kind": "untrained"}
+    assert body["model_version"] == {"id": version.pk, "number": 1, "kind": "pretrained"}
     assert len(body["results"]) == 5
     assert embedded[1] not in {r["image_id"] for r in body["results"]}
     assert set(body["results"][0]) == {"image_id", "distance"}

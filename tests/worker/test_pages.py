@@ -8,7 +8,7 @@ from django.urls import reverse
 from rest_framework.test import APIClient
 
 from retrieval.models import Collection, ModelVersion
-from worker import actions
+from worker import actions, views
 from worker.models import Job, TrainingPolicy
 
 pytestmark = pytest.mark.django_db
@@ -204,6 +204,31 @@ def test_models_page_shows_metrics_loss_curve_and_the_active_version(
     assert "Train</button>" not in seen_by_annotator.content.decode()
     listed = api_for(annotator).get(reverse("worker_api:models", args=[collection.pk])).json()
     assert [(v["number"], v["active"]) for v in listed] == [(2, True)]
+
+
+def test_models_page_plots_quality_against_the_answers_each_version_learned_from(
+    collection, admin
+) -> None:
+    for number, answers, quality in ((1, None, 0.41), (2, 50, 0.47), (3, 100, 0.52)):
+        ModelVersion.objects.create(
+            collection=collection,
+            number=number,
+            kind=ModelVersion.Kind.PRETRAINED if answers is None else ModelVersion.Kind.TRAINED,
+            status=ModelVersion.Status.READY,
+            config={} if answers is None else {"answers": answers},
+            metrics={"evaluation": {"map_at_100": quality}},
+        )
+    page = client_for(admin).get(reverse("worker:models", args=[collection.pk])).content.decode()
+    assert "Quality against answers" in page
+    assert page.count("<circle") == 3
+    assert "v1: mAP@100 0.410 after 0 answers" in page
+    assert "v3: mAP@100 0.520 after 100 answers" in page
+    # Higher quality is drawn higher (smaller y), more answers further right.
+    points = views.quality_curve(actions.version_rows(collection))
+    assert points is not None
+    xs = [p["x"] for p in points["points"]]
+    ys = [p["y"] for p in points["points"]]
+    assert xs == sorted(xs) and ys == sorted(ys, reverse=True)
 
 
 def test_activating_an_unfinished_version_is_refused(collection, admin) -> None:

@@ -1,4 +1,4 @@
-"""The embed task: as a plain function, and end to end through a real Celery worker."""
+"""Embedding jobs: as plain function calls, and end to end through a real Celery worker."""
 
 from __future__ import annotations
 
@@ -13,7 +13,9 @@ from rest_framework.test import APIClient
 from retrieval.models import Collection, Embedding, Image, ModelVersion
 from tests.retrieval.test_search_embedding import add_pictures, png
 from tests.waiting import wait_for
-from worker.tasks import embed_collection
+from worker import actions, pipeline
+from worker.models import Job
+from worker.tasks import advance_job
 
 
 @pytest.fixture
@@ -28,21 +30,29 @@ def stored_files() -> Iterator[None]:
 
 
 @pytest.mark.django_db
-def test_task_embeds_and_activates_when_called_as_a_function(
+def test_an_embedding_job_fills_features_then_vectors_activates_and_measures_version_one(
     collection: Collection, settings, tmp_path
 ) -> None:
     settings.MEDIA_ROOT = tmp_path
-    add_pictures(collection, range(6))
-    embed_collection.run(collection.pk)
+    settings.AUTORET_EMBED_BATCH = 4
+    add_pictures(collection, range(6), label="a")
+    add_pictures(collection, range(6, 12), label="b")
+    job = pipeline.run_here(actions.start_embedding(collection), progress_bar=False)
+    assert job.status == Job.Status.DONE and job.progress == 1.0
+    # Progress went through the feature phase, batch by batch, before the vectors.
+    assert "features 4/12 images" in job.log_tail and "features 12/12 images" in job.log_tail
+    assert "embedded 12/12 images" in job.log_tail
     collection.refresh_from_db()
-    assert collection.active_version is not None
-    assert Embedding.objects.filter(version=collection.active_version).count() == 6
+    version = collection.active_version
+    assert version is not None and version.kind == ModelVersion.Kind.PRETRAINED
+    assert Embedding.objects.filter(version=version).count() == 12
+    assert "map_at_100" in version.metrics["evaluation"]
 
 
 @pytest.mark.django_db
-def test_task_for_a_deleted_collection_does_nothing(django_capture_on_commit_callbacks) -> None:
+def test_a_job_of_a_deleted_collection_does_nothing(django_capture_on_commit_callbacks) -> None:
     with django_capture_on_commit_callbacks() as queued:
-        embed_collection.run(10**9)
+        advance_job.run(10**9)
     assert not ModelVersion.objects.exists()  # no version made for a collection that is gone
     assert not Embedding.objects.exists()
     assert queued == []  # and no next batch queued
@@ -75,17 +85,19 @@ def test_upload_is_embedded_by_the_worker_and_becomes_searchable(
     )
     assert search.status_code == 200
     body = search.json()
-    assert body["model_version"]["kind"] == "untrained"
+    assert body["model_version"]["kind"] == "pretrained"
+    job = Job.objects.get(collection=collection)
+    assert job.kind == Job.Kind.EMBED and job.status == Job.Status.DONE
     assert len(body["results"]) == 3
 
 
 @pytest.mark.integration
 @pytest.mark.django_db(transaction=True)
-def test_worker_drains_a_collection_in_self_enqueued_batches(
+def test_worker_drains_a_collection_in_self_enqueued_steps(
     celery_worker, stored_files, collection: Collection
 ) -> None:
     ids = add_pictures(collection, range(10))
-    embed_collection.delay(collection.pk, 0, 4)
+    actions.enqueue(actions.start_embedding(collection))
 
     def activated() -> bool:
         collection.refresh_from_db()

@@ -30,7 +30,7 @@ def small_jobs(settings, tmp_path) -> None:
 
 @pytest.fixture
 def searchable(collection: Collection) -> Collection:
-    """A small collection embedded by its untrained version, with two imported labels."""
+    """A small collection embedded by version 1 (pretrained features), with two imported labels."""
     add_pictures(collection, range(0, 12), label="a")
     add_pictures(collection, range(12, 24), label="b")
     embedding.embed_new_images(collection)

@@ -23,7 +23,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.django_db(t
 
 
 def searchable(collection: Collection, n: int) -> Collection:
-    """n labelled pictures embedded by the untrained version, which search answers from."""
+    """n labelled pictures embedded by version 1, which search answers from."""
     add_pictures(collection, range(0, n // 2), label="a")
     add_pictures(collection, range(n // 2, n), label="b")
     embedding.embed_new_images(collection)
