@@ -75,6 +75,7 @@ CASES: dict[str, Case] = {
     "labeling:label": Case("GET", Role.ANNOTATOR, ("collection",)),
     "labeling:groups": Case("GET", Role.ANNOTATOR, ("collection",)),
     "labeling:mark": Case("POST", Role.ANNOTATOR, ("collection",)),
+    "labeling:instructions": Case("GET", Role.ADMIN, ("collection",)),
     "labeling_api:next_pair": Case("GET", Role.ANNOTATOR, ("collection",), api=True),
     "labeling_api:counters": Case("GET", Role.ANNOTATOR, ("collection",), api=True),
     "labeling_api:mark": Case("POST", Role.ANNOTATOR, ("collection",), api=True),
