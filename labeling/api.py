@@ -309,7 +309,7 @@ def import_constraints(request: Request, pk: int) -> Response:
 class ExampleSerializer(serializers.Serializer):
     a = serializers.IntegerField(help_text="An image id of this collection")
     b = serializers.IntegerField(help_text="Another image id of this collection")
-    answer = serializers.ChoiceField(choices=ExamplePair.Kind.values)
+    answer = serializers.ChoiceField(choices=ExamplePair.Kind.choices)
 
 
 class InstructionsSerializer(serializers.Serializer):
@@ -334,7 +334,7 @@ PinnedSerializer = inline_serializer(
         "id": serializers.IntegerField(),
         "a": ImageSerializer(),
         "b": ImageSerializer(),
-        "answer": serializers.ChoiceField(choices=ExamplePair.Kind.values),
+        "answer": serializers.ChoiceField(choices=ExamplePair.Kind.choices),
         "pinned_by": serializers.CharField(allow_null=True),
     },
 )
