@@ -108,8 +108,9 @@ def update(
 ) -> LabelingSettings:
     """Set what is given (None: unchanged); `examples` replaces the pinned list, pinned by `by`
     (None: by the platform, e.g. the demo). Validates the text fields as the model does and the
-    examples with check_examples."""
+    examples with check_examples. Only a real change reopens the instructions for annotators."""
     labeling = strategies.settings_for(collection)
+    before = (labeling.question, labeling.instructions)
     if question is not None:
         labeling.question = question
     if instructions is not None:
@@ -117,15 +118,23 @@ def update(
     labeling.clean_fields(
         exclude=[f.name for f in LabelingSettings._meta.fields if f.name not in TEXT]
     )
+    changed = (labeling.question, labeling.instructions) != before
     if examples is not None:
-        checked = check_examples(collection, examples)
-        ExamplePair.objects.filter(collection=collection).delete()
-        ExamplePair.objects.bulk_create(
-            ExamplePair(collection=collection, a_id=e.a, b_id=e.b, answer=e.answer, pinned_by=by)
-            for e in checked
-        )
-    _changed(labeling)
-    labeling.save(update_fields=["question", "instructions", "instructions_changed_at"])
+        wanted = {(e.a, e.b): e.answer for e in check_examples(collection, examples)}
+        # Pairs pinned before with the same answer stay, with who pinned them and when.
+        pinned = {(p.a_id, p.b_id): p for p in ExamplePair.objects.filter(collection=collection)}
+        gone = [p.pk for key, p in pinned.items() if wanted.get(key) != p.answer]
+        new = [
+            ExamplePair(collection=collection, a_id=a, b_id=b, answer=answer, pinned_by=by)
+            for (a, b), answer in wanted.items()
+            if (a, b) not in pinned or pinned[(a, b)].answer != answer
+        ]
+        ExamplePair.objects.filter(pk__in=gone).delete()
+        ExamplePair.objects.bulk_create(new)
+        changed = changed or bool(gone or new)
+    if changed:
+        _changed(labeling)
+        labeling.save(update_fields=["question", "instructions", "instructions_changed_at"])
     return labeling
 
 

@@ -136,6 +136,25 @@ def test_an_admin_writes_the_question_and_instructions(collection, owner):
     assert "Saved the question and the instructions." in again
 
 
+def test_only_a_real_change_reopens_the_instructions(collection, four, owner, admin):
+    a, b = four[0].pk, four[1].pk
+    first = instructions.update(
+        collection, owner, question="Same?", examples=[instructions.Example(a, b, "same")]
+    )
+    stamp = first.instructions_changed_at
+    assert stamp is not None
+    same = instructions.update(
+        collection, admin, question="Same?", examples=[instructions.Example(b, a, "same")]
+    )
+    assert same.instructions_changed_at == stamp
+    assert ExamplePair.objects.get().pinned_by == owner  # kept, not pinned anew
+    flipped = instructions.update(
+        collection, admin, examples=[instructions.Example(a, b, "different")]
+    )
+    assert flipped.instructions_changed_at is not None and flipped.instructions_changed_at > stamp
+    assert ExamplePair.objects.get().answer == "different"
+
+
 def test_too_long_or_empty_text_is_refused_and_nothing_changes(collection, owner):
     client = logged_in(owner)
     long = client.post(
