@@ -97,6 +97,13 @@ def _changed(labeling: LabelingSettings) -> None:
     labeling.instructions_changed_at = timezone.now()
 
 
+def _locked(collection: Collection) -> LabelingSettings:
+    """The settings row, locked to the end of the transaction: two admins changing the examples
+    at once take turns, so neither passes EXAMPLES_MAX nor pins a pair the other just pinned."""
+    strategies.settings_for(collection)  # created first: a missing row cannot be locked
+    return LabelingSettings.objects.select_for_update().get(collection=collection)
+
+
 @transaction.atomic
 def update(
     collection: Collection,
@@ -109,7 +116,7 @@ def update(
     """Set what is given (None: unchanged); `examples` replaces the pinned list, pinned by `by`
     (None: by the platform, e.g. the demo). Validates the text fields as the model does and the
     examples with check_examples. Only a real change reopens the instructions for annotators."""
-    labeling = strategies.settings_for(collection)
+    labeling = _locked(collection)
     before = (labeling.question, labeling.instructions)
     if question is not None:
         labeling.question = question
@@ -141,9 +148,7 @@ def update(
 @transaction.atomic
 def pin(collection: Collection, by: User, example: Example) -> ExamplePair:
     """Add one example pair to those pinned (ValidationError when check_examples refuses it)."""
-    labeling = strategies.settings_for(collection)
-    # Under the settings row's lock, two admins pinning at once cannot pass EXAMPLES_MAX together.
-    LabelingSettings.objects.select_for_update().filter(pk=labeling.pk).first()
+    labeling = _locked(collection)
     pinned = [
         Example(p.a_id, p.b_id, p.answer) for p in ExamplePair.objects.filter(collection=collection)
     ]
@@ -158,9 +163,9 @@ def pin(collection: Collection, by: User, example: Example) -> ExamplePair:
 
 @transaction.atomic
 def unpin(collection: Collection, example_id: int) -> bool:
+    labeling = _locked(collection)
     deleted, _ = ExamplePair.objects.filter(collection=collection, pk=example_id).delete()
     if deleted:
-        labeling = strategies.settings_for(collection)
         _changed(labeling)
         labeling.save(update_fields=["instructions_changed_at"])
     return bool(deleted)
