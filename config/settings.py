@@ -380,6 +380,10 @@ SPECTACULAR_SETTINGS = {
     "ENUM_NAME_OVERRIDES": {
         "JobKindEnum": "worker.models.Job.Kind",
         "ModelVersionKindEnum": "retrieval.models.ModelVersion.Kind",
+        # Two `answer` choice sets: an answer's (same, different, unsure; the serializers list the
+        # values) and an example pair's (same or different).
+        "AnswerEnum": "labeling.models.Answer.values",
+        "ExampleAnswerEnum": "labeling.models.ExamplePair.Kind",
     },
 }
 

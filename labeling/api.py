@@ -1,12 +1,14 @@
 """JSON API of the labeling loop (/api/v1/): the pair queue, answers, undo, one-to-many marks,
-adjudication, and constraint export/import. Roles are checked as in the pages: outsiders 404,
-annotators answer, curators adjudicate and exchange files."""
+adjudication, constraint export/import, and the labeling instructions. Roles are checked as in the
+pages: outsiders 404, annotators answer, curators adjudicate and exchange files, admins say what
+"same" means."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from django.contrib.auth.models import User
+from django.core.exceptions import ValidationError as DjangoValidationError
 from django.http import StreamingHttpResponse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
@@ -17,8 +19,17 @@ from rest_framework.parsers import JSONParser, MultiPartParser
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from labeling import answers, exchange, pair_queue
-from labeling.models import Answer, Pair
+from labeling import answers, exchange, instructions, pair_queue, strategies
+from labeling.models import (
+    EXAMPLES_MAX,
+    INSTRUCTIONS_MAX,
+    QUESTION_MAX,
+    Answer,
+    ExamplePair,
+    LabelingSettings,
+    Pair,
+)
+from retrieval.api import ImageSerializer
 from retrieval.models import Collection, Image, Membership
 from retrieval.permissions import get_collection_for_user, get_in_collection_for_user
 from retrieval.throttles import SharedRateThrottle
@@ -293,3 +304,111 @@ def import_constraints(request: Request, pk: int) -> Response:
     except exchange.ImportFailed as failed:
         return Response({"errors": failed.errors}, status=status.HTTP_400_BAD_REQUEST)
     return Response({"stored": stored}, status=status.HTTP_201_CREATED)
+
+
+class ExampleSerializer(serializers.Serializer):
+    a = serializers.IntegerField(help_text="An image id of this collection")
+    b = serializers.IntegerField(help_text="Another image id of this collection")
+    answer = serializers.ChoiceField(choices=ExamplePair.Kind.choices)
+
+
+class InstructionsSerializer(serializers.Serializer):
+    """What a PATCH may change; each field is optional, and `examples` replaces the pinned list."""
+
+    question = serializers.CharField(max_length=QUESTION_MAX, required=False)
+    instructions = serializers.CharField(
+        max_length=INSTRUCTIONS_MAX,
+        allow_blank=True,
+        required=False,
+        trim_whitespace=False,
+        help_text="Markdown; raw HTML is shown as text",
+    )
+    examples = serializers.ListField(
+        child=ExampleSerializer(), max_length=EXAMPLES_MAX, required=False
+    )
+
+
+PinnedSerializer = inline_serializer(
+    "PinnedExample",
+    {
+        "id": serializers.IntegerField(),
+        "a": ImageSerializer(),
+        "b": ImageSerializer(),
+        "answer": serializers.ChoiceField(choices=ExamplePair.Kind.choices),
+        "pinned_by": serializers.CharField(allow_null=True),
+    },
+)
+InstructionsOut = inline_serializer(
+    "LabelingInstructions",
+    {
+        "question": serializers.CharField(),
+        "instructions": serializers.CharField(help_text="Markdown, as the admin wrote it"),
+        "instructions_html": serializers.CharField(help_text="As the Label page shows it"),
+        "examples": serializers.ListField(child=PinnedSerializer),
+        "changed_at": serializers.DateTimeField(allow_null=True),
+    },
+)
+
+
+def instructions_payload(request: Request, labeling: LabelingSettings) -> dict[str, Any]:
+    def image(img: Image) -> dict[str, Any]:
+        return dict(ImageSerializer(img, context={"request": request}).data)
+
+    pinned = ExamplePair.objects.filter(collection_id=labeling.collection_id).select_related(
+        "a", "b", "pinned_by"
+    )
+    changed = labeling.instructions_changed_at
+    return {
+        "question": labeling.question,
+        "instructions": labeling.instructions,
+        "instructions_html": str(instructions.render(labeling.instructions)),
+        "examples": [
+            {
+                "id": e.pk,
+                "a": image(e.a),
+                "b": image(e.b),
+                "answer": e.answer,
+                "pinned_by": e.pinned_by.get_username() if e.pinned_by else None,
+            }
+            for e in pinned
+        ],
+        "changed_at": changed.isoformat() if changed else None,
+    }
+
+
+@extend_schema(
+    methods=["GET"],
+    responses={200: InstructionsOut},
+    summary="What “same” means here: the question, the instructions and the example pairs",
+)
+@extend_schema(
+    methods=["PATCH"],
+    request=InstructionsSerializer,
+    responses={200: InstructionsOut, 400: OpenApiTypes.OBJECT, 403: OpenApiTypes.OBJECT},
+    summary="Change the question, the instructions or the example pairs (admins)",
+    description=(
+        "Fields left out stay as they are; `examples` replaces the pinned pairs (at most "
+        f"{EXAMPLES_MAX}, each two different images of this collection, no pair twice)."
+    ),
+)
+@api_view(["GET", "PATCH"])
+@parser_classes([JSONParser])
+def labeling_instructions(request: Request, pk: int) -> Response:
+    needs = Membership.Role.ADMIN if request.method == "PATCH" else Membership.Role.ANNOTATOR
+    collection = get_collection_for_user(
+        request.user, pk, needs, queryset=Collection.objects.select_related("labeling_settings")
+    )
+    if request.method == "PATCH":
+        serializer = InstructionsSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        data = dict(serializer.validated_data)
+        if "examples" in data:
+            data["examples"] = [instructions.Example(**e) for e in data["examples"]]
+        try:
+            labeling = instructions.update(collection, _user(request), **data)
+        except DjangoValidationError as refused:
+            # Examples refused by check_examples; the text fields were checked by the serializer.
+            raise ValidationError({"examples": refused.messages}) from None
+    else:
+        labeling = strategies.settings_for(collection)
+    return Response(instructions_payload(request, labeling))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
+from django.core.validators import MaxLengthValidator
 from django.db import models
 
 from retrieval.models import Collection, Image, ModelVersion
@@ -70,6 +71,13 @@ def validate_mix(mix: object) -> None:
         raise ValidationError("at least one strategy needs a weight above 0")
 
 
+DEFAULT_QUESTION = "Same or different?"
+QUESTION_MAX = 200
+INSTRUCTIONS_MAX = 10_000
+# Enough to show the boundary cases; more would bury the pair being labelled.
+EXAMPLES_MAX = 12
+
+
 class LabelingSettings(models.Model):
     """Per-collection knobs of the labeling loop; created on first use with the defaults."""
 
@@ -95,6 +103,46 @@ class LabelingSettings(models.Model):
     mined_version = models.ForeignKey(
         ModelVersion, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
+    # What "same" means in this collection: the Label page's heading, and Markdown shown above the
+    # pair (labeling.instructions renders it without raw HTML) with the pinned ExamplePairs.
+    question = models.CharField(max_length=QUESTION_MAX, default=DEFAULT_QUESTION)
+    instructions = models.TextField(blank=True, validators=[MaxLengthValidator(INSTRUCTIONS_MAX)])
+    # When the question, the instructions or the examples last changed: the Label page opens the
+    # instructions again for annotators who saw an older version.
+    instructions_changed_at = models.DateTimeField(null=True, blank=True)
+
+
+class ExamplePair(models.Model):
+    """A pair an admin pinned as an example of "same" or "different" for the Label page; only an
+    illustration, never an answer (inference and training do not see it)."""
+
+    class Kind(models.TextChoices):
+        SAME = Answer.SAME.value
+        DIFFERENT = Answer.DIFFERENT.value
+
+    collection = models.ForeignKey(
+        Collection, on_delete=models.CASCADE, related_name="example_pairs"
+    )
+    a = models.ForeignKey(Image, on_delete=models.CASCADE, related_name="+")
+    b = models.ForeignKey(Image, on_delete=models.CASCADE, related_name="+")
+    answer = models.CharField(max_length=10, choices=Kind.choices)
+    pinned_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    pinned_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            # Stored like Pair (a < b): one pair cannot be pinned as both same and different.
+            models.UniqueConstraint(fields=["collection", "a", "b"], name="example_unique"),
+            models.CheckConstraint(
+                condition=models.Q(a__lt=models.F("b")), name="example_normalized"
+            ),
+        ]
+        ordering = ["pinned_at", "id"]
+
+    def __str__(self) -> str:
+        return f"example {self.a_id}-{self.b_id}: {self.answer}"
 
 
 class Pair(models.Model):

@@ -1,24 +1,35 @@
-"""Labeling pages: label (answers go through the JSON API, labeling/api.py), groups with the
-adjudication queue, and the one-to-many form of the similar-images grid."""
+"""Labeling pages: label (answers go through the JSON API, labeling/api.py), its instructions
+(admins edit them), groups with the adjudication queue, and the one-to-many form of the
+similar-images grid."""
 
 from __future__ import annotations
 
 from math import ceil
 
+from django import forms
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.contrib.auth.models import User
-from django.core.exceptions import BadRequest
+from django.core.exceptions import BadRequest, ValidationError
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_http_methods, require_POST
 
-from labeling import answers, pair_queue
+from labeling import answers, instructions, pair_queue, strategies
 from labeling.api import AnswerRateThrottle
 from labeling.inference import infer
-from labeling.models import Answer, Constraint, Group, Pair
-from retrieval.models import Image, Membership
+from labeling.models import (
+    INSTRUCTIONS_MAX,
+    QUESTION_MAX,
+    Answer,
+    Constraint,
+    ExamplePair,
+    Group,
+    Pair,
+)
+from retrieval.models import Collection, Image, Membership
 from retrieval.permissions import get_collection_for_user, role_in
 
 GROUPS_SHOWN = 100
@@ -36,14 +47,109 @@ def _id(request: HttpRequest, field: str) -> int:
         raise BadRequest(f"{field} must be an id") from None
 
 
+def _back(request: HttpRequest) -> str | None:
+    back = request.POST.get("next", "")
+    return back if url_has_allowed_host_and_scheme(back, {request.get_host()}) else None
+
+
 @login_required
 def label(request: HttpRequest, pk: int) -> HttpResponse:
-    collection = get_collection_for_user(request.user, pk)
+    collection = get_collection_for_user(
+        request.user, pk, queryset=Collection.objects.select_related("labeling_settings")
+    )
     counters = pair_queue.counters(collection, _user(request))
-    context = {"collection": collection, "counters": counters}
+    context: dict[str, object] = {"collection": collection, "counters": counters}
     if request.htmx:  # type: ignore[attr-defined]  # django-htmx's middleware sets it
         return render(request, "labeling/label.html#counters", context)
+    labeling = strategies.settings_for(collection)
+    examples = instructions.examples_of(collection)
+    context |= {
+        "labeling": labeling,
+        "instructions": instructions.render(labeling.instructions),
+        "same_examples": [e for e in examples if e.answer == Answer.SAME],
+        "different_examples": [e for e in examples if e.answer == Answer.DIFFERENT],
+        "is_admin": (role_in(request.user, collection) or 0) >= Membership.Role.ADMIN,
+    }
     return render(request, "labeling/label.html", context)
+
+
+class InstructionsForm(forms.Form):
+    question = forms.CharField(
+        max_length=QUESTION_MAX,
+        help_text="The Label page's heading, e.g. “Same clothing category?”",
+    )
+    instructions = forms.CharField(
+        max_length=INSTRUCTIONS_MAX,
+        required=False,
+        strip=False,
+        widget=forms.Textarea(attrs={"rows": 12}),
+        help_text="Markdown: what counts as the same, borderline cases, what to do when unsure.",
+    )
+
+
+class ExampleForm(forms.Form):
+    a = forms.IntegerField(label="First image id", min_value=1)
+    b = forms.IntegerField(label="Second image id", min_value=1)
+    answer = forms.ChoiceField(choices=ExamplePair.Kind.choices)
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def edit_instructions(request: HttpRequest, pk: int) -> HttpResponse:
+    """Admins say what "same" means: question, Markdown instructions, pinned example pairs. The
+    Label page's pin buttons post here too, with `next` pointing back to it."""
+    collection = get_collection_for_user(
+        request.user,
+        pk,
+        Membership.Role.ADMIN,
+        queryset=Collection.objects.select_related("labeling_settings"),
+    )
+    labeling = strategies.settings_for(collection)
+    text_form = InstructionsForm(
+        initial={"question": labeling.question, "instructions": labeling.instructions}
+    )
+    example_form = ExampleForm()
+    action = request.POST.get("action", "")
+    if action == "save":
+        text_form = InstructionsForm(request.POST)
+        if text_form.is_valid():
+            instructions.update(collection, _user(request), **text_form.cleaned_data)
+            messages.success(request, "Saved the question and the instructions.")
+            return redirect("labeling:instructions", pk=collection.pk)
+    elif action == "pin":
+        example_form = ExampleForm(request.POST)
+        if example_form.is_valid():
+            try:
+                pinned = instructions.pin(
+                    collection, _user(request), instructions.Example(**example_form.cleaned_data)
+                )
+            except ValidationError as refused:
+                example_form.add_error(None, refused)
+            else:
+                messages.success(
+                    request, f"Pinned images {pinned.a_id} and {pinned.b_id} as {pinned.answer}."
+                )
+                return redirect(_back(request) or request.path)
+    elif action == "unpin":
+        if instructions.unpin(collection, _id(request, "example")):
+            messages.success(request, "Unpinned the example.")
+        return redirect("labeling:instructions", pk=collection.pk)
+    elif request.method == "POST":
+        raise BadRequest("action is save, pin or unpin")
+    context = {
+        "collection": collection,
+        "labeling": labeling,
+        "preview": instructions.render(labeling.instructions),
+        "examples": instructions.examples_of(collection),
+        "text_form": text_form,
+        "example_form": example_form,
+    }
+    return render(
+        request,
+        "labeling/instructions.html",
+        context,
+        status=400 if request.method == "POST" else 200,
+    )
 
 
 @login_required
@@ -137,7 +243,4 @@ def mark(request: HttpRequest, pk: int) -> HttpResponse:
         messages.success(request, f"Marked {stored} images {answer} as the query.")
     else:
         messages.info(request, "Select some images first.")
-    back = request.POST.get("next", "")
-    if url_has_allowed_host_and_scheme(back, {request.get_host()}):
-        return redirect(back)
-    return redirect("retrieval:similar", pk=collection.pk, image_pk=query)
+    return redirect(_back(request) or reverse("retrieval:similar", args=[collection.pk, query]))

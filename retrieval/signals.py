@@ -13,3 +13,6 @@ images_added = Signal()
 # A person or a finished training job made `version` the active one: images uploaded after the
 # version was embedded need vectors in it. Keyword argument: version.
 version_activated = Signal()
+# load_demo filled (or found) the Fashion-MNIST demo collection: labeling writes what "same"
+# means there. Keyword argument: collection_id.
+demo_loaded = Signal()

@@ -75,12 +75,16 @@ CASES: dict[str, Case] = {
     "labeling:label": Case("GET", Role.ANNOTATOR, ("collection",)),
     "labeling:groups": Case("GET", Role.ANNOTATOR, ("collection",)),
     "labeling:mark": Case("POST", Role.ANNOTATOR, ("collection",)),
+    "labeling:instructions": Case("GET", Role.ADMIN, ("collection",)),
     "labeling_api:next_pair": Case("GET", Role.ANNOTATOR, ("collection",), api=True),
     "labeling_api:counters": Case("GET", Role.ANNOTATOR, ("collection",), api=True),
     "labeling_api:mark": Case("POST", Role.ANNOTATOR, ("collection",), api=True),
     "labeling_api:export": Case("GET", Role.CURATOR, ("collection",), api=True),
     "labeling_api:import": Case("POST", Role.CURATOR, ("collection",), api=True),
     "labeling_api:export_groups": Case("GET", Role.CURATOR, ("collection",), api=True),
+    # Reading is for every member; changing them (PATCH) needs the admin role: see
+    # tests/labeling/test_instructions.py.
+    "labeling_api:instructions": Case("GET", Role.ANNOTATOR, ("collection",), api=True),
     "labeling_api:answer": Case("POST", Role.ANNOTATOR, ("pair",), api=True),
     "labeling_api:undo": Case("POST", Role.ANNOTATOR, ("pair",), api=True),
     "labeling_api:adjudicate": Case("POST", Role.CURATOR, ("pair",), api=True),

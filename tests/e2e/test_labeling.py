@@ -1,4 +1,4 @@
-"""Labeling in a real browser: keyboard answers, undo, counters."""
+"""Labeling in a real browser: keyboard answers, undo, counters, instructions and examples."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ import re
 
 import pytest
 
-from labeling.models import Constraint
+from labeling import instructions
+from labeling.models import Constraint, ExamplePair, Pair
 from tests.labeling.conftest import add_images, add_version
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -134,3 +135,61 @@ def test_another_user_on_the_same_browser_never_sends_the_first_users_answers(
     assert not Constraint.objects.exists()
     keys = page.evaluate("Object.keys(localStorage)")
     assert any(key.startswith(f"autoret-outbox-{admin.pk}-") for key in keys)
+
+
+def test_instructions_open_on_the_first_visit_then_stay_closed_and_i_toggles_them(
+    logged_in_page, live_server, collection, admin
+):
+    from playwright.sync_api import expect
+
+    images = add_images(collection, 12)
+    add_version(collection, images, number=1, seed=7)
+    instructions.update(
+        collection,
+        admin,
+        question="Same colour family?",
+        instructions="Warm **reds** and oranges are one family.",
+        examples=[instructions.Example(images[0].pk, images[1].pk, "same")],
+    )
+    page = logged_in_page
+    url = f"{live_server.url}/collections/{collection.pk}/label/"
+    text = page.locator("#instructions .instructions-text")
+    page.goto(url)
+    expect(page.locator("#question")).to_have_text("Same colour family?")
+    expect(text).to_be_visible()
+    expect(text.locator("strong")).to_have_text("reds")
+    expect(page.locator("#instructions figure img")).to_have_count(2)
+
+    page.reload()
+    expect(page.locator("#label-status")).to_have_text(re.compile(r"^Pair \d+"))
+    expect(text).to_be_hidden()
+    page.keyboard.press("i")
+    expect(text).to_be_visible()
+    page.keyboard.press("i")
+    expect(text).to_be_hidden()
+    # The key opens them without answering anything.
+    assert not Constraint.objects.exists()
+
+    # An admin's change reaches annotators who saw the old version: open again, once.
+    instructions.update(collection, admin, instructions="Only **exact** shades.")
+    page.reload()
+    expect(text.locator("strong")).to_have_text("exact")
+    expect(text).to_be_visible()
+
+
+def test_an_admin_pins_the_pair_on_screen_as_an_example(logged_in_page, live_server, collection):
+    from playwright.sync_api import expect
+
+    images = add_images(collection, 8)
+    add_version(collection, images, number=1, seed=8)
+    page = logged_in_page
+    page.goto(f"{live_server.url}/collections/{collection.pk}/label/")
+    expect(page.locator("#label-status")).to_have_text(re.compile(r"^Pair \d+"))
+    shown = Pair.objects.get(pk=page.locator("#labeler").get_attribute("data-pair-id"))
+    page.get_by_label("Admin: pin this pair as an example of").select_option("different")
+    page.get_by_role("button", name="Pin as example").click()
+    expect(
+        page.get_by_text(f"Pinned images {shown.a_id} and {shown.b_id} as different.")
+    ).to_be_visible()
+    expect(page.locator('#instructions figure[data-example="different"]')).to_have_count(1)
+    assert ExamplePair.objects.get().answer == "different"

@@ -1,6 +1,7 @@
 // The labeling loop in the browser: show a pair, keep the next one loaded, send answers through
 // an outbox that retries until the server has them (an idempotency key makes a retry harmless),
-// and undo the last answer. Keys: J same, K different, S unsure, U or Backspace undo.
+// and undo the last answer. Keys: J same, K different, S unsure, U or Backspace undo, I opens or
+// closes the collection's instructions.
 // The outbox belongs to the signed-in user: it is kept per user, every answer says whose it is,
 // and when the session ends (401/403) it waits for that user to log in again, then sends.
 "use strict";
@@ -18,6 +19,8 @@
   const pendingNote = document.getElementById("pending");
   const signedOut = document.getElementById("signed-out");
   const buttons = root.querySelectorAll("button");
+  const instructions = document.getElementById("instructions");
+  const pinForm = document.getElementById("pin-example");
   // Per user: another user signing in on this browser never sends these answers as theirs.
   const OUTBOX = `autoret-outbox-${user}-${nextUrl}`;
 
@@ -26,6 +29,14 @@
   const answered = []; // pairs answered on this page, most recent last, for undo
   let outbox = JSON.parse(localStorage.getItem(OUTBOX) || "[]");
   let sending = false;
+
+  // Open on the first visit and whenever an admin changed them since this user last saw them;
+  // afterwards they stay out of the way until asked for.
+  if (instructions) {
+    const seen = localStorage.getItem(instructions.dataset.remember);
+    instructions.open = seen !== instructions.dataset.version;
+    localStorage.setItem(instructions.dataset.remember, instructions.dataset.version);
+  }
 
   const saveOutbox = () => localStorage.setItem(OUTBOX, JSON.stringify(outbox));
   const newKey = () =>
@@ -138,6 +149,11 @@
     buttons.forEach((button) => {
       button.disabled = button.hasAttribute("data-undo") ? answered.length === 0 : !enabled;
     });
+    if (pinForm) {
+      pinForm.elements.a.value = pair ? pair.a.id : "";
+      pinForm.elements.b.value = pair ? pair.b.id : "";
+      pinForm.querySelectorAll("button").forEach((button) => (button.disabled = !enabled));
+    }
     if (!pair) {
       imageA.removeAttribute("src");
       imageB.removeAttribute("src");
@@ -202,6 +218,9 @@
     } else if (key === "u" || key === "backspace") {
       event.preventDefault();
       undo();
+    } else if (key === "i" && instructions) {
+      event.preventDefault();
+      instructions.open = !instructions.open;
     }
   });
 

@@ -15,6 +15,7 @@ from tqdm import tqdm
 
 from retrieval.imports import Item, Limits, embed_now, from_image_set, import_items
 from retrieval.models import Collection, Membership
+from retrieval.signals import demo_loaded
 
 DEMO_NAME = "Fashion-MNIST demo"
 ALL = 70_000  # the training split (60,000) and the test split (10,000)
@@ -67,6 +68,7 @@ class Command(BaseCommand):
             )
         have = collection.images.count()
         if have >= size:
+            demo_loaded.send(sender=Collection, collection_id=collection.pk)
             self.stdout.write(f"demo      {DEMO_NAME}: {have} images, already loaded")
             return
         try:
@@ -90,6 +92,7 @@ class Command(BaseCommand):
             )
         if report.created and not options["no_embed"]:
             embed_now(collection)
+        demo_loaded.send(sender=Collection, collection_id=collection.pk)
         self.stdout.write(
             f"demo      {DEMO_NAME}: {have + len(report.created)} images "
             f"({len(report.created)} added now)"
