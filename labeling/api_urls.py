@@ -14,6 +14,11 @@ urlpatterns = [
     path("collections/<int:pk>/constraints/export/", api.export_constraints, name="export"),
     path("collections/<int:pk>/constraints/import/", api.import_constraints, name="import"),
     path("collections/<int:pk>/groups/export/", api.export_groups, name="export_groups"),
+    path(
+        "collections/<int:pk>/groups/dataset/",
+        api.export_groups_dataset,
+        name="export_groups_dataset",
+    ),
     path("pairs/<int:pair_id>/answer/", api.answer, name="answer"),
     path("pairs/<int:pair_id>/undo/", api.undo, name="undo"),
     path("pairs/<int:pair_id>/adjudicate/", api.adjudicate, name="adjudicate"),
