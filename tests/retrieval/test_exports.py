@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from django.test import Client
 from rest_framework.test import APIClient
 
 from retrieval import embedding, exports, queries, versions
@@ -186,6 +187,21 @@ def test_annotators_may_not_export(
     client.force_authenticate(annotator)
     for path in ("embeddings/export/", "model/export/", "groups/dataset/"):
         assert client.get(f"/api/v1/collections/{collection.pk}/{path}").status_code == 403
+
+
+def test_the_collection_page_offers_curators_the_downloads(
+    client: Client, curator, annotator, collection: Collection, trained: ModelVersion
+) -> None:
+    client.force_login(curator)
+    html = client.get(f"/collections/{collection.pk}/").content.decode()
+    assert f"/api/v1/collections/{collection.pk}/groups/dataset/" in html
+    assert f"/api/v1/collections/{collection.pk}/embeddings/export/" in html
+    assert f"/api/v1/collections/{collection.pk}/model/export/" in html
+    assert '<option value="1" selected>1: untrained network (active)</option>' in html
+    assert '<option value="2">2: trained on this collection</option>' in html
+    client.force_login(annotator)
+    html = client.get(f"/collections/{collection.pk}/").content.decode()
+    assert "/embeddings/export/" not in html
 
 
 def test_zip_stream_needs_no_seekable_file_and_keeps_entries_whole() -> None:
