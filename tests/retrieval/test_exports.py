@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import threading
 import zipfile
 from functools import partial
 from pathlib import Path
@@ -14,6 +15,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from django.db import connection
 from django.test import Client
 from rest_framework.test import APIClient
 
@@ -126,6 +128,32 @@ def test_a_version_that_is_not_ready_or_not_there_is_refused(
     assert "only a ready version" in refused.json()["detail"]
     assert api.get(f"{base}?version=9").status_code == 404
     assert api.get(f"{base}?version=two").status_code == 400
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_image_deleted_during_the_download_leaves_the_rows_and_vectors_in_step(
+    collection: Collection, trained: ModelVersion, monkeypatch
+) -> None:
+    monkeypatch.setattr(exports, "CHUNK", 1)  # every write leaves at once
+    chunks = exports.export_embeddings(trained)
+    first = next(chunks)  # the .npy has begun: its header announces the N counted
+
+    def delete_elsewhere() -> None:
+        try:
+            Image.objects.filter(collection=collection).latest("pk").delete()
+        finally:
+            connection.close()
+
+    # Another request, on its own connection, deletes an image before the CSV is written.
+    other = threading.Thread(target=delete_elsewhere)
+    other.start()
+    other.join()
+    archive = zipfile.ZipFile(io.BytesIO(first + b"".join(chunks)))
+    assert collection.images.count() == 9
+    name = exports.embeddings_name(trained)
+    vectors = np.load(io.BytesIO(archive.read(f"{name}.npy")))
+    rows = list(csv.DictReader(io.StringIO(archive.read(f"{name}.csv").decode())))
+    assert len(vectors) == len(rows) == 10
 
 
 def test_downloaded_model_embeds_through_the_cli_as_the_platform_does(
