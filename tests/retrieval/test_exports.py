@@ -244,3 +244,12 @@ def test_zip_stream_needs_no_seekable_file_and_keeps_entries_whole() -> None:
     assert archive.read("a/big.bin") == big
     assert archive.read("a/b.csv").decode().splitlines() == ["x", "'=1+1", "ok"]
     assert archive.getinfo("a/big.bin").external_attr >> 16 == 0o644
+
+
+def test_the_training_jobs_frozen_rows_are_never_shipped_as_model_files() -> None:
+    from worker.pipeline import DATA_FILE
+
+    assert exports.NOT_MODEL_FILES.fullmatch(DATA_FILE)
+    assert exports.NOT_MODEL_FILES.fullmatch("model.safetensors.tmp")
+    assert not exports.NOT_MODEL_FILES.fullmatch("model.safetensors")
+    assert not exports.NOT_MODEL_FILES.fullmatch("head.safetensors")
