@@ -1,7 +1,7 @@
 """JSON API of the labeling loop (/api/v1/): the pair queue, answers, undo, one-to-many marks,
-adjudication, constraint export/import, and the labeling instructions. Roles are checked as in the
-pages: outsiders 404, annotators answer, curators adjudicate and exchange files, admins say what
-"same" means."""
+adjudication, constraint export/import, the groups as a data set, and the labeling
+instructions. Roles are checked as in the pages: outsiders 404, annotators answer, curators
+adjudicate and exchange files, admins say what "same" means."""
 
 from __future__ import annotations
 
@@ -30,6 +30,7 @@ from labeling.models import (
     Pair,
 )
 from retrieval.api import ImageSerializer
+from retrieval.exports import zip_response
 from retrieval.models import Collection, Image, Membership
 from retrieval.permissions import get_collection_for_user, get_in_collection_for_user
 from retrieval.throttles import SharedRateThrottle
@@ -270,6 +271,24 @@ def export_groups(request: Request, pk: int) -> StreamingHttpResponse:
     )
     response["Content-Disposition"] = f'attachment; filename="groups-{pk}.csv"'
     return response
+
+
+@extend_schema(
+    responses={(200, "application/zip"): OpenApiTypes.BINARY},
+    summary="Export the must-link groups as an image-folder data set (zip)",
+    description=(
+        "One folder <collection>-groups/ with a class folder per group (0001, or 0001-<name> "
+        "when named) holding its images as <image id>-<original name>: the layout torchvision's "
+        "ImageFolder reads. groups.csv says which file is which image; ungrouped.csv lists the "
+        "images in no group."
+    ),
+)
+@api_view(["GET"])
+def export_groups_dataset(request: Request, pk: int) -> StreamingHttpResponse:
+    collection = get_collection_for_user(request.user, pk, Membership.Role.CURATOR)
+    return zip_response(
+        exchange.export_groups_dataset(collection), f"{exchange.dataset_name(collection)}.zip"
+    )
 
 
 @extend_schema(

@@ -19,6 +19,11 @@ urlpatterns = [
         api.labeling_instructions,
         name="instructions",
     ),
+    path(
+        "collections/<int:pk>/groups/dataset/",
+        api.export_groups_dataset,
+        name="export_groups_dataset",
+    ),
     path("pairs/<int:pair_id>/answer/", api.answer, name="answer"),
     path("pairs/<int:pair_id>/undo/", api.undo, name="undo"),
     path("pairs/<int:pair_id>/adjudicate/", api.adjudicate, name="adjudicate"),

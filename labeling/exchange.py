@@ -1,5 +1,5 @@
-"""Constraints and groups in and out: CSV and JSONL exports, and imports that store nothing when
-any line is wrong (every error names its line)."""
+"""Constraints and groups in and out: CSV and JSONL exports, the groups as an image-folder data
+set (zip), and imports that store nothing when any line is wrong (every error names its line)."""
 
 from __future__ import annotations
 
@@ -9,21 +9,38 @@ import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import PurePosixPath
 
 from django.contrib.auth.models import User
+from django.core.files import File
 from django.db import transaction
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
+from django.utils.text import slugify
 
 from audit.models import Event
 from labeling.answers import normalize, refresh_flags, resolve_pair
 from labeling.inference import infer
 from labeling.locks import lock_collection
 from labeling.models import Answer, Constraint, ConstraintRevision, Group, Pair, Source
+from retrieval.exports import (
+    CHUNK,
+    FORMULA_STARTS,
+    Entry,
+    collection_slug,
+    csv_chunks,
+    file_name,
+    safe_cell,
+    zip_stream,
+)
 from retrieval.models import Collection, Image
 
 FIELDS = ["a_id", "b_id", "a_name", "b_name", "answer", "annotator", "time", "source"]
 GROUP_FIELDS = ["group", "name", "image_id", "original_name"]
+DATASET_FIELDS = ["group", "name", "folder", "file", "image_id", "original_name"]
+UNGROUPED_FIELDS = ["image_id", "original_name", "label"]
+# Images whose rows are fetched at once while the data set streams (their files one at a time).
+DATASET_BATCH = 500
 MAX_ERRORS = 50
 ANNOTATOR_MAX = Constraint._meta.get_field("annotator_name").max_length or 150
 
@@ -47,24 +64,13 @@ def constraint_rows(collection: Collection) -> Iterator[dict[str, str | int]]:
         }
 
 
-# A spreadsheet runs a cell that starts with one of these as a formula (OWASP "CSV injection").
-FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
-
-
-def _cell(value: str | int) -> str | int:
-    """A CSV cell a spreadsheet shows as text: a leading quote before a formula start, which
-    `_uncell` takes off again when the file is imported."""
-    if isinstance(value, str) and value.startswith(FORMULA_STARTS):
-        return "'" + value
-    return value
-
-
 def _uncell(value: str) -> str:
+    """What retrieval.exports.safe_cell wrote for a spreadsheet, read back."""
     return value[1:] if value.startswith("'") and value[1:].startswith(FORMULA_STARTS) else value
 
 
 def _safe(row: dict[str, str | int]) -> dict[str, str | int]:
-    return {key: _cell(value) for key, value in row.items()}
+    return {key: safe_cell(value) for key, value in row.items()}
 
 
 def export_csv(collection: Collection) -> Iterator[str]:
@@ -114,6 +120,82 @@ def export_groups_csv(collection: Collection) -> str:
     writer.writeheader()
     writer.writerows(_safe(row) for row in group_rows(collection))
     return buffer.getvalue()
+
+
+def dataset_name(collection: Collection) -> str:
+    return f"{collection_slug(collection)}-groups"
+
+
+def group_folder(number: int, name: str, width: int) -> str:
+    """`0007`, or `0007-sneakers` when the curator named the group: numbered as in the groups
+    CSV, zero-padded so that sorting the folders (as ImageFolder does) keeps that order."""
+    label = slugify(name, allow_unicode=True)
+    return f"{number:0{width}d}-{label}" if label else f"{number:0{width}d}"
+
+
+def export_groups_dataset(collection: Collection) -> Iterator[bytes]:
+    """The must-link groups as a labelled image data set: a zip holding one folder NAME/ with one
+    class folder per group, the class-folder layout torchvision's ImageFolder and
+    `python -m retrieval.autoret --data FOLDER` read as labels.
+
+    - NAME/<group folder>/<image id>-<original name>.<format>: each grouped image's stored file,
+      byte for byte (the id keeps two images of the same name apart);
+    - NAME/groups.csv: group, name, folder, file, image_id, original_name (`file` is empty for an
+      image whose stored file cannot be read: it is left out of its folder);
+    - NAME/ungrouped.csv: image_id, original_name, label of every image in no group, listed and
+      not copied: a class folder of them would tell a trainer they are all alike.
+
+    Images are read one at a time as the zip streams; only ids and names stay in memory."""
+    rows = group_rows(collection)
+    width = max(4, len(str(rows[-1]["group"]))) if rows else 4
+    root = dataset_name(collection)
+
+    def entries() -> Iterator[Entry]:
+        placed: list[dict[str, str | int]] = []
+        for start in range(0, len(rows), DATASET_BATCH):
+            batch = rows[start : start + DATASET_BATCH]
+            images = Image.objects.in_bulk([row["image_id"] for row in batch])
+            for row in batch:
+                folder = group_folder(int(row["group"]), str(row["name"]), width)
+                image = images.get(int(row["image_id"]))
+                handle = _open(image)
+                if image is None or handle is None:
+                    placed.append({**row, "folder": folder, "file": ""})
+                    continue
+                stem = PurePosixPath(file_name(image.original_name, "")).stem
+                suffix = PurePosixPath(image.file.name or "").suffix
+                file = f"{image.pk}-{stem}{suffix}" if stem else f"{image.pk}{suffix}"
+                placed.append({**row, "folder": folder, "file": f"{folder}/{file}"})
+                yield Entry(f"{root}/{folder}/{file}", _read(handle), compress=False)
+        yield Entry(
+            f"{root}/groups.csv",
+            csv_chunks(DATASET_FIELDS, ([row[f] for f in DATASET_FIELDS] for row in placed)),
+        )
+        grouped = {int(row["image_id"]) for row in rows}
+        everything = (
+            Image.objects.filter(collection=collection)
+            .order_by("pk")
+            .values_list("pk", "original_name", "label")
+        )
+        alone = (r for r in everything.iterator(chunk_size=2000) if r[0] not in grouped)
+        yield Entry(f"{root}/ungrouped.csv", csv_chunks(UNGROUPED_FIELDS, alone))
+
+    return zip_stream(entries())
+
+
+def _open(image: Image | None) -> File | None:
+    """The image's stored file, open; None when it is gone (deleted meanwhile, lost on disk)."""
+    if image is None:
+        return None
+    try:
+        return image.file.open("rb")
+    except OSError:
+        return None
+
+
+def _read(handle: File) -> Iterator[bytes]:
+    with handle:
+        yield from handle.chunks(CHUNK)
 
 
 class ImportFailed(ValueError):

@@ -1,7 +1,11 @@
-"""JSON API for collections and image import (/api/v1/); roles are checked as in the pages."""
+"""JSON API for collections, image import and the embeddings and model downloads (/api/v1/);
+roles are checked as in the pages."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+
+from django.http import HttpResponseBase
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import (
     OpenApiParameter,
@@ -12,16 +16,17 @@ from drf_spectacular.utils import (
 )
 from rest_framework import serializers, status
 from rest_framework.decorators import api_view, parser_classes
-from rest_framework.exceptions import PermissionDenied, ValidationError
+from rest_framework.exceptions import NotFound, PermissionDenied, ValidationError
 from rest_framework.parsers import MultiPartParser
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.validators import UniqueValidator
 
+from retrieval import exports
 from retrieval.actions import create_collection, images_after
 from retrieval.forms import NAME_TAKEN
 from retrieval.imports import Limits, embed_later, from_uploads, import_items
-from retrieval.models import Collection, Image, Membership
+from retrieval.models import Collection, Image, Membership, ModelVersion
 from retrieval.permissions import (
     get_collection_for_user,
     may_create_collections,
@@ -198,3 +203,72 @@ def _upload(request: Request, pk: int) -> Response:
         "rejected": [{"name": n, "error": e} for n, e in report.rejected],
     }
     return Response(body, status=400 if report.stored_nothing else status.HTTP_201_CREATED)
+
+
+class VersionChoiceSerializer(serializers.Serializer):
+    version = serializers.IntegerField(
+        required=False,
+        min_value=1,
+        max_value=2**31 - 1,
+        help_text="The model version's number; the active version when left out.",
+    )
+
+
+ZIP_DOWNLOAD = {
+    (200, "application/zip"): OpenApiTypes.BINARY,
+    400: OpenApiTypes.OBJECT,
+    404: OpenApiTypes.OBJECT,
+    409: OpenApiTypes.OBJECT,
+}
+
+
+def _zip_download(
+    request: Request,
+    pk: int,
+    export: Callable[[ModelVersion], Iterator[bytes]],
+    name: Callable[[ModelVersion], str],
+) -> HttpResponseBase:
+    """One version's download for curators (who may export constraints): 404 for no such
+    version, 409 saying why when the version has nothing to give in this form."""
+    collection = get_collection_for_user(request.user, pk, Membership.Role.CURATOR)
+    choice = VersionChoiceSerializer(data=request.query_params)
+    choice.is_valid(raise_exception=True)
+    try:
+        version = exports.version_for_export(collection, choice.validated_data.get("version"))
+        body = export(version)
+    except ModelVersion.DoesNotExist:
+        raise NotFound("No such version in this collection.") from None
+    except exports.NotExportable as refused:
+        return Response({"detail": str(refused)}, status=status.HTTP_409_CONFLICT)
+    return exports.zip_response(body, f"{name(version)}.zip")
+
+
+@extend_schema(
+    parameters=[VersionChoiceSerializer],
+    responses=ZIP_DOWNLOAD,
+    summary="Download a ready version's embeddings (zip of .npy and .csv)",
+    description=(
+        "NAME.npy: float32 N x 128, the vectors search uses, one row per image by image id; "
+        "NAME.csv: row, image_id, original_name, label for each row. NAME is "
+        "<collection>-v<number>-embeddings. 409 for a version that is not ready."
+    ),
+)
+@api_view(["GET"])
+def export_embeddings(request: Request, pk: int) -> HttpResponseBase:
+    return _zip_download(request, pk, exports.export_embeddings, exports.embeddings_name)
+
+
+@extend_schema(
+    parameters=[VersionChoiceSerializer],
+    responses=ZIP_DOWNLOAD,
+    summary="Download a trained version's model (zip of its checkpoint directory)",
+    description=(
+        "One folder <collection>-v<number>-model/ with the checkpoint files (safetensors weights "
+        "and checkpoint.json); unzipped, `python -m retrieval.autoret embed --checkpoint FOLDER` "
+        "embeds images as the platform does. 409 for a version with no checkpoint (untrained or "
+        "pretrained networks are rebuilt from their config) or one still training."
+    ),
+)
+@api_view(["GET"])
+def export_model(request: Request, pk: int) -> HttpResponseBase:
+    return _zip_download(request, pk, exports.export_model, exports.model_name)

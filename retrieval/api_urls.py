@@ -9,9 +9,13 @@ from retrieval import api, search_api
 app_name = "api"
 
 urlpatterns = [
-    # Collections and images (retrieval/api.py)
+    # Collections, images, embeddings and model downloads (retrieval/api.py)
     path("collections/", api.collections, name="collections"),
     path("collections/<int:pk>/images/", api.collection_images, name="collection_images"),
+    path(
+        "collections/<int:pk>/embeddings/export/", api.export_embeddings, name="export_embeddings"
+    ),
+    path("collections/<int:pk>/model/export/", api.export_model, name="export_model"),
     # Search (retrieval/search_api.py)
     path("collections/<int:pk>/search/", search_api.api_search, name="search"),
 ]

@@ -240,6 +240,14 @@ def near_duplicate_pairs(
     return ordered, next_after
 
 
+def _ids_and_vectors(rows: Sequence[tuple[Any, Any]]) -> tuple[list[int], np.ndarray]:
+    ids = [int(i) for i, _ in rows]
+    vectors = np.array([_to_numpy(v) for _, v in rows], dtype=np.float32).reshape(
+        len(rows), EMBED_DIM
+    )
+    return ids, vectors
+
+
 def sample_for_map(
     version: VersionRef, n: int, spread: bool = True
 ) -> tuple[list[int], np.ndarray]:
@@ -255,12 +263,20 @@ def sample_for_map(
             f"ORDER BY {order} LIMIT %s",
             [n],
         )
-        rows = cursor.fetchall()
-    ids = [int(i) for i, _ in rows]
-    vectors = np.array([_to_numpy(v) for _, v in rows], dtype=np.float32).reshape(
-        len(rows), EMBED_DIM
-    )
-    return ids, vectors
+        return _ids_and_vectors(cursor.fetchall())
+
+
+def vectors_after(version: VersionRef, after_image_id: int, n: int) -> tuple[list[int], np.ndarray]:
+    """The next n (image_id, vector) of the version by image id after `after_image_id`: a keyset
+    walk through the (version_id, image_id) btree, so reading a whole version for an export
+    costs the same per batch at any depth and holds one batch at a time."""
+    with vector_cursor() as cursor:
+        cursor.execute(
+            f"SELECT image_id, vector FROM {TABLE} WHERE {version_filter(version_id_of(version))} "
+            "AND image_id > %s ORDER BY image_id LIMIT %s",
+            [int(after_image_id), n],
+        )
+        return _ids_and_vectors(cursor.fetchall())
 
 
 def neighbour_lists(

@@ -21,7 +21,7 @@ from retrieval.imports import (
     from_uploads,
     import_items,
 )
-from retrieval.models import Collection, Image, Membership
+from retrieval.models import Collection, Image, Membership, ModelVersion
 from retrieval.permissions import (
     get_collection_for_user,
     may_create_collections,
@@ -81,13 +81,18 @@ def _after(request: HttpRequest) -> int | None:
 def _collection_context(request: HttpRequest, collection: Collection) -> dict[str, Any]:
     images, next_after = images_after(collection, _after(request), PAGE_SIZE)
     role = role_in(request.user, collection) or 0
+    curator = role >= Membership.Role.CURATOR
+    # Lazy: read only when the whole page renders, never for a "load more" partial.
+    ready = collection.versions.filter(status=ModelVersion.Status.READY).order_by("-number")
     return {
         "collection": collection,
         "images": images,
         "next_after": next_after,
-        "can_upload": role >= Membership.Role.CURATOR,
+        "can_upload": curator,
         "is_admin": role >= Membership.Role.ADMIN,
         "upload_form": UploadForm(),
+        "embedding_versions": ready if curator else [],
+        "model_versions": ready.exclude(checkpoint="") if curator else [],
     }
 
 

@@ -56,6 +56,8 @@ CASES: dict[str, Case] = {
     "api:collections": Case("GET", SIGNED_IN, api=True),
     "api:collection_images": Case("GET", Role.ANNOTATOR, ("collection",), api=True),
     "api:search": Case("POST", Role.ANNOTATOR, ("collection",), api=True),
+    "api:export_embeddings": Case("GET", Role.CURATOR, ("collection",), api=True),
+    "api:export_model": Case("GET", Role.CURATOR, ("collection",), api=True),
     # Training, versions, jobs (worker)
     "worker:status": Case("GET", SIGNED_IN),
     "worker:models": Case("GET", Role.ANNOTATOR, ("collection",)),
@@ -85,6 +87,7 @@ CASES: dict[str, Case] = {
     # Reading is for every member; changing them (PATCH) needs the admin role: see
     # tests/labeling/test_instructions.py.
     "labeling_api:instructions": Case("GET", Role.ANNOTATOR, ("collection",), api=True),
+    "labeling_api:export_groups_dataset": Case("GET", Role.CURATOR, ("collection",), api=True),
     "labeling_api:answer": Case("POST", Role.ANNOTATOR, ("pair",), api=True),
     "labeling_api:undo": Case("POST", Role.ANNOTATOR, ("pair",), api=True),
     "labeling_api:adjudicate": Case("POST", Role.CURATOR, ("pair",), api=True),

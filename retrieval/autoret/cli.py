@@ -13,13 +13,20 @@ import argparse
 import dataclasses
 import json
 import sys
+import tempfile
+import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from retrieval.autoret.checkpoint import CheckpointError, load_model, save_head_checkpoint
+from retrieval.autoret.checkpoint import (
+    INFO_FILE,
+    CheckpointError,
+    load_model,
+    save_head_checkpoint,
+)
 from retrieval.autoret.data import DataError, ImageSet, load_dataset
 from retrieval.autoret.embed import embed_images
 from retrieval.autoret.evaluate import evaluate_retrieval
@@ -126,14 +133,24 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     e = commands.add_parser("embed", help="embed images with a checkpoint into a .npy file")
-    e.add_argument("--checkpoint", required=True, type=Path)
+    e.add_argument(
+        "--checkpoint",
+        required=True,
+        type=Path,
+        help="checkpoint directory, or a model zip downloaded from the platform",
+    )
     e.add_argument("--data", required=True)
     e.add_argument("--out", required=True, type=Path, help="FILE.npy, float32 N x D")
     e.add_argument("--batch-size", type=int, default=256)
     e.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
 
     v = commands.add_parser("evaluate", help="print mAP@k and precision@k as one JSON object")
-    v.add_argument("--checkpoint", required=True, type=Path)
+    v.add_argument(
+        "--checkpoint",
+        required=True,
+        type=Path,
+        help="checkpoint directory, or a model zip downloaded from the platform",
+    )
     v.add_argument("--queries", required=True)
     v.add_argument("--database", required=True)
     v.add_argument("--k", type=int, default=1000)
@@ -232,6 +249,15 @@ def _train(args: argparse.Namespace) -> None:
 
 
 def _load(checkpoint: Path, device: str) -> AutoRet | PretrainedAutoRet:
+    if checkpoint.is_file() and zipfile.is_zipfile(checkpoint):
+        # A model downloaded from the platform, used without unzipping it first: the weights are
+        # in memory once loaded, so the unpacked copy can go.
+        with tempfile.TemporaryDirectory() as folder, zipfile.ZipFile(checkpoint) as archive:
+            archive.extractall(folder)
+            found = sorted(path.parent for path in Path(folder).rglob(INFO_FILE))
+            if len(found) != 1:
+                raise CheckpointError(f"{checkpoint}: holds {len(found)} checkpoints, not one")
+            return load_model(found[0], device)
     if not checkpoint.is_dir():
         raise CheckpointError(f"{checkpoint}: no such checkpoint directory")
     return load_model(checkpoint, device)

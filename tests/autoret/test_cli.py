@@ -3,6 +3,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -166,6 +167,18 @@ def test_missing_checkpoint_is_one_error_line(
     )
     err = capsys.readouterr().err
     assert code == 2 and err == f"error: {tmp_path / 'nope'}: no such checkpoint directory\n"
+
+
+def test_a_zip_without_a_checkpoint_is_one_error_line(
+    tmp_path: Path, tiny_npz: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    archive = tmp_path / "model.zip"
+    with zipfile.ZipFile(archive, "w") as out:
+        out.writestr("v3-model/notes.txt", "no checkpoint.json here")
+    argv = ["embed", "--checkpoint", str(archive), "--data", str(tiny_npz)]
+    code = main([*argv, "--out", str(tmp_path / "v.npy")])
+    err = capsys.readouterr().err
+    assert code == 2 and err == f"error: {archive}: holds 0 checkpoints, not one\n"
 
 
 def test_bad_data_path_from_the_command_line_is_one_error_line(tmp_path: Path) -> None:

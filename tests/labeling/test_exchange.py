@@ -4,6 +4,7 @@ nothing stored from a file with any bad line."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
@@ -190,3 +191,80 @@ def test_the_management_command_exports_and_imports(collection, answered, tmp_pa
     bad.write_text("a_id,b_id,answer\n1,2,maybe\n")
     with pytest.raises(CommandError, match="line 2"):
         call_command("constraints", "import", collection.name, str(bad))
+
+
+def test_groups_data_set_is_read_as_classes_by_imagefolder_and_the_folder_loader(
+    curator_client, collection, answered, curator, tmp_path
+):
+    import csv
+    import io
+    import zipfile
+
+    from torchvision.datasets import ImageFolder
+
+    from retrieval.autoret.data import load_image_folder
+
+    x = answered
+    answers.record_answer(answers.pair_for(collection, x[6].pk, x[7].pk), curator, Answer.SAME)
+    answers.name_group(collection, x[0], "Sneakers / boots", curator)
+    # Two images of one name in one group, and a name that tries to leave its folder.
+    x[6].original_name = x[7].original_name = "same.png"
+    x[6].save(update_fields=["original_name"])
+    x[7].save(update_fields=["original_name"])
+    x[1].original_name = "../../etc/passwd.png"
+    x[1].save(update_fields=["original_name"])
+    response = curator_client.get(f"/api/v1/collections/{collection.pk}/groups/dataset/")
+    assert response.status_code == 200
+    assert 'filename="shoes-and-shirts-groups.zip"' in response["Content-Disposition"]
+    archive = zipfile.ZipFile(io.BytesIO(b"".join(response.streaming_content)))
+    root = "shoes-and-shirts-groups"
+    assert sorted(archive.namelist()) == [
+        f"{root}/0001-sneakers-boots/{x[0].pk}-img000.png",
+        f"{root}/0001-sneakers-boots/{x[1].pk}-passwd.png",
+        f"{root}/0001-sneakers-boots/{x[2].pk}-img002.png",
+        f"{root}/0002/{x[6].pk}-same.png",
+        f"{root}/0002/{x[7].pk}-same.png",
+        f"{root}/groups.csv",
+        f"{root}/ungrouped.csv",
+    ]
+    assert archive.read(f"{root}/0002/{x[6].pk}-same.png") == x[6].file.open("rb").read()
+    archive.extractall(tmp_path)
+
+    dataset = ImageFolder(str(tmp_path / root))
+    assert dataset.classes == ["0001-sneakers-boots", "0002"]
+    by_id = {int(Path(path).name.split("-")[0]): label for path, label in dataset.samples}
+    assert by_id == {x[0].pk: 0, x[1].pk: 0, x[2].pk: 0, x[6].pk: 1, x[7].pk: 1}
+
+    ours = load_image_folder(tmp_path / root)
+    assert ours.class_names == ["0001-sneakers-boots", "0002"]
+    assert ours.labels is not None and ours.labels.tolist() == [0, 0, 0, 1, 1]
+
+    groups = list(csv.DictReader(io.StringIO(archive.read(f"{root}/groups.csv").decode())))
+    assert [(int(r["group"]), r["name"], int(r["image_id"])) for r in groups] == [
+        (1, "Sneakers / boots", x[0].pk),
+        (1, "Sneakers / boots", x[1].pk),
+        (1, "Sneakers / boots", x[2].pk),
+        (2, "", x[6].pk),
+        (2, "", x[7].pk),
+    ]
+    assert groups[3]["file"] == f"0002/{x[6].pk}-same.png"
+    alone = list(csv.DictReader(io.StringIO(archive.read(f"{root}/ungrouped.csv").decode())))
+    grouped = {x[i].pk for i in (0, 1, 2, 6, 7)}
+    assert [int(r["image_id"]) for r in alone] == sorted(i.pk for i in x if i.pk not in grouped)
+    assert alone[0].keys() == {"image_id", "original_name", "label"}
+
+
+def test_an_image_whose_file_is_gone_is_listed_not_packed(curator_client, collection, answered):
+    import csv
+    import io
+    import zipfile
+
+    answered[1].file.delete(save=False)
+    response = curator_client.get(f"/api/v1/collections/{collection.pk}/groups/dataset/")
+    archive = zipfile.ZipFile(io.BytesIO(b"".join(response.streaming_content)))
+    root = "shoes-and-shirts-groups"
+    assert not [n for n in archive.namelist() if n.startswith(f"{root}/0001/{answered[1].pk}-")]
+    groups = csv.DictReader(io.StringIO(archive.read(f"{root}/groups.csv").decode()))
+    files = {int(r["image_id"]): r["file"] for r in groups}
+    assert files[answered[1].pk] == ""
+    assert files[answered[0].pk] == f"0001/{answered[0].pk}-img000.png"
