@@ -19,9 +19,11 @@ from django.db import connection
 from django.test import Client
 from rest_framework.test import APIClient
 
-from retrieval import embedding, exports, queries, versions
+from retrieval import embedding, exports, features, queries, versions
 from retrieval.autoret import cli
-from retrieval.autoret.checkpoint import save_checkpoint
+from retrieval.autoret.checkpoint import load_model, save_checkpoint
+from retrieval.autoret.head import PretrainedAutoRet
+from retrieval.autoret.head_training import embed_features
 from retrieval.autoret.model import create_model
 from retrieval.imports import Candidate, import_items
 from retrieval.models import Collection, Image, ModelVersion
@@ -42,8 +44,9 @@ def models_dir(settings, tmp_path: Path) -> Path:
 
 @pytest.fixture
 def trained(collection: Collection, models_dir: Path) -> ModelVersion:
-    """Version 1: the untrained network, active. Version 2: a model with a checkpoint on disk
-    (and the frozen training rows a job leaves beside it), embedded by the platform, ready."""
+    """Version 1: the fitted head on pretrained features, active. Version 2: a model with a
+    checkpoint on disk (and the frozen training rows a job leaves beside it), embedded by the
+    platform, ready."""
     pictures = [Candidate(f"{i}.png", partial(png, i, SIZE), f"class{i % 3}") for i in range(10)]
     assert not import_items(collection, pictures).rejected
     embedding.embed_new_images(collection)
@@ -190,13 +193,33 @@ def test_downloaded_model_embeds_through_the_cli_as_the_platform_does(
     np.testing.assert_array_equal(np.load(tmp_path / "zip.npy"), np.load(out))
 
 
-def test_an_untrained_version_has_no_model_to_download(
+def test_version_one_downloads_as_its_fitted_head_and_embeds_the_stored_features_alike(
+    api: APIClient, collection: Collection, trained: ModelVersion, tmp_path: Path
+) -> None:
+    archive = download(api, f"/api/v1/collections/{collection.pk}/model/export/?version=1")
+    archive.extractall(tmp_path / "download")
+    (info,) = (tmp_path / "download").rglob("checkpoint.json")
+    model = load_model(info.parent)
+    assert isinstance(model, PretrainedAutoRet)
+    version = ModelVersion.objects.get(collection=collection, number=1)
+    ids, array = features.read_all(collection, model.feature_config)
+    vectors = embed_features(model.head, torch.from_numpy(array)).numpy()
+    stored = np.stack([np.asarray(queries.vector_of(version, image_id)) for image_id in ids])
+    np.testing.assert_allclose(vectors, stored, atol=1e-5)
+
+
+def test_a_seeded_untrained_network_has_no_model_to_download(
     api: APIClient, collection: Collection, trained: ModelVersion
 ) -> None:
-    response = api.get(f"/api/v1/collections/{collection.pk}/model/export/")
+    ModelVersion.objects.create(
+        collection=collection, number=3, kind=ModelVersion.Kind.UNTRAINED,
+        config={"model": versions.initial_model_config(collection), "seed": 0},
+        status=ModelVersion.Status.READY,
+    )  # fmt: skip
+    response = api.get(f"/api/v1/collections/{collection.pk}/model/export/?version=3")
     assert response.status_code == 409
     detail = response.json()["detail"]
-    assert "Version 1" in detail and "seed 0" in detail and "no checkpoint" in detail
+    assert "Version 3" in detail and "seed 0" in detail and "no checkpoint" in detail
 
 
 def test_a_checkpoint_still_training_is_not_a_model_yet(
@@ -225,7 +248,7 @@ def test_the_collection_page_offers_curators_the_downloads(
     assert f"/api/v1/collections/{collection.pk}/groups/dataset/" in html
     assert f"/api/v1/collections/{collection.pk}/embeddings/export/" in html
     assert f"/api/v1/collections/{collection.pk}/model/export/" in html
-    assert '<option value="1" selected>1: untrained network (active)</option>' in html
+    assert '<option value="1" selected>1: ImageNet features, untrained (active)</option>' in html
     assert '<option value="2">2: trained on this collection</option>' in html
     client.force_login(annotator)
     html = client.get(f"/collections/{collection.pk}/").content.decode()
