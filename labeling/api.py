@@ -51,6 +51,7 @@ def pair_payload(request: Request | Any, pair: Pair) -> dict[str, Any]:
         "a": image(pair.a),
         "b": image(pair.b),
         "strategy": pair.strategy,
+        "version": pair.version_number,
         "lease_expires_at": pair.lease_expires_at.isoformat() if pair.lease_expires_at else None,
     }
 
@@ -65,6 +66,9 @@ PairSerializer = inline_serializer(
         "a": ImageRef,
         "b": ImageRef,
         "strategy": serializers.CharField(),
+        "version": serializers.IntegerField(
+            allow_null=True, help_text="Number of the model version that proposed the pair"
+        ),
         "lease_expires_at": serializers.DateTimeField(),
     },
 )

@@ -173,6 +173,9 @@ class Pair(models.Model):
     # Contradicts what the other answers imply: kept out of inference and training until a
     # curator adjudicates.
     flagged = models.BooleanField(default=False)
+    # Not a column: the proposing version's number, read with the lease (pair_queue._claim) so
+    # the Label page can say which model chose the pair.
+    version_number: int | None = None
     adjudicated = models.CharField(max_length=10, choices=Answer.choices, blank=True)
     adjudicated_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"

@@ -16,7 +16,7 @@ from django.utils import timezone
 from labeling.models import Constraint, LabelingSettings, Pair
 from labeling.signals import mining_wanted
 from labeling.strategies import mine, settings_for
-from retrieval.models import Collection, Image
+from retrieval.models import Collection, Image, ModelVersion
 
 
 def _request_mining(collection: Collection, labeling: LabelingSettings) -> None:
@@ -107,7 +107,8 @@ _CLAIM = """
     UPDATE {pair} p SET leased_by_id = %(user)s, lease_expires_at = %(until)s
     FROM chosen, open, {image} ia, {image} ib
     WHERE p.id = chosen.id AND ia.id = p.a_id AND ib.id = p.b_id
-    RETURNING {columns}, ia.file, ib.file, open.n - (CASE WHEN chosen.held THEN 0 ELSE 1 END)
+    RETURNING {columns}, ia.file, ib.file, open.n - (CASE WHEN chosen.held THEN 0 ELSE 1 END),
+        (SELECT v.number FROM {version} v WHERE v.id = p.version_id)
 """
 
 
@@ -117,7 +118,12 @@ def _claim(
     """(the leased pair with its images, open pairs left), or None when none is free."""
     fields = [f.attname for f in Pair._meta.concrete_fields]
     columns = ", ".join(f"p.{f.column}" for f in Pair._meta.concrete_fields)
-    sql = _CLAIM.format(pair=Pair._meta.db_table, image=Image._meta.db_table, columns=columns)
+    sql = _CLAIM.format(
+        pair=Pair._meta.db_table,
+        image=Image._meta.db_table,
+        version=ModelVersion._meta.db_table,
+        columns=columns,
+    )
     params: dict[str, Any] = {
         "collection": collection_id, "user": user_id, "exclude": exclude,
         "now": now, "until": until,
@@ -127,8 +133,10 @@ def _claim(
         row = cursor.fetchone()
     if row is None:
         return None
-    *values, a_file, b_file, open_left = row
+    *values, a_file, b_file, open_left, version_number = row
     pair = Pair.from_db(connection.alias, fields, values)
+    # The number of the model version that proposed the pair, for the page to say so.
+    pair.version_number = version_number
     # Of the images only the files were read: their other fields load if anything asks for them.
     image = ["id", "collection_id", "file"]
     pair.a = Image.from_db(connection.alias, image, [pair.a_id, collection_id, a_file])

@@ -13,12 +13,12 @@ from datetime import timedelta
 from django.conf import settings
 from django.contrib.auth.models import User
 from django.db import IntegrityError, transaction
-from django.db.models import Max
+from django.db.models import Exists, Max, OuterRef
 from django.utils import timezone
 
 from audit.models import Event
 from retrieval import versions
-from retrieval.models import Collection, ModelVersion
+from retrieval.models import Collection, Embedding, ModelVersion
 from retrieval.versions import VersionNotAllowed
 from worker.enqueue import send_on_commit
 from worker.models import PRETRAINED, RECIPES, Job, TrainingPolicy
@@ -142,6 +142,17 @@ def _check_daily_minutes(user: User, budget: float) -> None:
             f"You asked for {used:g} training minutes in the last 24 hours; with {budget:g} more "
             f"that would pass your limit of {allowed:g}."
         )
+
+
+def has_images_to_embed(collection: Collection) -> bool:
+    """Whether an image of the collection lacks a vector in its active version (every image
+    does while it has none)."""
+    if collection.active_version_id is None:
+        return collection.images.exists()
+    vectors = Embedding.objects.filter(
+        version_id=collection.active_version_id, image=OuterRef("pk")
+    )
+    return collection.images.exclude(Exists(vectors)).exists()
 
 
 def start_embedding(collection: Collection, user: User | None = None) -> Job:

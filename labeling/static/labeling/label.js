@@ -42,6 +42,8 @@
   const newKey = () =>
     crypto.randomUUID ? crypto.randomUUID() : `${Date.now()}-${Math.random().toString(16).slice(2)}`;
   const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+  const IDLE_CHECK_MS = 5000;
+  let idleCheck = null;
 
   // Logging in (again, perhaps in another tab) rotates the CSRF token: the cookie has the new one.
   function csrfToken() {
@@ -154,16 +156,25 @@
       pinForm.elements.b.value = pair ? pair.b.id : "";
       pinForm.querySelectorAll("button").forEach((button) => (button.disabled = !enabled));
     }
+    clearTimeout(idleCheck);
     if (!pair) {
       imageA.removeAttribute("src");
       imageB.removeAttribute("src");
-      status.textContent = "Nothing left to label right now. New pairs come after the next model.";
+      status.textContent =
+        "Nothing left to label right now. New pairs come with the next model; checking every few seconds.";
+      // Retraining runs by itself after enough answers and mines new pairs: look again.
+      idleCheck = setTimeout(async () => {
+        if (current) return;
+        const next = await fetchNext();
+        if (!current) show(next);
+      }, IDLE_CHECK_MS);
       return;
     }
     imageA.src = pair.a.url;
     imageB.src = pair.b.url;
     root.dataset.pairId = pair.pair_id;
-    status.textContent = `Pair ${pair.pair_id}${pair.strategy ? ` (${pair.strategy})` : ""}`;
+    const why = [pair.strategy, pair.version ? `model v${pair.version}` : ""].filter(Boolean);
+    status.textContent = `Pair ${pair.pair_id}${why.length ? ` (${why.join(", ")})` : ""}`;
     upcoming = fetchNext();
   }
 
