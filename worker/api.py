@@ -14,7 +14,7 @@ from rest_framework.response import Response
 from retrieval.models import Membership, ModelVersion
 from retrieval.permissions import get_collection_for_user, get_in_collection_for_user
 from worker import actions
-from worker.models import Job
+from worker.models import PRETRAINED, RECIPES, Job
 
 
 class JobSerializer(serializers.ModelSerializer):
@@ -75,6 +75,12 @@ class TrainRequest(serializers.Serializer):
         max_value=24 * 60,
         help_text="Training budget; the collection's setting or AUTORET_TRAIN_MINUTES if left out.",
     )
+    recipe = serializers.ChoiceField(
+        choices=RECIPES,
+        default=PRETRAINED,
+        help_text="pretrained: the head on cached ImageNet features (the default); scratch: the "
+        "from-scratch network; finetune: the ImageNet backbone trained in full (GPU workers).",
+    )
 
 
 QuotaRefusal = inline_serializer("QuotaRefusal", {"detail": serializers.CharField()})
@@ -99,6 +105,7 @@ def train(request: Request, pk: int) -> Response:
             collection,
             request.user,  # type: ignore[arg-type]  # authenticated: never anonymous
             body.validated_data.get("minutes"),
+            recipe=body.validated_data["recipe"],
         )
     except actions.TrainingAlreadyRunning as refused:
         return Response(

@@ -27,7 +27,7 @@ from retrieval.permissions import (
 )
 from worker import actions
 from worker.health import system_health
-from worker.models import Job, TrainingPolicy
+from worker.models import FINETUNE, PRETRAINED, SCRATCH, Job, TrainingPolicy
 
 # Points drawn in a loss curve: enough for its shape, few enough for a light page.
 CURVE_POINTS = 200
@@ -55,6 +55,14 @@ def status(request: HttpRequest) -> HttpResponse:
 
 class TrainForm(forms.Form):
     minutes = forms.FloatField(min_value=0.01, max_value=24 * 60, required=False)
+    recipe = forms.ChoiceField(
+        choices=[
+            (PRETRAINED, "head on ImageNet features (default, seconds)"),
+            (SCRATCH, "from-scratch network, 32 px"),
+            (FINETUNE, "fine-tune the ImageNet backbone (GPU workers)"),
+        ],
+        required=False,
+    )
 
 
 class PolicyForm(forms.Form):
@@ -187,7 +195,12 @@ def train(request: HttpRequest, pk: int) -> HttpResponse:
         return _models_page(request, collection, form, status=400)
     user: User = request.user  # type: ignore[assignment]  # login_required: never anonymous
     try:
-        job = actions.start_training(collection, user, form.cleaned_data["minutes"])
+        job = actions.start_training(
+            collection,
+            user,
+            form.cleaned_data["minutes"],
+            recipe=form.cleaned_data["recipe"] or PRETRAINED,
+        )
     except actions.TrainingAlreadyRunning as refused:
         messages.error(request, str(refused))
         return _models_page(request, collection, form, status=409)

@@ -132,7 +132,7 @@ def test_short_training_on_fashion_mnist_lowers_the_loss_and_separates_held_out_
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    "settings",
+    "options",
     [
         {"pairing": "batch-all"},
         {"pairing": "batch-all", "labels_fraction": 0.5},
@@ -141,9 +141,9 @@ def test_short_training_on_fashion_mnist_lowers_the_loss_and_separates_held_out_
     ],
 )
 def test_batch_all_and_nt_xent_training_is_finite_and_reproducible(
-    random_images: ImageSet, settings: dict[str, object]
+    random_images: ImageSet, options: dict[str, object]
 ) -> None:
-    cfg = TrainConfig(batch_size=8, epochs=1, progress_bar=False, log_every=2, **settings)  # type: ignore[arg-type]
+    cfg = TrainConfig(batch_size=8, epochs=1, progress_bar=False, log_every=2, **options)  # type: ignore[arg-type]
     a, b = tiny_model(), tiny_model()
     ra = train(a, random_images, cfg)
     train(b, random_images, cfg)

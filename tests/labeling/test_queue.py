@@ -37,7 +37,7 @@ def test_next_pair_leases_a_mined_pair(collection, images, annotator):
     response = client_for(annotator).get(next_url(collection))
     assert response.status_code == 200
     body = response.json()
-    assert set(body) == {"pair_id", "a", "b", "strategy", "lease_expires_at"}
+    assert set(body) == {"pair_id", "a", "b", "strategy", "version", "lease_expires_at"}
     assert body["a"]["id"] < body["b"]["id"]
     assert body["a"]["url"].startswith("http://testserver/media/")
     pair = Pair.objects.get(pk=body["pair_id"])

@@ -17,7 +17,7 @@ from retrieval.models import Collection, Embedding, ModelVersion
 from tests.retrieval.test_search_embedding import add_pictures
 from tests.waiting import wait_for
 from tests.worker.conftest import Workers
-from worker.models import Job
+from worker.models import PRETRAINED, SCRATCH, Job
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
@@ -31,9 +31,11 @@ def searchable(collection: Collection, n: int) -> Collection:
     return collection
 
 
-def start(api: APIClient, collection: Collection, minutes: float) -> Job:
+def start(api: APIClient, collection: Collection, minutes: float, recipe: str = PRETRAINED) -> Job:
     response = api.post(
-        reverse("worker_api:train", args=[collection.pk]), {"minutes": minutes}, format="json"
+        reverse("worker_api:train", args=[collection.pk]),
+        {"minutes": minutes, "recipe": recipe},
+        format="json",
     )
     assert response.status_code == 202, response.content
     return Job.objects.get(pk=response.json()["job_id"])
@@ -103,7 +105,8 @@ def test_cancel_stops_a_running_training_job(workers: Workers, collection, api) 
 def test_kill_9_mid_training_resumes_from_the_checkpoint(workers: Workers, collection, api) -> None:
     searchable(collection, 16)
     first = workers.start()
-    job = start(api, collection, minutes=0.3)
+    # The from-scratch recipe trains in checkpointed slices; the head trains in one short step.
+    job = start(api, collection, minutes=0.3, recipe=SCRATCH)
     version = job.version_or_fail()
     wait_for(lambda: checkpoint_step(version) > 0, "a checkpoint with steps in it")
     workers.kill(first)
