@@ -14,9 +14,12 @@ where the initial version is made.
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
+from django.conf import settings
 from django.contrib.auth.models import User
 from django.db import transaction
 from django.utils import timezone
@@ -184,6 +187,18 @@ def fail(version_id: int) -> bool:
         .exclude(status=ModelVersion.Status.READY)
         .update(status=ModelVersion.Status.FAILED)
     )
+
+
+def checkpoint_dir(version: ModelVersion) -> Path:
+    """Where a trained version's checkpoint lives (ModelVersion.checkpoint under MODELS_DIR)."""
+    return Path(settings.MODELS_DIR) / version.checkpoint
+
+
+def remove_checkpoint(version: ModelVersion) -> None:
+    """Deletes a version's checkpoint directory (a failed version's, a deleted collection's)."""
+    # An empty name would make checkpoint_dir MODELS_DIR itself: every version's checkpoints.
+    if version.checkpoint:
+        shutil.rmtree(checkpoint_dir(version), ignore_errors=True)
 
 
 def abandon(version_id: int) -> bool:

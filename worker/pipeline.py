@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -135,10 +134,6 @@ def run_here(job: Job, progress_bar: bool = True) -> Job:
 # Training ------------------------------------------------------------------------------------
 
 
-def _out_dir(version: ModelVersion) -> Path:
-    return Path(settings.MODELS_DIR) / version.checkpoint
-
-
 def _model_config(version: ModelVersion) -> ModelConfig:
     if "model" not in version.config:
         model = versions.initial_model_config(version.collection)
@@ -208,7 +203,7 @@ def _train_slice(job: Job, progress_bar: bool) -> str:
     version = job.version
     if version is None:
         raise ValueError("a training job needs its model version")
-    out_dir = _out_dir(version)
+    out_dir = versions.checkpoint_dir(version)
     config = _model_config(version)
     data, known = _training_data(job, config, out_dir)
     cfg = _train_config(job, progress_bar)
@@ -414,9 +409,7 @@ def _abandon_version(job: Job) -> None:
     if job.kind != Job.Kind.TRAIN or job.version_id is None:
         return
     if versions.abandon(job.version_id):
-        version = ModelVersion.objects.get(pk=job.version_id)
-        if version.checkpoint:
-            shutil.rmtree(_out_dir(version), ignore_errors=True)
+        versions.remove_checkpoint(ModelVersion.objects.get(pk=job.version_id))
 
 
 def _end_cancelled(job: Job) -> None:
