@@ -122,8 +122,9 @@ def activate(version: ModelVersion, by: User | None = None) -> None:
 def activate_if_first(collection: Collection, version: ModelVersion) -> bool:
     """Completes and activates a fully embedded version when its collection has no active one."""
     with transaction.atomic():
-        locked = Collection.objects.select_for_update().get(pk=collection.pk)
-        if locked.active_version_id is not None:
+        locked = Collection.objects.select_for_update().filter(pk=collection.pk).first()
+        # None: the collection was deleted while its images were being embedded.
+        if locked is None or locked.active_version_id is not None:
             return False
         complete(version)
         _switch(version, None)
