@@ -12,6 +12,8 @@ urlpatterns = [
     # Collections and images (retrieval/api.py)
     path("collections/", api.collections, name="collections"),
     path("collections/<int:pk>/images/", api.collection_images, name="collection_images"),
+    path("collections/<int:pk>/images/delete/", api.delete_images, name="delete_images"),
+    path("collections/<int:pk>/images/<int:image_pk>/", api.image, name="image"),
     # Search (retrieval/search_api.py)
     path("collections/<int:pk>/search/", search_api.api_search, name="search"),
 ]
