@@ -30,6 +30,11 @@ def delete_through_page(client: Client, collection: Collection, ids: list[int]) 
     assert response.status_code == 302, response.content
 
 
+def stored_names(ids: list[int]) -> list[str]:
+    images = Image.objects.filter(pk__in=ids)
+    return [str(name) for image in images for name in (image.file.name, image.thumbnail.name)]
+
+
 def assert_gone(collection: Collection, job: Job, gone: list[int], files: list[str]) -> None:
     assert not Image.objects.filter(pk__in=gone).exists()
     assert not Embedding.objects.filter(image_id__in=gone).exists()
@@ -59,7 +64,7 @@ def test_images_deleted_while_a_worker_embeds_them_stay_deleted(
     wait_for(some_embedded, "the first vectors")
     # Embedded ones and ones the walk has not reached yet.
     gone = [ids[1], ids[2], ids[50], ids[55], ids[59]]
-    files = [n for i in Image.objects.filter(pk__in=gone) for n in (i.file.name, i.thumbnail.name)]
+    files = stored_names(gone)
     client = Client()
     client.login(username=curator.username, password=password)
     delete_through_page(client, collection, gone)
@@ -92,7 +97,7 @@ def test_images_deleted_while_a_worker_trains_stay_deleted(
 
     wait_for(training, "training to start")
     gone = ids[:3]
-    files = [n for i in Image.objects.filter(pk__in=gone) for n in (i.file.name, i.thumbnail.name)]
+    files = stored_names(gone)
     client = Client()
     client.login(username=curator.username, password=password)
     delete_through_page(client, collection, gone)
