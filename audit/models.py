@@ -2,7 +2,7 @@
 
 Rows are written by the action functions that make the changes (labeling/answers.py,
 labeling/exchange.py, retrieval/actions.py, worker/actions.py, config/stack.py,
-retrieval/imports.py, retrieval/versions.py), inside the
+retrieval/imports.py, retrieval/versions.py, retrieval/deletion.py), inside the
 change's own transaction, so a rolled-back change leaves no row and a committed one always has its
 row. Nothing ever updates or deletes a row.
 """
@@ -26,6 +26,8 @@ class Event(models.Model):
         IMPORT = "import", "imported images"
         CONSTRAINTS_IMPORT = "constraints.import", "imported constraints"
         COLLECTION_CREATE = "collection.create", "created the collection"
+        COLLECTION_DELETE = "collection.delete", "deleted the collection"
+        IMAGES_DELETE = "images.delete", "deleted images"
         MEMBER_ADD = "member.add", "added a member"
         MEMBER_ROLE = "member.role", "changed a member's role"
         MEMBER_REMOVE = "member.remove", "removed a member"
@@ -46,8 +48,10 @@ class Event(models.Model):
     # Kept so the log still names a user after the account is deleted.
     username = models.CharField(max_length=150, blank=True)
     action = models.CharField(max_length=24, choices=Action.choices)
-    # No database constraint: deleting a collection must neither delete its log nor be blocked.
-    # A string reference: audit is the lowest app and imports no other app's models.
+    # No database constraint: deleting a collection must neither delete its log nor be blocked,
+    # and its rows keep the id (the deletion's own row stores the name in `detail`, as do the
+    # rows of deleted images). A string reference: audit is the lowest app and imports no other
+    # app's models.
     collection = models.ForeignKey(
         "retrieval.Collection",
         null=True,

@@ -8,7 +8,9 @@ class LabelingConfig(AppConfig):
     verbose_name = "Pair labeling"
 
     def ready(self) -> None:
+        from labeling import deletion
         from labeling.demo import explain_demo
         from retrieval.signals import demo_loaded
 
         demo_loaded.connect(explain_demo, dispatch_uid="labeling-demo-loaded")
+        deletion.connect()

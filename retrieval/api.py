@@ -4,8 +4,10 @@ roles are checked as in the pages."""
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from dataclasses import asdict
 
 from django.http import HttpResponseBase
+from django.shortcuts import get_object_or_404
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import (
     OpenApiParameter,
@@ -22,7 +24,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.validators import UniqueValidator
 
-from retrieval import exports
+from retrieval import deletion, exports
 from retrieval.actions import create_collection, images_after
 from retrieval.forms import NAME_TAKEN
 from retrieval.imports import Limits, embed_later, from_uploads, import_items
@@ -272,3 +274,80 @@ def export_embeddings(request: Request, pk: int) -> HttpResponseBase:
 @api_view(["GET"])
 def export_model(request: Request, pk: int) -> HttpResponseBase:
     return _zip_download(request, pk, exports.export_model, exports.model_name)
+
+
+class ImageDeletionSerializer(serializers.Serializer):
+    images = serializers.ListField(
+        child=serializers.IntegerField(min_value=1, max_value=2**63 - 1),
+        allow_empty=False,
+        max_length=deletion.MAX_DELETE,
+        help_text=f"Ids of the collection's images, at most {deletion.MAX_DELETE}.",
+    )
+
+
+DeletedImagesSerializer = inline_serializer(
+    "DeletedImages",
+    {
+        "deleted": serializers.ListField(
+            child=inline_serializer(
+                "DeletedImage",
+                {
+                    "id": serializers.IntegerField(),
+                    "name": serializers.CharField(),
+                    "sha256": serializers.CharField(),
+                },
+            ),
+            help_text="What was deleted; ids not (or no longer) in the collection are skipped.",
+        )
+    },
+)
+
+
+@extend_schema(
+    request=ImageDeletionSerializer,
+    responses={200: DeletedImagesSerializer},
+    summary="Delete images (curators and admins)",
+    description=(
+        "Deletes the images with their files, vectors, pairs and answers; the groups those "
+        "answers formed are worked out again. Repeating the request deletes nothing more."
+    ),
+)
+@api_view(["POST"])
+def delete_images(request: Request, pk: int) -> Response:
+    collection = get_collection_for_user(request.user, pk, Membership.Role.CURATOR)
+    serializer = ImageDeletionSerializer(data=request.data)
+    serializer.is_valid(raise_exception=True)
+    deleted = deletion.delete_images(
+        collection,
+        serializer.validated_data["images"],
+        by=request.user,  # type: ignore[arg-type]  # authenticated: never anonymous
+    )
+    return Response({"deleted": [asdict(image) for image in deleted]})
+
+
+@extend_schema(
+    methods=["GET"],
+    operation_id="v1_collections_image_retrieve",
+    responses=ImageSerializer,
+    summary="One image of the collection",
+)
+@extend_schema(
+    methods=["DELETE"],
+    operation_id="v1_collections_image_destroy",
+    responses={204: None},
+    summary="Delete one image (curators and admins)",
+    description="As the deletion of a selection; 404 when the image is not in the collection.",
+)
+@api_view(["GET", "DELETE"])
+def image(request: Request, pk: int, image_pk: int) -> Response:
+    needs = Membership.Role.CURATOR if request.method == "DELETE" else Membership.Role.ANNOTATOR
+    collection = get_collection_for_user(request.user, pk, needs)
+    found = get_object_or_404(Image, pk=image_pk, collection=collection)
+    if request.method == "GET":
+        return Response(ImageSerializer(found, context={"request": request}).data)
+    deletion.delete_images(
+        collection,
+        [found.pk],
+        by=request.user,  # type: ignore[arg-type]  # authenticated: never anonymous
+    )
+    return Response(status=status.HTTP_204_NO_CONTENT)

@@ -16,6 +16,8 @@ urlpatterns = [
         "collections/<int:pk>/embeddings/export/", api.export_embeddings, name="export_embeddings"
     ),
     path("collections/<int:pk>/model/export/", api.export_model, name="export_model"),
+    path("collections/<int:pk>/images/delete/", api.delete_images, name="delete_images"),
+    path("collections/<int:pk>/images/<int:image_pk>/", api.image, name="image"),
     # Search (retrieval/search_api.py)
     path("collections/<int:pk>/search/", search_api.api_search, name="search"),
 ]

@@ -188,7 +188,9 @@ def embed_new_images(
     finally:
         if bar is not None:
             bar.close()
-    if result.finished:
+    # The collection (and so the version) may have been deleted meanwhile: an index built now
+    # would be left behind for rows that are gone.
+    if result.finished and ModelVersion.objects.filter(pk=version.pk).exists():
         indexes.build_index(version)
         result.activated = versions.activate_if_first(collection, version)
     return result

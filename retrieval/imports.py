@@ -32,6 +32,7 @@ from PIL import Image as PILImage
 from PIL import UnidentifiedImageError
 
 from audit.models import Event
+from retrieval.deletion import delete_unreferenced
 from retrieval.models import Collection, Image
 from retrieval.signals import images_added
 
@@ -496,15 +497,15 @@ def _store(
     except IntegrityError:
         # Another import stored some of the same images meanwhile: fall back to one row at a time.
         _store_one_by_one(collection, to_create, report, limits)
-        _delete_unreferenced(written)
+        delete_unreferenced(written)
     except BaseException:
-        _delete_unreferenced(written)
+        delete_unreferenced(written)
         raise
     else:
         report.created.extend(image.pk for _, image in to_create)
         report.room = room - len(to_create)
         if len(written) > 2 * len(to_create):
-            _delete_unreferenced(written)
+            delete_unreferenced(written)
     ids = dict(
         Image.objects.filter(
             collection=collection, sha256__in=[c.sha256 for c in repeats]
@@ -569,19 +570,6 @@ def _write(image: Image, field_name: str, filename: str, data: bytes) -> str:
         # import whose transaction failed, or one racing us), so it can be used as it is.
         return name
     return default_storage.save(name, ContentFile(data))
-
-
-def _delete_unreferenced(names: list[str]) -> None:
-    """Removes files written for rows that were not committed (and that no committed row uses)."""
-    for name in names:
-        if not (
-            Image.objects.filter(file=name).exists()
-            or Image.objects.filter(thumbnail=name).exists()
-        ):
-            try:
-                default_storage.delete(name)
-            except OSError:
-                logger.warning("could not remove %s after a failed import", name)
 
 
 # Embedding new images, so they become searchable: the only two call sites.

@@ -23,6 +23,7 @@ from django.db import transaction
 
 from retrieval.autoret.constants import EMBED_DIM
 from retrieval.indexes import ef_search_for, index_info
+from retrieval.models import Image
 from retrieval.vector_sql import TABLE, VersionRef, vector_cursor, version_filter, version_id_of
 
 
@@ -122,12 +123,18 @@ def vectors_of(version: VersionRef, image_ids: Sequence[int]) -> dict[int, np.nd
         return {int(i): _to_numpy(v) for i, v in cursor.fetchall()}
 
 
+IMAGE_TABLE = Image._meta.db_table
+
+
 def copy_embeddings(version: VersionRef, image_ids: Sequence[int], vectors: np.ndarray) -> int:
     """Stores vectors (N x EMBED_DIM float32) for image_ids in `version` by binary COPY.
 
     Rows that already exist (a redelivered batch, a second worker) are skipped, not doubled: the
     COPY goes to a temporary table, then INSERT ... ON CONFLICT DO NOTHING against the unique
-    (version, image) constraint. Returns the number of rows inserted.
+    (version, image) constraint. So are images deleted since the batch was read: the INSERT takes
+    their rows FOR KEY SHARE, which waits for a deletion in progress and then finds no row, so a
+    vector never brings a deleted image back nor fails the batch on its foreign key. Returns the
+    number of rows inserted.
     """
     array = np.ascontiguousarray(vectors, dtype=np.float32)
     if array.ndim != 2 or array.shape[1] != EMBED_DIM or len(array) != len(image_ids):
@@ -150,7 +157,8 @@ def copy_embeddings(version: VersionRef, image_ids: Sequence[int], vectors: np.n
                 copy.write_row((int(image_id), row))
         cursor.execute(
             f"INSERT INTO {TABLE} (version_id, image_id, vector) "
-            f"SELECT {version_id}, image_id, vector FROM embedding_load "
+            f"SELECT {version_id}, batch.image_id, batch.vector FROM embedding_load batch "
+            f"JOIN {IMAGE_TABLE} img ON img.id = batch.image_id FOR KEY SHARE OF img "
             "ON CONFLICT (version_id, image_id) DO NOTHING"
         )
         inserted = int(cursor.rowcount)

@@ -17,8 +17,8 @@ from django.views.decorators.http import require_http_methods
 
 from retrieval import queries
 from retrieval.imports import Rejected
-from retrieval.models import Image
-from retrieval.permissions import get_collection_for_user
+from retrieval.models import Collection, Image, Membership
+from retrieval.permissions import get_collection_for_user, role_in
 from retrieval.search import (
     PAGE_SIZE,
     NoActiveVersion,
@@ -51,6 +51,11 @@ def _int_param(request: HttpRequest, name: str, default: int, low: int, high: in
     return int(value)
 
 
+def _may_delete(request: HttpRequest, collection: Collection) -> bool:
+    # Curators and admins get checkboxes and "Delete selected" (retrieval.views.images_delete).
+    return (role_in(request.user, collection) or 0) >= Membership.Role.CURATOR
+
+
 def _template(request: HttpRequest, name: str, partial: str) -> str:
     # htmx requests get the named partial of the same template (CONVENTIONS: one URL, one view).
     return f"{name}#{partial}" if request.htmx else name  # type: ignore[attr-defined]
@@ -61,7 +66,12 @@ def similar(request: HttpRequest, pk: int, image_pk: int) -> HttpResponse:
     collection = get_collection_for_user(request.user, pk)
     image = get_object_or_404(Image, pk=image_pk, collection=collection)
     offset = _int_param(request, "offset", 0, 0, MAX_OFFSET)
-    context: dict[str, Any] = {"collection": collection, "image": image, "offset": offset}
+    context: dict[str, Any] = {
+        "collection": collection,
+        "image": image,
+        "offset": offset,
+        "can_delete": _may_delete(request, collection),
+    }
     try:
         # One more than a page tells whether "Load more" has anything to load.
         version, pairs = similar_to_image(collection, image, PAGE_SIZE + 1, offset)
@@ -89,6 +99,7 @@ def search(request: HttpRequest, pk: int) -> HttpResponse:
         "version": version_label(active_version_or_none(collection)),
         "hits": None,
         "k": PAGE_SIZE * 2,
+        "can_delete": _may_delete(request, collection),
     }
     status = 200
     if request.method == "POST":

@@ -17,9 +17,12 @@ where the initial version is made.
 from __future__ import annotations
 
 import math
+import shutil
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
+from django.conf import settings
 from django.contrib.auth.models import User
 from django.db import transaction
 from django.utils import timezone
@@ -130,8 +133,9 @@ def activate(version: ModelVersion, by: User | None = None) -> None:
 def activate_if_first(collection: Collection, version: ModelVersion) -> bool:
     """Completes and activates a fully embedded version when its collection has no active one."""
     with transaction.atomic():
-        locked = Collection.objects.select_for_update().get(pk=collection.pk)
-        if locked.active_version_id is not None:
+        locked = Collection.objects.select_for_update().filter(pk=collection.pk).first()
+        # None: the collection was deleted while its images were being embedded.
+        if locked is None or locked.active_version_id is not None:
             return False
         complete(version)
         _switch(version, None)
@@ -195,6 +199,18 @@ def fail(version_id: int) -> bool:
         .exclude(status=ModelVersion.Status.READY)
         .update(status=ModelVersion.Status.FAILED)
     )
+
+
+def checkpoint_dir(version: ModelVersion) -> Path:
+    """Where a trained version's checkpoint lives (ModelVersion.checkpoint under MODELS_DIR)."""
+    return Path(settings.MODELS_DIR) / version.checkpoint
+
+
+def remove_checkpoint(version: ModelVersion) -> None:
+    """Deletes a version's checkpoint directory (a failed version's, a deleted collection's)."""
+    # An empty name would make checkpoint_dir MODELS_DIR itself: every version's checkpoints.
+    if version.checkpoint:
+        shutil.rmtree(checkpoint_dir(version), ignore_errors=True)
 
 
 def abandon(version_id: int) -> bool:

@@ -5,12 +5,16 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import BadRequest, PermissionDenied
-from django.http import FileResponse, Http404, HttpRequest, HttpResponse
+from django.http import FileResponse, Http404, HttpRequest, HttpResponse, QueryDict
 from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import Resolver404, resolve, reverse
+from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_http_methods, require_POST
 
+from retrieval import deletion
 from retrieval.actions import create_collection, create_token, images_after, revoke_token
 from retrieval.forms import CollectionForm, UploadForm
 from retrieval.imports import (
@@ -89,6 +93,7 @@ def _collection_context(request: HttpRequest, collection: Collection) -> dict[st
         "images": images,
         "next_after": next_after,
         "can_upload": curator,
+        "can_delete": curator,
         "is_admin": role >= Membership.Role.ADMIN,
         "upload_form": UploadForm(),
         "embedding_versions": ready if curator else [],
@@ -137,9 +142,83 @@ def upload(request: HttpRequest, pk: int) -> HttpResponse:
 def image_detail(request: HttpRequest, pk: int, image_pk: int) -> HttpResponse:
     collection = get_collection_for_user(request.user, pk)
     image = get_object_or_404(Image, pk=image_pk, collection=collection)
-    return render(
-        request, "retrieval/image_detail.html", {"collection": collection, "image": image}
-    )
+    can_delete = (role_in(request.user, collection) or 0) >= Membership.Role.CURATOR
+    context = {"collection": collection, "image": image, "can_delete": can_delete}
+    return render(request, "retrieval/image_detail.html", context)
+
+
+def _selected_ids(data: QueryDict) -> list[int]:
+    values = data.getlist("images")
+    if not all(value.isdigit() for value in values):
+        raise BadRequest("images must be image ids")
+    if len(values) > deletion.MAX_DELETE:
+        raise BadRequest(f"select at most {deletion.MAX_DELETE} images at once")
+    return sorted({int(value) for value in values})
+
+
+def _back_to(wanted: str, request: HttpRequest, collection: Collection, gone: set[int]) -> str:
+    """The page a deletion started from (`next`), unless it is off this site or the page of an
+    image in `gone`; else the collection."""
+    fallback = reverse("retrieval:collection_detail", args=[collection.pk])
+    if not url_has_allowed_host_and_scheme(wanted, {request.get_host()}, request.is_secure()):
+        return fallback
+    try:
+        match = resolve(wanted.split("?", 1)[0])
+    except Resolver404:
+        return fallback
+    return fallback if match.kwargs.get("image_pk") in gone else wanted
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def images_delete(request: HttpRequest, pk: int) -> HttpResponse:
+    """Deletes a selection of images after a confirmation: a GET (the image page's link) or a
+    POST without `confirm` (the grid's and the search pages' "Delete selected") shows what goes;
+    the confirmation page's POST deletes."""
+    collection = get_collection_for_user(request.user, pk, Membership.Role.CURATOR)
+    data = request.POST if request.method == "POST" else request.GET
+    ids = _selected_ids(data)
+    if request.method == "POST" and request.POST.get("confirm") == "yes":
+        deleted = deletion.delete_images(
+            collection,
+            ids,
+            by=request.user,  # type: ignore[arg-type]  # login_required: never anonymous
+        )
+        plural = "" if len(deleted) == 1 else "s"
+        messages.success(request, f"Deleted {len(deleted)} image{plural}.")
+        gone = {image.id for image in deleted}
+        return redirect(_back_to(data.get("next", ""), request, collection, gone))
+    images = list(Image.objects.filter(collection=collection, pk__in=ids).order_by("pk"))
+    context = {
+        "collection": collection,
+        "images": images,
+        "back": _back_to(data.get("next", ""), request, collection, set()),
+    }
+    return render(request, "retrieval/images_delete.html", context, status=200 if images else 400)
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def collection_delete(request: HttpRequest, pk: int) -> HttpResponse:
+    """Deletes a collection once its admin has seen what goes and typed its name."""
+    collection = get_collection_for_user(request.user, pk, Membership.Role.ADMIN)
+    error, status = "", 200
+    if request.method == "POST":
+        if request.POST.get("name", "").strip() != collection.name:
+            error, status = "The name does not match: nothing was deleted.", 400
+        else:
+            try:
+                deletion.delete_collection(
+                    collection,
+                    by=request.user,  # type: ignore[arg-type]  # login_required
+                )
+            except deletion.DeletionRefused as refused:
+                error, status = str(refused), 409
+            else:
+                messages.success(request, f"Deleted the collection {collection.name}.")
+                return redirect("home")
+    context = {"collection": collection, "contents": deletion.contents(collection), "error": error}
+    return render(request, "retrieval/collection_delete.html", context, status=status)
 
 
 @login_required

@@ -53,11 +53,16 @@ CASES: dict[str, Case] = {
     "retrieval:search": Case("GET", Role.ANNOTATOR, ("collection",)),
     "retrieval:duplicates": Case("GET", Role.ANNOTATOR, ("collection",)),
     "retrieval:map": Case("GET", Role.ANNOTATOR, ("collection",)),
+    # Deletion: the GETs show the confirmation pages (tests/retrieval/test_deletion.py deletes)
+    "retrieval:images_delete": Case("GET", Role.CURATOR, ("collection",)),
+    "retrieval:collection_delete": Case("GET", Role.ADMIN, ("collection",)),
+    "api:delete_images": Case("POST", Role.CURATOR, ("collection",), api=True),
     "api:collections": Case("GET", SIGNED_IN, api=True),
     "api:collection_images": Case("GET", Role.ANNOTATOR, ("collection",), api=True),
     "api:search": Case("POST", Role.ANNOTATOR, ("collection",), api=True),
     "api:export_embeddings": Case("GET", Role.CURATOR, ("collection",), api=True),
     "api:export_model": Case("GET", Role.CURATOR, ("collection",), api=True),
+    "api:image": Case("GET", Role.ANNOTATOR, ("collection", "image"), api=True),
     # Training, versions, jobs (worker)
     "worker:status": Case("GET", SIGNED_IN),
     "worker:models": Case("GET", Role.ANNOTATOR, ("collection",)),

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -141,10 +140,6 @@ def run_here(job: Job, progress_bar: bool = True) -> Job:
 # Training ------------------------------------------------------------------------------------
 
 
-def _out_dir(version: ModelVersion) -> Path:
-    return Path(settings.MODELS_DIR) / version.checkpoint
-
-
 def _recipe(job: Job, version: ModelVersion) -> str:
     """What the version trains: a version that already records a network keeps it."""
     if "model" in version.config:
@@ -239,7 +234,7 @@ def _train_slice(job: Job, progress_bar: bool) -> str:
     recipe = _recipe(job, version)
     if recipe == PRETRAINED:
         return _train_head(job, version)
-    out_dir = _out_dir(version)
+    out_dir = versions.checkpoint_dir(version)
     config = _model_config(version, recipe)
     data, known = _training_data(job, config, out_dir)
     cfg = _train_config(job, progress_bar)
@@ -413,7 +408,7 @@ def _train_head(job: Job, version: ModelVersion) -> str:
         "stopped": result.stopped,
     }
     save_head_checkpoint(
-        _out_dir(version),
+        versions.checkpoint_dir(version),
         model.to("cpu"),
         step=result.steps,
         train_config=cfg.to_dict(),
@@ -597,9 +592,7 @@ def _abandon_version(job: Job) -> None:
     if job.kind != Job.Kind.TRAIN or job.version_id is None:
         return
     if versions.abandon(job.version_id):
-        version = ModelVersion.objects.get(pk=job.version_id)
-        if version.checkpoint:
-            shutil.rmtree(_out_dir(version), ignore_errors=True)
+        versions.remove_checkpoint(ModelVersion.objects.get(pk=job.version_id))
 
 
 def _end_cancelled(job: Job) -> None:

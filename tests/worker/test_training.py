@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from django.conf import settings as django_settings
 
-from retrieval import embedding, features, indexes
+from retrieval import deletion, embedding, features, indexes, versions
 from retrieval.autoret.checkpoint import read_info
 from retrieval.autoret.features import FeatureConfig
 from retrieval.autoret.head import HeadConfig
@@ -251,3 +251,48 @@ def test_cancel_during_embedding_frees_the_new_versions_vectors(searchable, admi
     assert not Embedding.objects.filter(version_id=job.version_id).exists()
     searchable.refresh_from_db()
     assert searchable.active_version_id != job.version_id
+
+
+@pytest.mark.django_db
+def test_images_deleted_during_training_neither_fail_the_job_nor_come_back(
+    searchable, admin, django_capture_on_commit_callbacks
+) -> None:
+    job = actions.start_training(searchable, admin, minutes=0.01, run_here=True)
+    claimed = pipeline.claim(job.pk, "test")
+    assert claimed is not None
+    # Training has read every image's pixels (frozen in data.npz); then three go, one of them
+    # with a vector in the new version already (the first embedding batch).
+    assert pipeline.advance(claimed) == 0
+    assert pipeline.advance(claimed, 0) is not None
+    embedded = set(
+        Embedding.objects.filter(version_id=job.version_id).values_list("image_id", flat=True)
+    )
+    ids = sorted(searchable.images.values_list("pk", flat=True))
+    gone = [min(embedded), ids[-1], ids[-2]]
+    pipeline.release(claimed)
+    with django_capture_on_commit_callbacks(execute=True):
+        deletion.delete_images(searchable, gone, by=admin)
+    job = run_to_end(job)
+    assert job.status == Job.Status.DONE, job.error
+    vectors = Embedding.objects.filter(version_id=job.version_id)
+    assert vectors.count() == 21
+    assert not vectors.filter(image_id__in=gone).exists()
+    searchable.refresh_from_db()
+    assert searchable.active_version_id == job.version_id
+
+
+@pytest.mark.django_db
+def test_deleting_a_collection_removes_its_checkpoints_and_indexes(
+    searchable, admin, settings, django_capture_on_commit_callbacks
+) -> None:
+    job = run_to_end(actions.start_training(searchable, admin, minutes=0.01, run_here=True))
+    assert job.status == Job.Status.DONE, job.error
+    trained = job.version_or_fail()
+    checkpoint = versions.checkpoint_dir(trained)
+    assert checkpoint.is_dir() and indexes.build_index(trained, force=True)
+    with django_capture_on_commit_callbacks(execute=True):
+        counts = deletion.delete_collection(searchable, by=admin)
+    assert counts["images"] == 24 and counts["model checkpoints"] == 1 and counts["jobs"] == 1
+    assert not checkpoint.exists() and settings.MODELS_DIR.is_dir()
+    assert not indexes.has_index(trained.pk)
+    assert not Collection.objects.filter(pk=searchable.pk).exists()
