@@ -288,11 +288,13 @@ def test_deleting_a_collection_removes_its_checkpoints_and_indexes(
     job = run_to_end(actions.start_training(searchable, admin, minutes=0.01, run_here=True))
     assert job.status == Job.Status.DONE, job.error
     trained = job.version_or_fail()
-    checkpoint = versions.checkpoint_dir(trained)
-    assert checkpoint.is_dir() and indexes.build_index(trained, force=True)
+    # Version 1's fitted head and version 2's trained one.
+    checkpoints = [versions.checkpoint_dir(v) for v in searchable.versions.all()]
+    assert len(checkpoints) == 2 and all(c.is_dir() for c in checkpoints)
+    assert indexes.build_index(trained, force=True)
     with django_capture_on_commit_callbacks(execute=True):
         counts = deletion.delete_collection(searchable, by=admin)
-    assert counts["images"] == 24 and counts["model checkpoints"] == 1 and counts["jobs"] == 1
-    assert not checkpoint.exists() and settings.MODELS_DIR.is_dir()
+    assert counts["images"] == 24 and counts["model checkpoints"] == 2 and counts["jobs"] == 1
+    assert not any(c.exists() for c in checkpoints) and settings.MODELS_DIR.is_dir()
     assert not indexes.has_index(trained.pk)
     assert not Collection.objects.filter(pk=searchable.pk).exists()
