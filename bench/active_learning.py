@@ -9,9 +9,12 @@ strategy row (the collection's default mix, each strategy alone, and `random`) t
 platform's own: `labeling.strategies.mine` queues pairs of the active version, the annotator
 answers B of them in queue order through `labeling.answers.record_answer` (skipping those an
 earlier answer retired as implied, as the labeling page never shows them),
-`labeling.training.known_constraints` gives the must/cannot-links, the network trains for a
-fixed budget of images from scratch (from the round-0 network, as the worker trains every new
-version; --continue-training trains on from the previous round's weights instead), the train
+`labeling.training.known_constraints` gives the must/cannot-links, and a new version trains:
+by default (--recipe pretrained) as the worker does, a head fitted afresh on the cached ImageNet
+features and trained on them for --head-steps with every answer so far (round 0 is version 1,
+untrained); with --recipe faithful or ours, the from-scratch network for a fixed budget of
+images (from the round-0 network; --continue-training trains on from the previous round's
+weights instead). Then the train
 subset is re-embedded into a new active version, and mAP@1000 is measured with test images as
 queries against the train subset (`evaluate_retrieval`). Every row starts from the same seeded
 network and its round-0 embedding.
@@ -48,6 +51,8 @@ import torch
 BENCH_DB = os.environ.get("AUTORET_BENCH_AL_DB", "autoret_bench_al")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ["AUTORET_DB_NAME"] = BENCH_DB
+# The bench trains each round itself; the platform's own retraining (a Celery task) stays off.
+os.environ["AUTORET_RETRAIN_AFTER_ANSWERS"] = "0"
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 
 from config.embedded import drop_database  # noqa: E402
@@ -65,12 +70,15 @@ MODEL: dict[str, Any] = {
     "patch_dim": 128,
     "rnn_hidden": 128,
 }
-# How each round trains: the faithful configuration (what the worker trains), or our recipe
-# (retrieval.autoret.train's RECIPE_MODEL and RECIPE_TRAIN).
+# How each round trains: the from-scratch faithful configuration, our from-scratch recipe
+# (retrieval.autoret.train's RECIPE_MODEL and RECIPE_TRAIN), or "pretrained": what the worker
+# trains by default (the head on cached ImageNet features, HeadTrainConfig's defaults, from a
+# freshly fitted version 1 every round).
 RECIPES: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "faithful": ({}, {}),
     "ours": (RECIPE_MODEL, RECIPE_TRAIN),
 }
+PRETRAINED = "pretrained"
 # "none" answers nothing: the self-supervised training alone, what the answers are measured against.
 ROWS = ["default", "uncertain", "disagreement", "diverse", "merge-gain", "random", "none"]
 
@@ -128,8 +136,48 @@ def new_version(collection: Any, ids: list[int], vectors: np.ndarray, alpha: flo
     collection.save(update_fields=["active_version"])
 
 
+class HeadRounds:
+    """The pretrained recipe's rounds: features extracted once for both sets, version 1 fitted
+    on the train set's (round 0), and each round a head fitted and trained on them."""
+
+    def __init__(self, train_set: ImageSet, queries: ImageSet, seed: int) -> None:
+        from retrieval.autoret.features import FeatureConfig, FeatureStage, extract_features
+
+        self.config = FeatureConfig()
+        stage = FeatureStage(self.config)
+        self.train_features = extract_features(stage, train_set, progress=True)
+        self.query_features = extract_features(stage, queries, progress=True)
+        self.seed = seed
+
+    def embed(self, known: KnownPairs | None, steps: int) -> tuple[np.ndarray, np.ndarray, float]:
+        """(database, query vectors, alpha) after training on `known` (None: version 1)."""
+        from retrieval.autoret.head import HeadConfig
+        from retrieval.autoret.head_training import (
+            HeadTrainConfig,
+            embed_features,
+            train_head,
+            version_one,
+        )
+
+        model = version_one(self.train_features, self.config, HeadConfig(), seed=0)
+        if known is not None:
+            cfg = HeadTrainConfig(steps=steps, seed=self.seed, log_every=10_000)
+            train_head(model.head, self.train_features, cfg, known)
+        alpha = model.head.config.sphere_radius * math.sqrt(2.0)
+        return (
+            embed_features(model.head, self.train_features).numpy(),
+            embed_features(model.head, self.query_features).numpy(),
+            alpha,
+        )
+
+
 def run_row(
-    row: str, args: argparse.Namespace, train_set: ImageSet, queries: ImageSet, base: AutoRet
+    row: str,
+    args: argparse.Namespace,
+    train_set: ImageSet,
+    queries: ImageSet,
+    base: AutoRet,
+    heads: HeadRounds | None = None,
 ) -> list[dict[str, float]]:
     from django.contrib.auth.models import User
 
@@ -147,7 +195,7 @@ def run_row(
     if row != "default":
         settings.strategy_mix = {row: 1.0}
         settings.save()
-    model_overrides, train_overrides = RECIPES[args.recipe]
+    model_overrides, train_overrides = RECIPES.get(args.recipe, ({}, {}))
     model = create_model("autoret", in_channels=1, image_size=28, **MODEL, **model_overrides)
     model.load_state_dict(base.state_dict())
     cfg = TrainConfig(
@@ -162,9 +210,13 @@ def run_row(
         amp=False,
         **train_overrides,
     )
-    db = embed_images(model, train_set, 512)
-    new_version(collection, ids, db, args.alpha)
-    q = embed_images(model, queries, 512)
+    alpha = args.alpha
+    if heads is not None:
+        db, q, alpha = heads.embed(None, args.head_steps)
+    else:
+        db = embed_images(model, train_set, 512)
+        q = embed_images(model, queries, 512)
+    new_version(collection, ids, db, alpha)
     curve = [
         {"answers": 0, "map": evaluate_retrieval(q, queries.labels, db, train_set.labels)["map"]}
     ]
@@ -197,15 +249,20 @@ def run_row(
             [(index_of[a], index_of[b]) for a, b in must],
             [(index_of[a], index_of[b]) for a, b in cannot],
         )
-        if not args.continue_training:
-            # As the platform's worker does for every new version: from scratch (here from the
-            # one seeded network every round and row starts from), so the curve measures answers,
-            # not training time.
-            model.load_state_dict(base.state_dict())
-        train(model, train_set, cfg, known=known if must or cannot else None)
-        db = embed_images(model, train_set, 512)
-        new_version(collection, ids, db, args.alpha)
-        q = embed_images(model, queries, 512)
+        if heads is not None:
+            # As the worker trains every new version: a head fitted afresh, trained on the
+            # cached features with every answer so far.
+            db, q, alpha = heads.embed(known, args.head_steps)
+        else:
+            if not args.continue_training:
+                # As the worker trains every from-scratch version: from the one seeded network
+                # every round and row starts from, so the curve measures answers, not training
+                # time.
+                model.load_state_dict(base.state_dict())
+            train(model, train_set, cfg, known=known if must or cannot else None)
+            db = embed_images(model, train_set, 512)
+            q = embed_images(model, queries, 512)
+        new_version(collection, ids, db, alpha)
         score = evaluate_retrieval(q, queries.labels, db, train_set.labels)["map"]
         curve.append({"answers": answers, "map": score})
         grouped = int(known.sizes[known.sizes > 1].sum())
@@ -248,9 +305,13 @@ def main() -> None:
     )
     parser.add_argument(
         "--recipe",
-        choices=sorted(RECIPES),
-        default="faithful",
-        help="how each round trains: faithful (the worker's) or ours (retrieval_quality's recipe)",
+        choices=[PRETRAINED, *sorted(RECIPES)],
+        default=PRETRAINED,
+        help="how each round trains: pretrained (the worker's default: the head on cached "
+        "ImageNet features), faithful or ours (from-scratch networks)",
+    )
+    parser.add_argument(
+        "--head-steps", type=int, default=600, help="training steps per round (pretrained)"
     )
     parser.add_argument("--out", type=Path)
     parser.add_argument("--threads", type=int, default=None, help="torch threads per process")
@@ -288,13 +349,15 @@ def main() -> None:
     torch.manual_seed(args.seed)
     train_set = subset(load_dataset("fashion-mnist:train"), args.train_size, args.seed)
     queries = subset(load_dataset("fashion-mnist:test"), args.queries, args.seed + 1)
-    base = create_model("autoret", in_channels=1, image_size=28, **MODEL, **RECIPES[args.recipe][0])
+    scratch = RECIPES.get(args.recipe, ({}, {}))
+    base = create_model("autoret", in_channels=1, image_size=28, **MODEL, **scratch[0])
+    heads = HeadRounds(train_set, queries, args.seed) if args.recipe == PRETRAINED else None
     drop_database(BENCH_DB)  # a killed earlier run leaves it behind
     curves: dict[str, list[dict[str, float]]] = {}
     try:
         call_command("migrate", verbosity=0)
         for row in rows:
-            curves[row] = run_row(row, args, train_set, queries, base)
+            curves[row] = run_row(row, args, train_set, queries, base, heads)
     finally:
         drop_database(BENCH_DB)
     report(curves, args)
