@@ -14,14 +14,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
-from django.db import transaction
+from django.db import IntegrityError, transaction
 from django.db.models import Q
 from django.utils import timezone
 
 from labeling.inference import Inference, infer
 from labeling.models import DEFAULT_MIX, LabelingSettings, Pair, Strategy
 from retrieval import queries
-from retrieval.models import Collection, Embedding, ModelVersion
+from retrieval.models import Collection, Embedding, Image, ModelVersion
 from retrieval.versions import alpha_of
 
 # Neighbours looked at per sampled image: close enough to hold the boundary cases, few enough
@@ -337,6 +337,20 @@ def mine(collection: Collection, n: int | None = None, seed: int | None = None) 
         )
         for _, name, c in ordered
     ]
+    try:
+        return _queue(collection, version, labeling, pairs)
+    except IntegrityError:
+        # An image deleted since the candidates were read (retrieval/deletion.py): queue the
+        # pairs of the images that are left.
+        left = set(Image.objects.filter(collection=collection).values_list("pk", flat=True))
+        kept = [p for p in pairs if p.a_id in left and p.b_id in left]
+        return _queue(collection, version, labeling, kept)
+
+
+def _queue(
+    collection: Collection, version: ModelVersion, labeling: LabelingSettings, pairs: list[Pair]
+) -> int:
+    """Queues newly mined pairs; the old version's unanswered, unleased pairs retire."""
     now = timezone.now()
     with transaction.atomic():
         # Pairs scored by an older version's embeddings go; nobody holds or answered them.

@@ -62,3 +62,25 @@ def test_the_worker_mines_when_asked(collection, images, annotator, celery_worke
         process=celery_worker,
     )  # fmt: skip
     assert LabelingSettings.objects.get(collection=collection).mined_version_id is not None
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_image_deleted_while_pairs_are_mined_leaves_the_rest_queued(
+    collection, images, monkeypatch
+):
+    from retrieval.models import Image
+
+    gone = images[0].pk
+    real = strategies.STRATEGIES["merge-gain"]
+
+    def deleting_midway(ctx, quota):
+        found = real(ctx, quota)
+        # Another request deletes an image after the candidates were read.
+        Image.objects.filter(pk=gone).delete()
+        return [*found, strategies.Candidate(gone, images[1].pk, 1.0)]
+
+    monkeypatch.setitem(strategies.STRATEGIES, "merge-gain", deleting_midway)
+    assert strategies.mine(fresh(collection), n=10) > 0
+    queued = Pair.objects.filter(status=Pair.Status.QUEUED)
+    assert queued.exists()
+    assert not queued.filter(a_id=gone).exists() and not queued.filter(b_id=gone).exists()
