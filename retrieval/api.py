@@ -267,8 +267,8 @@ def export_embeddings(request: Request, pk: int) -> HttpResponseBase:
     description=(
         "One folder <collection>-v<number>-model/ with the checkpoint files (safetensors weights "
         "and checkpoint.json); unzipped, `python -m retrieval.autoret embed --checkpoint FOLDER` "
-        "embeds images as the platform does. 409 for a version with no checkpoint (untrained or "
-        "pretrained networks are rebuilt from their config) or one still training."
+        "embeds images as the platform does. 409 for a version with no checkpoint (a seeded "
+        "untrained network is rebuilt from its config) or one still training."
     ),
 )
 @api_view(["GET"])
