@@ -35,6 +35,7 @@ from retrieval.autoret.features import FeatureConfig
 from retrieval.autoret.head import HeadConfig, PretrainedAutoRet
 from retrieval.autoret.head_training import embed_features, version_one
 from retrieval.autoret.model import AutoRet, ModelConfig
+from retrieval.batches import KeysetWalk
 from retrieval.models import Collection, Embedding, Image, ModelVersion
 from retrieval.pixels import load_pixels, pictures_to_tensor
 
@@ -224,31 +225,15 @@ def _walk(
     stop: ShouldStop | None = None,
 ) -> BatchResult:
     """The batch loop of `embed_new_images`: embeds and stores; `finished` at the end."""
-    cursor = after_id
-    budget = limit
-    while budget is None or budget > 0:
-        if stop is not None and stop():
-            result.next_after = cursor
-            return result
-        take = batch_size if budget is None else min(batch_size, budget)
-        batch = list(missing.filter(pk__gt=cursor)[:take])
-        if not batch:
-            break
+    walk = KeysetWalk(missing, after_id, limit, batch_size, stop)
+    for batch in walk:
         ids, vectors, failed = _vectors(model, batch)
         result.failed.extend(failed)
         if ids:
             result.embedded += queries.copy_embeddings(version, ids, vectors)
-        cursor = batch[-1].pk
-        if budget is not None:
-            budget -= len(batch)
         if progress is not None:
             progress(len(batch))
         if bar is not None:
             bar.update(len(batch))
-        if len(batch) < take:
-            break
-    else:
-        result.next_after = cursor
-        return result
-    result.finished = True
+    result.next_after, result.finished = walk.next_after, walk.finished
     return result

@@ -25,6 +25,7 @@ from django.db.models import Exists, OuterRef, QuerySet
 
 from retrieval.autoret.features import FeatureConfig, FeatureStage, extract_features
 from retrieval.autoret.head import HeadConfig
+from retrieval.batches import KeysetWalk
 from retrieval.models import Collection, Image, ImageFeature, ModelVersion
 from retrieval.pixels import load_pixels
 
@@ -173,30 +174,14 @@ def fill(
     from `after_id`, at most `limit` images (None: all). `next_after` is where the next call goes
     on; `stop()` is asked before each batch; `progress(n)` gets each batch's size."""
     result = FillResult()
-    pending = missing(collection, cfg)
-    cursor, budget = after_id, limit
-    while budget is None or budget > 0:
-        if stop is not None and stop():
-            result.next_after = cursor
-            return result
-        take = EXTRACT_BATCH if budget is None else min(EXTRACT_BATCH, budget)
-        batch = list(pending.filter(pk__gt=cursor)[:take])
-        if not batch:
-            break
+    walk = KeysetWalk(missing(collection, cfg), after_id, limit, EXTRACT_BATCH, stop)
+    for batch in walk:
         ids, array, failed = extract(batch, cfg)
         result.stored += store(ids, array, cfg)
         result.failed.extend(failed)
-        cursor = batch[-1].pk
-        if budget is not None:
-            budget -= len(batch)
         if progress is not None:
             progress(len(batch))
-        if len(batch) < take:
-            break
-    else:
-        result.next_after = cursor
-        return result
-    result.finished = True
+    result.next_after, result.finished = walk.next_after, walk.finished
     return result
 
 

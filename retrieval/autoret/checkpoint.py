@@ -50,11 +50,7 @@ def save_checkpoint(
     elapsed_s: float = 0.0,
 ) -> Path:
     """Writes (or overwrites) the checkpoint in `directory` and returns it."""
-    directory.mkdir(parents=True, exist_ok=True)
-    meta = {"format": FORMAT, "step": str(step)}
-    weights = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    save_file(weights, str(directory / f"{MODEL_FILE}.tmp"), metadata=meta)
-    os.replace(directory / f"{MODEL_FILE}.tmp", directory / MODEL_FILE)
+    meta = _write_weights(directory, model, step)
     if optimizer is not None:
         tensors, groups = _flatten_optimizer(optimizer)
         for name, state in (rng_states or {}).items():
@@ -65,11 +61,36 @@ def save_checkpoint(
             metadata={**meta, "param_groups": json.dumps(groups)},
         )
         os.replace(directory / f"{OPTIMIZER_FILE}.tmp", directory / OPTIMIZER_FILE)
+    described = {"model": model.config.to_dict()}
+    return _write_info(directory, described, step, elapsed_s, train_config, metrics, loss_history)
+
+
+def _write_weights(directory: Path, model: nn.Module, step: int) -> dict[str, str]:
+    """model.safetensors (through a temporary name); returns the metadata it carries."""
+    directory.mkdir(parents=True, exist_ok=True)
+    meta = {"format": FORMAT, "step": str(step)}
+    weights = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    save_file(weights, str(directory / f"{MODEL_FILE}.tmp"), metadata=meta)
+    os.replace(directory / f"{MODEL_FILE}.tmp", directory / MODEL_FILE)
+    return meta
+
+
+def _write_info(
+    directory: Path,
+    described: dict[str, Any],
+    step: int,
+    elapsed_s: float,
+    train_config: dict[str, Any] | None,
+    metrics: dict[str, Any] | None,
+    loss_history: list[dict[str, float]] | None,
+) -> Path:
+    """checkpoint.json, written last: `described` names the architecture ("model", or
+    "features" and "head")."""
     info = {
         "format": FORMAT,
         "step": step,
         "elapsed_s": elapsed_s,
-        "model": model.config.to_dict(),
+        **described,
         "train": train_config,
         "metrics": metrics or {},
         "loss_history": loss_history or [],
@@ -92,24 +113,9 @@ def save_head_checkpoint(
     """Writes a pretrained-features model: the head's weights (its PCA buffers included) and both
     configs. The backbone is rebuilt from the shipped ImageNet weights when it loads (13 MB less
     per version, and every version of a collection shares one backbone)."""
-    directory.mkdir(parents=True, exist_ok=True)
-    meta = {"format": FORMAT, "step": str(step)}
-    weights = {k: v.detach().contiguous().cpu() for k, v in model.head.state_dict().items()}
-    save_file(weights, str(directory / f"{MODEL_FILE}.tmp"), metadata=meta)
-    os.replace(directory / f"{MODEL_FILE}.tmp", directory / MODEL_FILE)
-    info = {
-        "format": FORMAT,
-        "step": step,
-        "elapsed_s": elapsed_s,
-        "features": model.feature_config.to_dict(),
-        "head": model.head.config.to_dict(),
-        "train": train_config,
-        "metrics": metrics or {},
-        "loss_history": loss_history or [],
-    }
-    (directory / f"{INFO_FILE}.tmp").write_text(json.dumps(info, indent=1))
-    os.replace(directory / f"{INFO_FILE}.tmp", directory / INFO_FILE)
-    return directory
+    _write_weights(directory, model.head, step)
+    described = {"features": model.feature_config.to_dict(), "head": model.head.config.to_dict()}
+    return _write_info(directory, described, step, elapsed_s, train_config, metrics, loss_history)
 
 
 def read_info(directory: Path) -> dict[str, Any]:

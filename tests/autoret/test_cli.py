@@ -27,6 +27,22 @@ def tiny_npz(tmp_path: Path) -> Path:
     return path
 
 
+def scratch_argv(data: Path, out: Path) -> list[str]:
+    """`train` of the from-scratch network for one epoch, no progress bar."""
+    return [
+        "train",
+        "--model",
+        "autoret",
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+        "--epochs",
+        "1",
+        "--no-progress",
+    ]
+
+
 def test_train_embed_evaluate_round_trip(
     tiny_npz: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -228,18 +244,7 @@ def test_train_with_neighbor_pairs_and_light_augmentation_records_them(
     tiny_npz: Path, tmp_path: Path
 ) -> None:
     out = tmp_path / "ckpt"
-    argv = [
-        "train",
-        "--model",
-        "autoret",
-        "--data",
-        str(tiny_npz),
-        "--out",
-        str(out),
-        "--epochs",
-        "1",
-        "--no-progress",
-    ]
+    argv = scratch_argv(tiny_npz, out)
     assert main([*argv, "--batch-size", "8", "--neighbor-pairs", "0.75", "--augment", "light"]) == 0
     recorded = read_info(out)["train"]
     assert recorded["neighbor_pairs"] == 0.75
@@ -250,18 +255,7 @@ def test_sphere_radius_and_cosine_schedule_are_recorded_and_embeddings_lie_on_th
     tiny_npz: Path, tmp_path: Path
 ) -> None:
     out, vectors = tmp_path / "ckpt", tmp_path / "v.npy"
-    argv = [
-        "train",
-        "--model",
-        "autoret",
-        "--data",
-        str(tiny_npz),
-        "--out",
-        str(out),
-        "--epochs",
-        "1",
-        "--no-progress",
-    ]
+    argv = scratch_argv(tiny_npz, out)
     options = ["--sphere-radius", "5", "--lr-schedule", "cosine", "--warmup", "0.1"]
     assert main([*argv, "--batch-size", "8", *options]) == 0
     info = read_info(out)

@@ -82,8 +82,8 @@ def test_embedding_fills_features_fits_version_one_without_training_and_activate
     assert ImageFeature.objects.filter(image__collection=collection, key=cfg.key).count() == 12
 
 
-def test_features_are_computed_once_per_image_and_configuration(collection, monkeypatch) -> None:
-    ids = add_pictures(collection, range(6))
+def count_extractions(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The ids of every image whose features are computed from now on, in order."""
     computed: list[int] = []
     real = features.extract
 
@@ -92,6 +92,12 @@ def test_features_are_computed_once_per_image_and_configuration(collection, monk
         return real(images, cfg)
 
     monkeypatch.setattr(features, "extract", counting)
+    return computed
+
+
+def test_features_are_computed_once_per_image_and_configuration(collection, monkeypatch) -> None:
+    ids = add_pictures(collection, range(6))
+    computed = count_extractions(monkeypatch)
     embedding.embed_new_images(collection)
     assert sorted(computed) == ids
     cfg = FeatureConfig()

@@ -10,7 +10,7 @@ from retrieval.autoret.checkpoint import read_info
 from retrieval.autoret.features import FeatureConfig
 from retrieval.autoret.head import HeadConfig
 from retrieval.models import Collection, Embedding, ImageFeature, ModelVersion
-from tests.retrieval.test_search_embedding import add_pictures
+from tests.retrieval.test_search_embedding import add_pictures, count_extractions
 from worker import actions, pipeline, retraining
 from worker.models import PRETRAINED, SCRATCH, Job, TrainingPolicy
 
@@ -214,14 +214,7 @@ def test_a_killed_training_job_resumes_feature_extraction_where_it_stopped(
     collection, admin, monkeypatch
 ) -> None:
     add_pictures(collection, range(20))
-    computed: list[int] = []
-    real = features.extract
-
-    def counting(images, cfg):
-        computed.extend(image.pk for image in images)
-        return real(images, cfg)
-
-    monkeypatch.setattr(features, "extract", counting)
+    computed = count_extractions(monkeypatch)
     job = actions.start_training(collection, admin, minutes=0.02, run_here=True)
     claimed = pipeline.claim(job.pk, "first-worker")
     assert claimed is not None
