@@ -11,7 +11,8 @@ collection of N image rows whose features are already stored (Fashion-MNIST's, f
 bench/feature_quality.py's cache when it has them at the default configuration, else extracted
 now; repeated with a little noise past 20,000), `--answers` simulated answers from the true
 classes, then `embedding.embed_new_images` (version 1: PCA fit, vectors from the features, index,
-activation) and a training job run by `worker.pipeline.run_here` exactly as a worker runs it.
+activation) and a training job run by `worker.pipeline.run_here` exactly as a worker runs it,
+with the worker's PyTorch threads (AUTORET_TORCH_THREADS).
 Image files are never read: the features are the cache the worker would have filled. Prints a
 Markdown table with the load average before and after each size.
 """
@@ -149,6 +150,9 @@ def main() -> None:
         sys.exit(
             "error: bench/platform_loop.py runs on the embedded PostgreSQL; unset DATABASE_URL"
         )
+    from worker.threads import limit_torch_threads
+
+    limit_torch_threads()  # as a worker process does (AUTORET_TORCH_THREADS)
     drop_database(BENCH_DB)
     rows = []
     try:
