@@ -164,6 +164,29 @@ def test_nothing_left_is_204(collection, annotator):
     assert client_for(annotator).get(next_url(collection)).status_code == 204
 
 
+def test_an_exhausted_queue_is_mined_once_not_at_every_request(
+    collection, images, annotator, monkeypatch
+):
+    calls = []
+
+    def nothing_found(collection, n=None):
+        calls.append(n)
+        return 0
+
+    monkeypatch.setattr(pair_queue, "mine", nothing_found)
+    client = client_for(annotator)
+    assert [client.get(next_url(collection)).status_code for _ in range(3)] == [204] * 3
+    assert len(calls) == 1
+    # A new version may find pairs the old one could not: it is mined at once.
+    add_version(collection, images, number=2, seed=9)
+    assert client.get(next_url(collection)).status_code == 204
+    assert len(calls) == 2
+    # So is the same version once the pause is over.
+    monkeypatch.setattr(pair_queue, "NOTHING_TO_MINE_S", 0.0)
+    assert client.get(next_url(collection)).status_code == 204
+    assert len(calls) == 3
+
+
 def test_outsider_cannot_see_or_answer_pairs(collection, images, annotator, outsider):
     pair_id = client_for(annotator).get(next_url(collection)).json()["pair_id"]
     client = client_for(outsider)
