@@ -11,18 +11,31 @@
     # zero think time (the stress mode) and then a person's pause of 1 s before each answer
     .venv/bin/python bench/labeling_load.py --stack /tmp/labeling-bench --think 0 1.0
 
+    # the same with no automatic retraining (an idle machine), and with each answer bringing the
+    # next pair in its own response (one round trip, as the Label page does)
+    .venv/bin/python bench/labeling_load.py --stack /tmp/labeling-bench --retrain-after 0
+    .venv/bin/python bench/labeling_load.py --stack /tmp/labeling-bench --one-round-trip
+
 Each annotator is its own HTTP client (one keep-alive connection, its own API token) that
 loops GET /api/v1/collections/{id}/pairs/next/ then POST /api/v1/pairs/{id}/answer/ with a fresh
 idempotency key; one answer in ten is sent twice with the same key, as a page retrying after a
 lost response would. `--think SECONDS` makes each annotator pause that long between getting a
 pair and answering it, as a person looking at the images would (0, the default, is the stress
 mode: every annotator asks again the moment an answer returns); several values run one after the
-other, one table row each. The latency is next + answer, the pause not counted. Afterwards the
+other, one table row each. The latency is next + answer, the pause not counted; with
+`--one-round-trip` each answer is POSTed with ?next=1 and its response carries the next pair, so
+the latency is that one request. Afterwards the
 database is checked: every acknowledged key must have exactly one stored answer (lost = none,
 duplicated = more than one) and no pair may have been answered by two bench annotators (two
 annotators held it at once). Answers refused by the rate limit
 (429, AUTORET_ANSWERS_PER_MINUTE per user) are counted on their own, not as errors. Prints one
 Markdown table, a row per think time.
+
+Retraining starts by itself every AUTORET_RETRAIN_AFTER_ANSWERS answers (50 by default), so with
+the default the worker trains during the run on the same cores: the "retrain running" mode.
+`--retrain-after N` sets it in the stack's environment (0: never, the idle machine). Beside the
+latency each row says what the training did in the window: train jobs started and finished, and
+the share of the window during which one was running (worker.models.Job).
 
 Accounts `bench-annotator-N` are created as annotators of the collection (the first collection
 with an active version unless --collection is given); their answers stay in the database.
@@ -43,6 +56,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -92,6 +106,7 @@ def run_annotator(
     deadline: float,
     seed: int,
     think: float = 0.0,
+    one_round_trip: bool = False,
 ) -> None:
     parts = urlsplit(base)
     host, port = parts.hostname or "127.0.0.1", parts.port or 80
@@ -105,18 +120,20 @@ def run_annotator(
         response = connection.getresponse()
         return response.status, response.read()
 
+    pair: dict | None = None  # with one_round_trip: the next pair the last answer brought
     while time.monotonic() < deadline:
         started = time.perf_counter()
         try:
-            status, body = call("GET", f"/api/v1/collections/{collection_id}/pairs/next/")
-            if status == 204:
-                annotator.empty += 1
-                time.sleep(0.2)
-                continue
-            if status != 200:
-                annotator.errors += 1
-                continue
-            pair = json.loads(body)
+            if pair is None:
+                status, body = call("GET", f"/api/v1/collections/{collection_id}/pairs/next/")
+                if status == 204:
+                    annotator.empty += 1
+                    time.sleep(0.2)
+                    continue
+                if status != 200:
+                    annotator.errors += 1
+                    continue
+                pair = json.loads(body)
             fetched = time.perf_counter() - started
             if think > 0:
                 # A person looking at the pair: not part of the measured latency.
@@ -125,22 +142,26 @@ def run_annotator(
             key = str(uuid.uuid4())
             answer = rng.choice(["same", "different", "different", "unsure"])
             sends = 2 if rng.random() < 0.1 else 1
+            url = f"/api/v1/pairs/{pair['pair_id']}/answer/"
+            if one_round_trip:
+                url += f"?next=1&exclude={pair['pair_id']}"
+            following = None
             for _ in range(sends):
-                status, _ = call(
-                    "POST",
-                    f"/api/v1/pairs/{pair['pair_id']}/answer/",
-                    {"answer": answer, "idempotency_key": key},
-                )
+                status, body = call("POST", url, {"answer": answer, "idempotency_key": key})
                 if status in (200, 201):
                     annotator.acknowledged.add(key)
+                    # A retry gets the pair the first response leased, not another one.
+                    following = json.loads(body).get("next")
                 elif status == 429:
                     annotator.throttled += 1
                 else:
                     annotator.errors += 1
             if key in annotator.acknowledged:  # a refused answer is no answer: not timed
                 annotator.latencies.append(time.perf_counter() - started)
+            pair = following
         except (OSError, http.client.HTTPException):
             annotator.errors += 1
+            pair = None
             connection.close()
             connection = http.client.HTTPConnection(host, port, timeout=30)
     connection.close()
@@ -172,6 +193,25 @@ def audit(annotators: list[Annotator], collection_id: int) -> tuple[int, int, in
         .count()
     )
     return lost, duplicated, double_served
+
+
+def training(collection_id: int, began: datetime, ended: datetime) -> str:
+    """Train jobs started / finished in [began, ended] and the share of it one was running."""
+    from worker.models import Job
+
+    jobs = Job.objects.filter(collection_id=collection_id, kind=Job.Kind.TRAIN).exclude(
+        started_at=None
+    )
+    started = finished = 0
+    busy = 0.0
+    for job in jobs.filter(started_at__lt=ended).exclude(finished_at__lt=began):
+        assert job.started_at is not None
+        started += began <= job.started_at
+        finished += job.finished_at is not None and job.finished_at <= ended
+        stop = min(job.finished_at or ended, ended)
+        busy += max((stop - max(job.started_at, began)).total_seconds(), 0.0)
+    share = busy / max((ended - began).total_seconds(), 1e-9)
+    return f"{started} / {finished}, {share:.0%}"
 
 
 def start_stack(data_dir: Path, port: int) -> subprocess.Popen[bytes]:
@@ -232,6 +272,19 @@ def main() -> None:
     )
     parser.add_argument("--port", type=int, default=8765, help="its port (with --stack)")
     parser.add_argument(
+        "--retrain-after",
+        type=int,
+        default=None,
+        metavar="N",
+        help="AUTORET_RETRAIN_AFTER_ANSWERS for the stack (with --stack; 0: no automatic "
+        "retraining; default: the platform's, 50)",
+    )
+    parser.add_argument(
+        "--one-round-trip",
+        action="store_true",
+        help="answer with ?next=1: each answer's response brings the next pair",
+    )
+    parser.add_argument(
         "--think",
         type=float,
         nargs="+",
@@ -241,6 +294,10 @@ def main() -> None:
         "values run one after the other (default 0: the stress mode)",
     )
     args = parser.parse_args()
+    if args.retrain_after is not None:
+        if args.stack is None:
+            parser.error("--retrain-after sets the environment of a stack of its own: add --stack")
+        os.environ["AUTORET_RETRAIN_AFTER_ANSWERS"] = str(args.retrain_after)
     stack = start_stack(args.stack, args.port) if args.stack else None
     if stack is not None:
         args.url = f"http://127.0.0.1:{args.port}"
@@ -253,16 +310,20 @@ def main() -> None:
 
 def measure(args: argparse.Namespace) -> None:
     collection_id, accounts = setup(args.collection, args.users)
+    from django.conf import settings
+
     print(
         f"{args.users} annotators, {args.seconds:.0f} s per mode, collection {collection_id}, "
-        f"{args.url}, {os.cpu_count()} CPUs\n"
+        f"{args.url}, {os.cpu_count()} CPUs, retraining after "
+        f"{settings.AUTORET_RETRAIN_AFTER_ANSWERS} answers"
+        f"{', one round trip per answer (?next=1)' if args.one_round_trip else ''}\n"
     )
     print(
         "| think s | load avg before / after | answers | answers/s | p50 next+answer (ms) | "
         "p95 (ms) | answers per annotator, min-max | errors | 429 | empty queue | lost | "
-        "duplicated | pairs held twice |"
+        "duplicated | pairs held twice | train jobs started / finished, running |"
     )
-    print("|---:|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|")
+    print("|---:|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---|")
     for think in args.think:
         annotators = [Annotator(a.username, a.token) for a in accounts]
         print(run_mode(args, collection_id, annotators, think), flush=True)
@@ -274,17 +335,20 @@ def run_mode(
     deadline = time.monotonic() + args.seconds
     threads = [
         threading.Thread(
-            target=run_annotator, args=(args.url, collection_id, a, deadline, i, think)
+            target=run_annotator,
+            args=(args.url, collection_id, a, deadline, i, think, args.one_round_trip),
         )
         for i, a in enumerate(annotators)
     ]
     load_before = os.getloadavg()[0]
+    began_at = datetime.now(UTC)
     began = time.monotonic()
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
     elapsed = time.monotonic() - began
+    trained = training(collection_id, began_at, datetime.now(UTC))
     load_after = os.getloadavg()[0]
     latencies = sorted(x for a in annotators for x in a.latencies)
     answers = len(latencies)
@@ -297,7 +361,8 @@ def run_mode(
         f"{answers / elapsed:.1f} | {p50:.1f} | {p95:.1f} | "
         f"{min(per_annotator)}-{max(per_annotator)} | "
         f"{sum(a.errors for a in annotators)} | {sum(a.throttled for a in annotators)} | "
-        f"{sum(a.empty for a in annotators)} | {lost} | {duplicated} | {double_served} |"
+        f"{sum(a.empty for a in annotators)} | {lost} | {duplicated} | {double_served} | "
+        f"{trained} |"
     )
 
 

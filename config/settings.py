@@ -411,6 +411,9 @@ CELERY_WORKER_HEARTBEAT_SECONDS = env_int("AUTORET_HEARTBEAT_SECONDS", 10, minim
 # checkpoints and re-enqueues itself, so no task outlives the visibility timeout and a killed
 # worker loses at most a checkpoint interval.
 AUTORET_TRAIN_MINUTES = env_int("AUTORET_TRAIN_MINUTES", 10, minimum=1)
+# The CPU priority (nice) of the worker processes that run tasks (worker/priority.py): training
+# shares the cores with the web server, which must not wait behind it. 0 keeps the default.
+AUTORET_WORKER_NICE = env_int("AUTORET_WORKER_NICE", 10, minimum=0, maximum=19)
 # Retraining starts by itself after this many new answers in a collection (worker/retraining.py;
 # a collection's training policy may set its own number); 0 turns it off where none is set.
 AUTORET_RETRAIN_AFTER_ANSWERS = env_int("AUTORET_RETRAIN_AFTER_ANSWERS", 50, minimum=0)

@@ -116,10 +116,15 @@ class Stack:
         queue_embedding(demo.pk)
 
     def _web_command(self) -> list[str]:
+        # Threads, so a long download never blocks a worker's main loop (docs/exports.md). No
+        # keep-alive: a kept-alive connection stays with the worker process that accepted it, and
+        # with 20 annotators the process holding more of them answered its annotators up to 4x
+        # slower; a connection per request goes to whichever worker accepts first
+        # (docs/benchmarks.md, "Labeling latency").
         return [
             sys.executable, "-m", "gunicorn", "config.wsgi:application",
             "--bind", f"{self.options.host}:{self.options.port}",
-            "--workers", str(self.options.web_workers), "--threads", "4",
+            "--workers", str(self.options.web_workers), "--threads", "4", "--keep-alive", "0",
             "--timeout", "120", "--graceful-timeout", "10",
             "--access-logfile", str(self.log_dir / "access.log"),
         ]  # fmt: skip

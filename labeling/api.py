@@ -42,6 +42,15 @@ def _user(request: Request) -> User:
     return request.user  # type: ignore[return-value]  # IsAuthenticated: never anonymous here
 
 
+def _exclude(request: Request) -> list[int]:
+    """The pair ids in `?exclude=`: those the page shows or still has to send answers for."""
+    raw = request.query_params.get("exclude", "")
+    try:
+        return [int(x) for x in raw.split(",") if x.strip()]
+    except ValueError:
+        raise ValidationError({"exclude": "comma-separated pair ids"}) from None
+
+
 def pair_payload(request: Request | Any, pair: Pair) -> dict[str, Any]:
     def image(img: Image) -> dict[str, Any]:
         return {"id": img.pk, "url": request.build_absolute_uri(img.file.url)}
@@ -101,12 +110,7 @@ def next_pair(request: Request, pk: int) -> Response:
     collection = get_collection_for_user(
         request.user, pk, queryset=Collection.objects.select_related("labeling_settings")
     )
-    raw = request.query_params.get("exclude", "")
-    try:
-        exclude = [int(x) for x in raw.split(",") if x.strip()]
-    except ValueError:
-        raise ValidationError({"exclude": "comma-separated pair ids"}) from None
-    pair = pair_queue.next_pair(collection, _user(request), exclude)
+    pair = pair_queue.next_pair(collection, _user(request), _exclude(request))
     if pair is None:
         return Response(status=status.HTTP_204_NO_CONTENT)
     return Response(pair_payload(request, pair))
@@ -120,7 +124,20 @@ def next_pair(request: Request, pk: int) -> Response:
             str,
             OpenApiParameter.HEADER,
             description="The id of the user who gave the answer; another signed-in user is a 403.",
-        )
+        ),
+        OpenApiParameter(
+            "next",
+            bool,
+            description=(
+                "1: also lease the next pair and return it as `next` (null when none is left), "
+                "so one round trip answers and asks"
+            ),
+        ),
+        OpenApiParameter(
+            "exclude",
+            str,
+            description="With next=1: comma-separated pair ids the page already shows or holds.",
+        ),
     ],
     responses={
         201: OpenApiTypes.OBJECT,
@@ -145,8 +162,14 @@ def answer(request: Request, pair_id: int) -> Response:
             {"detail": "This answer was given by another user than the one signed in."},
             status=status.HTTP_403_FORBIDDEN,
         )
-    # The pair and the caller's role in one query; the answer needs neither image.
-    pair = get_in_collection_for_user(request.user, Pair.objects.all(), pair_id)
+    wants_next = request.query_params.get("next") == "1"
+    exclude = _exclude(request) if wants_next else []
+    # The pair and the caller's role in one query; the answer needs neither image. Asked for the
+    # next pair too, the same query brings the collection and its labeling settings.
+    pairs = Pair.objects.all()
+    if wants_next:
+        pairs = pairs.select_related("collection__labeling_settings")
+    pair = get_in_collection_for_user(request.user, pairs, pair_id)
     serializer = AnswerSerializer(data=request.data)
     serializer.is_valid(raise_exception=True)
     try:
@@ -158,10 +181,17 @@ def answer(request: Request, pair_id: int) -> Response:
         )
     except answers.KeyReused as reused:
         return Response({"detail": str(reused)}, status=status.HTTP_409_CONFLICT)
-    return Response(
-        {"pair_id": pair.pk, "answer": stored.constraint.answer, "stored": stored.created},
-        status=status.HTTP_201_CREATED if stored.created else status.HTTP_200_OK,
-    )
+    body: dict[str, Any] = {
+        "pair_id": pair.pk,
+        "answer": stored.constraint.answer,
+        "stored": stored.created,
+    }
+    if wants_next:
+        # After the answer's commit: its lease is released and its inference refresh retired
+        # what it implies, so the next pair is chosen as a separate /next/ would choose it.
+        following = pair_queue.next_pair(pair.collection, _user(request), exclude)
+        body["next"] = pair_payload(request, following) if following is not None else None
+    return Response(body, status=status.HTTP_201_CREATED if stored.created else status.HTTP_200_OK)
 
 
 @extend_schema(

@@ -4,6 +4,7 @@ low, the open pairs, and the counters the labeling page shows."""
 from __future__ import annotations
 
 import functools
+import time
 from collections.abc import Iterable
 from datetime import datetime, timedelta
 from typing import Any
@@ -17,6 +18,14 @@ from labeling.models import Constraint, LabelingSettings, Pair
 from labeling.signals import mining_wanted
 from labeling.strategies import mine, settings_for
 from retrieval.models import Collection, Image, ModelVersion
+
+# A mining in the request that found nothing is not tried again in this process for this long
+# (per collection and active version): once nothing is left to mine, every page asking again (each
+# idle Label page looks every 5 s) ran the strategies' nearest-neighbour queries again, and twenty
+# annotators' pages kept a 2-core machine busy with only that (docs/benchmarks.md, issue 17).
+NOTHING_TO_MINE_S = 10.0
+# collection id -> (time.monotonic() of the fruitless mining, the active version it mined from)
+_nothing_to_mine: dict[int, tuple[float, int | None]] = {}
 
 
 def _request_mining(collection: Collection, labeling: LabelingSettings) -> None:
@@ -76,13 +85,26 @@ def next_pair(collection: Collection, user: User, exclude: Iterable[int] = ()) -
                 _request_mining(collection, labeling)
             return pair
         # An empty queue: mine a small batch now rather than show an idle annotator nothing.
-        if (
-            attempt == 0
-            and not open_pairs(collection, now).exists()
-            and not mine(collection, n=min(labeling.batch_size, 50))
-        ):
+        if attempt or open_pairs(collection, now).exists() or not _mine_now(collection, labeling):
             return None
     return None
+
+
+def _mine_now(collection: Collection, labeling: LabelingSettings) -> bool:
+    """Mines a small batch in the request; False when it found nothing, and then without trying
+    again in this process for NOTHING_TO_MINE_S, unless another version became active."""
+    tried = _nothing_to_mine.get(collection.pk)
+    if (
+        tried is not None
+        and tried[1] == collection.active_version_id
+        and time.monotonic() - tried[0] < NOTHING_TO_MINE_S
+    ):
+        return False
+    if mine(collection, n=min(labeling.batch_size, 50)):
+        _nothing_to_mine.pop(collection.pk, None)
+        return True
+    _nothing_to_mine[collection.pk] = (time.monotonic(), collection.active_version_id)
+    return False
 
 
 # One statement leases the next pair: a pair the caller still holds first (a reloaded page), else

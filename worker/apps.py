@@ -8,7 +8,8 @@ class WorkerConfig(AppConfig):
     verbose_name = "Workers and jobs"
 
     def ready(self) -> None:
-        from worker import heartbeat, hooks
+        from worker import heartbeat, hooks, priority
 
         heartbeat.connect_signals()
+        priority.connect_signals()
         hooks.connect()

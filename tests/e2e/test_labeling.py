@@ -12,6 +12,8 @@ from tests.labeling.conftest import add_images, add_version
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
+ANSWER_URL = re.compile(r"/api/v1/pairs/\d+/answer/(\?|$)")
+
 
 @pytest.fixture(autouse=True)
 def media_root(settings, tmp_path, live_redis):  # noqa: ARG001 - mining requests go to the test Redis
@@ -69,13 +71,53 @@ def test_an_answer_whose_request_fails_is_retried_and_stored_once(
         else:
             route.continue_()
 
-    page.route("**/answer/", flaky)
+    # An answer's request may carry ?next=1 (its response brings the pair after the next).
+    page.route(ANSWER_URL, flaky)
     page.goto(f"{live_server.url}/collections/{collection.pk}/label/")
     expect(page.locator("#label-status")).to_have_text(re.compile(r"^Pair \d+"))
     page.get_by_role("button", name="Different").click()
     expect(page.locator('[data-counter="mine"]')).to_have_text("1")
     assert failures["left"] == 0
     assert list(Constraint.objects.values_list("answer", flat=True)) == ["different"]
+
+
+def test_a_slow_server_never_holds_back_the_preloaded_pair(logged_in_page, live_server, collection):
+    from playwright.sync_api import expect
+
+    images = add_images(collection, 16)
+    add_version(collection, images, number=1, seed=7)
+    page = logged_in_page
+    held = []
+
+    def hold(route) -> None:
+        # The server takes its time with answers: they stay in flight until the test lets go.
+        held.append(route)
+
+    page.route(ANSWER_URL, hold)
+    page.goto(f"{live_server.url}/collections/{collection.pk}/label/")
+    labeler = page.locator("#labeler")
+    expect(page.locator("#label-status")).to_have_text(re.compile(r"^Pair \d+"))
+    page.wait_for_load_state("networkidle")  # the next pair is preloaded
+    first = labeler.get_attribute("data-pair-id")
+
+    page.keyboard.press("j")
+    # The preloaded pair is on screen while the answer is still on its way.
+    expect(labeler).not_to_have_attribute("data-pair-id", first or "")
+    second = labeler.get_attribute("data-pair-id")
+    assert len(held) == 1
+    assert "next=1" in held[0].request.url  # the answer also asks for the pair after this one
+    # The answer has not arrived yet: the page says so, and keeps it.
+    expect(page.locator("#pending")).to_have_text(re.compile(r"^1 answer\(s\) waiting"))
+    assert not Constraint.objects.exists()
+
+    held[0].continue_()
+    page.unroute(ANSWER_URL)
+    expect(page.locator("#pending")).to_be_hidden()
+    assert list(Constraint.objects.values_list("pair_id", flat=True)) == [int(first or 0)]
+    # The answer's response brought the pair after the one on screen: answering goes on.
+    page.keyboard.press("k")
+    expect(labeler).not_to_have_attribute("data-pair-id", second or "")
+    expect(page.locator('[data-counter="mine"]')).to_have_text("2")
 
 
 def test_answers_queued_while_signed_out_arrive_after_logging_in_again(

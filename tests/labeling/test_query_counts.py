@@ -24,6 +24,9 @@ NEXT_MAX = 3
 ANSWER_MAX = 10
 # From the advisory lock to COMMIT, both counted.
 LOCKED_MAX = 6
+# An answer that brings the next pair (?next=1): the answer's, then the lease claim. The pair's
+# query brings the collection and its settings along, so the pair after costs one statement.
+ANSWER_AND_NEXT_MAX = ANSWER_MAX + 1
 
 
 def locked(queries: list[dict[str, str]]) -> int:
@@ -62,3 +65,25 @@ def test_next_and_answer_stay_within_their_query_budgets(collection, images, ann
         assert Constraint.objects.get(pair=pair, annotator=annotator).answer == answer
         assert (pair.resolved, pair.answer_count, pair.status) == (answer, 1, "answered")
         assert pair.leased_by_id is None and pair.lease_expires_at is None
+
+
+def test_an_answer_with_the_next_pair_costs_one_statement_more(collection, images, annotator):
+    mine_pairs(collection.pk)
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.create(user=annotator).key}")
+    pair_id = client.get(f"/api/v1/collections/{collection.pk}/pairs/next/").json()["pair_id"]
+    client.post(f"/api/v1/pairs/{pair_id}/answer/?next=1", {"answer": "same"}, format="json")
+    pair_id = client.get(f"/api/v1/collections/{collection.pk}/pairs/next/").json()["pair_id"]
+    for answer in ("different", "unsure", "same"):
+        with CaptureQueriesContext(connection) as answered:
+            response = client.post(
+                f"/api/v1/pairs/{pair_id}/answer/?next=1&exclude={pair_id}",
+                {"answer": answer, "idempotency_key": uuid.uuid4().hex},
+                format="json",
+            )
+        assert response.status_code == 201
+        sql = [q["sql"][:120] for q in answered.captured_queries]
+        assert len(answered) <= ANSWER_AND_NEXT_MAX, sql
+        assert locked(answered.captured_queries) <= LOCKED_MAX
+        pair_id = response.json()["next"]["pair_id"]
+        assert Pair.objects.get(pk=pair_id).leased_by == annotator

@@ -116,6 +116,38 @@ def test_an_answer_sent_for_another_user_is_a_403_and_stores_nothing(
     assert send_as_annotator(annotator) == 201
 
 
+def test_an_answer_with_next_brings_the_next_pair_in_the_same_response(
+    collection, images, annotator
+):
+    client = client_for(annotator)
+    shown = client.get(next_url(collection)).json()["pair_id"]
+    preloaded = client.get(next_url(collection, str(shown))).json()["pair_id"]
+    body = {"answer": "different", "idempotency_key": str(uuid.uuid4())}
+    url = f"/api/v1/pairs/{shown}/answer/?next=1&exclude={preloaded}"
+    response = client.post(url, body, format="json")
+    assert response.status_code == 201
+    after = response.json()["next"]
+    # Neither the answered pair nor the one the page shows next: the pair after it, leased.
+    assert after["pair_id"] not in (shown, preloaded)
+    assert set(after) == {"pair_id", "a", "b", "strategy", "version", "lease_expires_at"}
+    assert Pair.objects.get(pk=after["pair_id"]).leased_by == annotator
+    assert Constraint.objects.get(pair_id=shown, annotator=annotator).answer == "different"
+    # A retry after a lost response stores nothing and hands back the same pair, not another.
+    again = client.post(url, body, format="json")
+    assert (again.status_code, again.json()["next"]["pair_id"]) == (200, after["pair_id"])
+    assert Pair.objects.filter(leased_by=annotator, status=Pair.Status.QUEUED).count() == 2
+
+
+def test_an_answer_with_a_malformed_exclude_is_400_and_stores_nothing(
+    collection, images, annotator
+):
+    client = client_for(annotator)
+    shown = client.get(next_url(collection)).json()["pair_id"]
+    url = f"/api/v1/pairs/{shown}/answer/?next=1&exclude=abc"
+    assert client.post(url, {"answer": "same"}, format="json").status_code == 400
+    assert not Constraint.objects.filter(pair_id=shown).exists()
+
+
 def test_undo_puts_the_pair_back_to_the_annotator(collection, images, annotator):
     client = client_for(annotator)
     pair_id = client.get(next_url(collection)).json()["pair_id"]
@@ -130,6 +162,29 @@ def test_undo_puts_the_pair_back_to_the_annotator(collection, images, annotator)
 def test_nothing_left_is_204(collection, annotator):
     # No active version: nothing can be mined.
     assert client_for(annotator).get(next_url(collection)).status_code == 204
+
+
+def test_an_exhausted_queue_is_mined_once_not_at_every_request(
+    collection, images, annotator, monkeypatch
+):
+    calls = []
+
+    def nothing_found(collection, n=None):
+        calls.append(n)
+        return 0
+
+    monkeypatch.setattr(pair_queue, "mine", nothing_found)
+    client = client_for(annotator)
+    assert [client.get(next_url(collection)).status_code for _ in range(3)] == [204] * 3
+    assert len(calls) == 1
+    # A new version may find pairs the old one could not: it is mined at once.
+    add_version(collection, images, number=2, seed=9)
+    assert client.get(next_url(collection)).status_code == 204
+    assert len(calls) == 2
+    # So is the same version once the pause is over.
+    monkeypatch.setattr(pair_queue, "NOTHING_TO_MINE_S", 0.0)
+    assert client.get(next_url(collection)).status_code == 204
+    assert len(calls) == 3
 
 
 def test_outsider_cannot_see_or_answer_pairs(collection, images, annotator, outsider):

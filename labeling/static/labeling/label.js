@@ -1,6 +1,7 @@
 // The labeling loop in the browser: show a pair, keep the next one loaded, send answers through
 // an outbox that retries until the server has them (an idempotency key makes a retry harmless),
-// and undo the last answer. Keys: J same, K different, S unsure, U or Backspace undo, I opens or
+// and undo the last answer. An answer's request also asks for the pair after the preloaded one
+// (?next=1), so each answer is one round trip. Keys: J same, K different, S unsure, U or Backspace undo, I opens or
 // closes the collection's instructions.
 // The outbox belongs to the signed-in user: it is kept per user, every answer says whose it is,
 // and when the session ends (401/403) it waits for that user to log in again, then sends.
@@ -26,6 +27,11 @@
 
   let current = null; // the pair on screen
   let upcoming = null; // a promise of the next pair (or null when none is left)
+  let upcomingId; // that pair's id once it has arrived (null: none left), undefined before
+  // Outbox key -> the page waiting for the pair its answer's response brings: { exclude, resolve }.
+  const following = new Map();
+  // Key press (or click) to next pair on screen, for bench/label_page.py: the last 200 answers.
+  const timings = (window.__labelTimings = []);
   const answered = []; // pairs answered on this page, most recent last, for undo
   let outbox = JSON.parse(localStorage.getItem(OUTBOX) || "[]");
   let sending = false;
@@ -43,6 +49,9 @@
     crypto.randomUUID ? crypto.randomUUID() : `${Date.now()}-${Math.random().toString(16).slice(2)}`;
   const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
   const IDLE_CHECK_MS = 5000;
+  // An answer the server has not confirmed after this long is shown as waiting (a slow server);
+  // sooner, every answer would flash the note.
+  const SLOW_ANSWER_MS = 1000;
   let idleCheck = null;
 
   // Logging in (again, perhaps in another tab) rotates the CSRF token: the cookie has the new one.
@@ -70,7 +79,7 @@
 
   function showPending() {
     pendingNote.hidden = outbox.length === 0;
-    pendingNote.textContent = `${outbox.length} answer(s) waiting to be sent; retrying…`;
+    pendingNote.textContent = `${outbox.length} answer(s) waiting for the server; kept in this browser until it has them.`;
   }
 
   // Sends the outbox in order. Network errors, 5xx and 429 (too many answers a minute) are
@@ -83,9 +92,16 @@
     let delay = 500;
     while (outbox.length) {
       const item = outbox[0];
+      const waiter = following.get(item.key);
+      following.delete(item.key);
+      let url = answerUrl(item.pair_id);
+      if (waiter) {
+        const exclude = [waiter.exclude, ...outbox.slice(1).map((other) => other.pair_id)];
+        url += `?next=1&exclude=${exclude.join(",")}`;
+      }
       let response = null;
       try {
-        response = await request(answerUrl(item.pair_id), {
+        response = await request(url, {
           method: "POST",
           headers: { "Content-Type": "application/json" },
           body: JSON.stringify({ answer: item.answer, idempotency_key: item.key }),
@@ -96,6 +112,12 @@
       const refused =
         response && response.status >= 400 && response.status < 500 && response.status !== 429 && !authLost(response);
       showSignedOut(authLost(response));
+      if (waiter) {
+        // The pair after the one on screen came with the answer; without it (a failed or refused
+        // request) it is asked for on its own at once, never after the outbox's retries.
+        const body = response && response.ok ? await response.json().catch(() => ({})) : {};
+        waiter.resolve("next" in body ? loaded(body.next) : fetchNext([waiter.exclude]));
+      }
       if (response && (response.ok || refused)) {
         if (!response.ok) status.textContent = `An answer was refused (${response.status}).`;
         outbox.shift();
@@ -115,8 +137,8 @@
   }
 
   // The next pair, leased to this annotator, its images fetched before they are shown.
-  async function fetchNext() {
-    const exclude = [current && current.pair_id, ...outbox.map((item) => item.pair_id)]
+  async function fetchNext(also = []) {
+    const exclude = [current && current.pair_id, ...also, ...outbox.map((item) => item.pair_id)]
       .filter(Boolean)
       .join(",");
     for (let delay = 500; ; delay = Math.min(delay * 2, 10000)) {
@@ -124,17 +146,19 @@
         const response = await request(`${nextUrl}?exclude=${exclude}`);
         showSignedOut(authLost(response));
         if (response.status === 204) return null;
-        if (response.ok) {
-          const pair = await response.json();
-          await Promise.all([pair.a.url, pair.b.url].map(preload));
-          return pair;
-        }
+        if (response.ok) return loaded(await response.json());
       } catch (error) {
         // Offline: try again below.
       }
       if (signedOut.hidden) status.textContent = "Cannot reach the server; retrying…";
       await sleep(delay);
     }
+  }
+
+  // The pair (or null) once both its images are in the browser's cache.
+  async function loaded(pair) {
+    if (pair) await Promise.all([pair.a.url, pair.b.url].map(preload));
+    return pair;
   }
 
   function preload(url) {
@@ -145,7 +169,8 @@
     });
   }
 
-  function show(pair) {
+  // `next`: a promise of the pair after this one, when an answer's response brings it.
+  function show(pair, next = null) {
     current = pair;
     const enabled = Boolean(pair);
     buttons.forEach((button) => {
@@ -175,18 +200,37 @@
     root.dataset.pairId = pair.pair_id;
     const why = [pair.strategy, pair.version ? `model v${pair.version}` : ""].filter(Boolean);
     status.textContent = `Pair ${pair.pair_id}${why.length ? ` (${why.join(", ")})` : ""}`;
-    upcoming = fetchNext();
+    upcomingId = undefined;
+    const pending = (next || fetchNext()).then((nextPair) => {
+      if (upcoming === pending) upcomingId = nextPair ? nextPair.pair_id : null;
+      return nextPair;
+    });
+    upcoming = pending;
   }
 
-  async function answer(value) {
+  // `pressedAt`: the key press's (or click's) event time, for window.__labelTimings.
+  async function answer(value, pressedAt = performance.now()) {
     if (!current) return;
-    outbox.push({ pair_id: current.pair_id, answer: value, key: newKey() });
+    const item = { pair_id: current.pair_id, answer: value, key: newKey() };
+    outbox.push(item);
     saveOutbox();
     answered.push(current);
     const waiting = upcoming;
+    // The pair to show next is here already and nothing else waits in the outbox: this answer's
+    // response brings the pair after it (an answer queued behind retries would hold it back).
+    const next =
+      upcomingId && outbox.length === 1
+        ? new Promise((resolve) => following.set(item.key, { exclude: upcomingId, resolve }))
+        : null;
     current = null;
     flush();
-    show(await waiting);
+    setTimeout(showPending, SLOW_ANSWER_MS);
+    show(await waiting, next);
+    const shown = performance.now();
+    requestAnimationFrame(() => {
+      timings.push({ pair_id: item.pair_id, shown: shown - pressedAt, frame: performance.now() - pressedAt });
+      if (timings.length > 200) timings.shift();
+    });
   }
 
   async function undo() {
@@ -195,6 +239,7 @@
     const queued = outbox.findIndex((item) => item.pair_id === last.pair_id);
     if (queued > 0 || (queued === 0 && !sending)) {
       // Never sent: taking it out of the outbox is the whole undo.
+      following.delete(outbox[queued].key);
       outbox.splice(queued, 1);
       saveOutbox();
     } else {
@@ -215,7 +260,7 @@
     const button = event.target.closest("button");
     if (!button || button.disabled) return;
     if (button.hasAttribute("data-undo")) undo();
-    else answer(button.dataset.answer);
+    else answer(button.dataset.answer, event.timeStamp);
   });
 
   document.addEventListener("keydown", (event) => {
@@ -225,7 +270,7 @@
     const actions = { j: "same", k: "different", s: "unsure" };
     if (actions[key]) {
       event.preventDefault();
-      answer(actions[key]);
+      answer(actions[key], event.timeStamp);
     } else if (key === "u" || key === "backspace") {
       event.preventDefault();
       undo();
