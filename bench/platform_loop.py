@@ -150,7 +150,7 @@ def main() -> None:
         sys.exit(
             "error: bench/platform_loop.py runs on the embedded PostgreSQL; unset DATABASE_URL"
         )
-    from worker.threads import limit_torch_threads
+    from worker.priority import limit_torch_threads
 
     limit_torch_threads()  # as a worker process does (AUTORET_TORCH_THREADS)
     drop_database(BENCH_DB)

@@ -432,7 +432,7 @@ AUTORET_TRAIN_SLICE_SECONDS = env_int("AUTORET_TRAIN_SLICE_SECONDS", 300, minimu
 AUTORET_CHECKPOINT_SECONDS = env_int("AUTORET_CHECKPOINT_SECONDS", 30, minimum=1)
 AUTORET_TRAIN_BATCH_SIZE = env_int("AUTORET_TRAIN_BATCH_SIZE", 128, minimum=2)
 AUTORET_EMBED_BATCH = env_int("AUTORET_EMBED_BATCH", 4096, minimum=1)
-# PyTorch threads per worker process (worker/threads.py): one core fewer than the machine has, so
+# PyTorch threads per worker process (worker/priority.py): one core fewer than the machine has, so
 # training never oversubscribes the cores the web server and the database need.
 AUTORET_TORCH_THREADS = env_int(
     "AUTORET_TORCH_THREADS", max(1, (os.cpu_count() or 1) - 1), minimum=1

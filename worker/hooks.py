@@ -6,7 +6,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from celery.signals import worker_process_init
 from django.db.models.signals import post_delete, post_save
 
 from labeling.signals import answer_recorded, mining_wanted
@@ -19,7 +18,7 @@ from retrieval.signals import (
     images_deleting,
     version_activated,
 )
-from worker import actions, retraining, threads
+from worker import actions, retraining
 from worker.enqueue import send_on_commit
 from worker.models import Job, TrainingPolicy
 
@@ -69,6 +68,5 @@ def connect() -> None:
     mining_wanted.connect(_queue_mining, dispatch_uid="worker-mining")
     images_deleting.connect(_refuse_while_jobs_run, dispatch_uid="worker-images-deleting")
     collection_contents.connect(_job_count, dispatch_uid="worker-collection-contents")
-    worker_process_init.connect(threads.limit_torch_threads, dispatch_uid="worker-threads")
     post_save.connect(retraining.forget_policies, TrainingPolicy, dispatch_uid="worker-policy")
     post_delete.connect(retraining.forget_policies, TrainingPolicy, dispatch_uid="worker-policy")

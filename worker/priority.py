@@ -1,4 +1,5 @@
-"""Tasks run below the web server's CPU priority.
+"""Tasks share the machine with the web server: below its CPU priority, and with fewer PyTorch
+threads than cores.
 
 On the single-machine setup the worker shares the cores that serve the Label page, and a training
 job alone can keep both of a 2-core machine busy for minutes: at equal priority every answer then
@@ -6,6 +7,12 @@ waits its turn behind the training's threads (docs/benchmarks.md, "Labeling late
 the kernel's scheduler gives the web server and PostgreSQL the CPU whenever they want it, and the
 training the rest, so it still uses every idle cycle. The worker's main process (the consumer and
 its heartbeats) keeps its priority; only the processes that run tasks are lowered.
+
+PyTorch starts one OpenMP thread per core, and OpenMP threads spin while they wait. Where the
+worker shares its cores with gunicorn, PostgreSQL or other workers, that oversubscription is
+ruinous: on the 2-core development machine at load 5, one step of the head's training took about
+1 s with 2 threads and 0.07 s with 1. So a task process uses AUTORET_TORCH_THREADS, one core
+fewer than the machine has (at least one).
 """
 
 from __future__ import annotations
@@ -24,5 +31,14 @@ def lower_priority(**_: Any) -> None:
         os.setpriority(os.PRIO_PROCESS, 0, settings.AUTORET_WORKER_NICE)
 
 
+def limit_torch_threads(**_: Any) -> None:
+    import torch  # a task process loads it for every task anyway
+
+    torch.set_num_threads(settings.AUTORET_TORCH_THREADS)
+
+
 def connect_signals() -> None:
     worker_process_init.connect(lower_priority, weak=False, dispatch_uid="autoret-task-priority")
+    worker_process_init.connect(
+        limit_torch_threads, weak=False, dispatch_uid="autoret-task-threads"
+    )

@@ -31,3 +31,17 @@ def test_a_task_process_runs_at_the_configured_nice_value(settings):
 def test_nice_zero_leaves_the_priority_alone(settings):
     settings.AUTORET_WORKER_NICE = 0
     assert nice_in_a_fresh_thread() == os.getpriority(os.PRIO_PROCESS, 0)
+
+
+def test_a_worker_process_leaves_cores_to_the_web_server(settings) -> None:
+    import torch
+
+    from worker.priority import limit_torch_threads
+
+    before = torch.get_num_threads()
+    settings.AUTORET_TORCH_THREADS = 1
+    try:
+        limit_torch_threads()
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)

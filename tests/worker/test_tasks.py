@@ -106,17 +106,3 @@ def test_worker_drains_a_collection_in_self_enqueued_steps(
     wait_for(activated, "the collection's first active version", process=celery_worker)
     embedded = Embedding.objects.filter(version=collection.active_version)
     assert sorted(embedded.values_list("image_id", flat=True)) == ids
-
-
-def test_a_worker_process_leaves_cores_to_the_web_server(settings) -> None:
-    import torch
-
-    from worker.threads import limit_torch_threads
-
-    before = torch.get_num_threads()
-    settings.AUTORET_TORCH_THREADS = 1
-    try:
-        limit_torch_threads()
-        assert torch.get_num_threads() == 1
-    finally:
-        torch.set_num_threads(before)
