@@ -65,11 +65,14 @@ def start_training(
     *,
     run_here: bool = False,
     recipe: str = PRETRAINED,
+    automatic: bool = False,
 ) -> Job:
     """Creates the next model version and a training job for it, and queues the job.
 
     `recipe` (worker.models.RECIPES): the head on cached pretrained features (the default), the
-    from-scratch network, or the ImageNet backbone fine-tuned in full.
+    from-scratch network, or the ImageNet backbone fine-tuned in full. `automatic`: started by
+    the answers (worker/retraining.py): a result clearly worse than the active version on the
+    imported labels is kept inactive.
 
     Raises TrainingAlreadyRunning when the collection has a training job queued or running (a
     partial unique constraint decides, so two simultaneous clicks cannot both win). run_here:
@@ -113,7 +116,7 @@ def start_training(
                 version=version,
                 requested_by=user,
                 phase="queued",
-                options={"minutes": budget, "recipe": recipe},
+                options={"minutes": budget, "recipe": recipe, "automatic": automatic},
             )
             Event.record(
                 Event.Action.TRAIN_START, user, locked, job, version=number, minutes=budget

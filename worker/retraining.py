@@ -95,7 +95,7 @@ def after_answer(collection_id: int) -> None:
         return
     # Another check may have started it a moment ago: that one is the retraining.
     with contextlib.suppress(TrainingAlreadyRunning):
-        job = start_training(collection, None)
+        job = start_training(collection, None, automatic=True)
         log.info(
             "collection %s: %d new answers, retraining (job %s)", collection_id, needed, job.pk
         )

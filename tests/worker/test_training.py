@@ -291,3 +291,62 @@ def test_deleting_a_collection_removes_its_checkpoints_and_indexes(
     assert not any(c.exists() for c in checkpoints) and settings.MODELS_DIR.is_dir()
     assert not indexes.has_index(trained.pk)
     assert not Collection.objects.filter(pk=searchable.pk).exists()
+
+
+def measured(version_maps: dict[int, float]):
+    """An evaluate_version that reports the given mAP@100 per version number, as if from 200
+    labelled queries (what the guard needs to trust a difference)."""
+
+    def evaluate(version: ModelVersion) -> dict[str, float]:
+        return {"map_at_100": version_maps[version.number], "label_queries": 200}
+
+    return evaluate
+
+
+@pytest.mark.django_db
+def test_an_automatic_retraining_clearly_worse_on_the_labels_stays_inactive(
+    searchable, monkeypatch
+) -> None:
+    monkeypatch.setattr(pipeline, "evaluate_version", measured({1: 0.50, 2: 0.40}))
+    old = searchable.active_version_id
+    job = run_to_end(
+        actions.start_training(searchable, None, minutes=0.01, run_here=True, automatic=True)
+    )
+    assert job.status == Job.Status.DONE, job.error
+    assert "version 2 kept inactive: mAP@100 0.400" in job.log_tail
+    searchable.refresh_from_db()
+    assert searchable.active_version_id == old
+    kept = job.version_or_fail()
+    assert kept.status == ModelVersion.Status.READY  # an admin may still activate it
+    actions.activate_version(kept)
+    searchable.refresh_from_db()
+    assert searchable.active_version_id == kept.pk
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    ("automatic", "maps"),
+    [(False, {1: 0.50, 2: 0.40}), (True, {1: 0.50, 2: 0.49})],
+    ids=["asked-for", "within-the-margin"],
+)
+def test_a_requested_or_not_clearly_worse_version_is_activated(
+    searchable, admin, monkeypatch, automatic, maps
+) -> None:
+    monkeypatch.setattr(pipeline, "evaluate_version", measured(maps))
+    job = actions.start_training(
+        searchable, None if automatic else admin, minutes=0.01, run_here=True, automatic=automatic
+    )
+    job = run_to_end(job)
+    assert job.status == Job.Status.DONE, job.error
+    searchable.refresh_from_db()
+    assert searchable.active_version_id == job.version_id
+
+
+def test_few_labelled_queries_never_count_as_clearly_worse() -> None:
+    assert pipeline.clearly_worse(
+        {"map_at_100": 0.1, "label_queries": 200}, {"map_at_100": 0.5, "label_queries": 200}
+    )
+    assert not pipeline.clearly_worse(
+        {"map_at_100": 0.1, "label_queries": 20}, {"map_at_100": 0.5, "label_queries": 200}
+    )
+    assert not pipeline.clearly_worse({"constraint_agreement": 0.2}, {"constraint_agreement": 0.9})
