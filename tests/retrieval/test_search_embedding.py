@@ -224,3 +224,23 @@ def test_map_projection_is_in_the_unit_square() -> None:
     points = search.project_2d(np.random.default_rng(0).normal(size=(30, 128)))
     assert points.shape == (30, 2)
     assert points.min() >= 0.0 and points.max() <= 1.0
+
+
+def test_the_cli_default_trains_what_the_platform_trains(tmp_path) -> None:
+    from retrieval.autoret.cli import main
+
+    data = tmp_path / "tiny.npz"
+    rng = np.random.default_rng(0)
+    np.savez(data, images=rng.integers(0, 256, (12, 16, 16), dtype=np.uint8))
+    out = tmp_path / "ckpt"
+    argv = ["train", "--data", str(data), "--out", str(out), "--steps", "2", "--no-progress"]
+    assert main(argv) == 0
+    info = read_info(out)
+    platform = features.default_version_config()
+    assert info["features"] == platform["features"] and info["head"] == platform["head"]
+    # The training settings too, but for what each run sets: its budget, seed and device.
+    from retrieval.autoret.head_training import HeadTrainConfig
+
+    per_run = {"steps", "seconds", "seed", "device", "log_every"}
+    defaults = {k: v for k, v in HeadTrainConfig().to_dict().items() if k not in per_run}
+    assert {k: info["train"][k] for k in defaults} == defaults
