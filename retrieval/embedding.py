@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import shutil
-import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -105,7 +104,7 @@ def fit_version_one(version: ModelVersion, cfg: FeatureConfig) -> bool:
         return False
     head_cfg = HeadConfig.from_dict(version.config.get("head") or {})
     model = version_one(torch.from_numpy(array), cfg, head_cfg, seed=features.SEED)
-    name = f"collection-{version.collection_id}/v{version.number}-{uuid.uuid4().hex[:8]}"
+    name = versions.new_checkpoint_name(version.collection_id, version.number)
     directory = settings.MODELS_DIR / name
     save_head_checkpoint(directory, model, metrics={"fitted_on_images": len(ids)})
     won = ModelVersion.objects.filter(pk=version.pk, checkpoint="").update(checkpoint=name)

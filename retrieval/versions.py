@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import shutil
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -199,6 +200,13 @@ def fail(version_id: int) -> bool:
         .exclude(status=ModelVersion.Status.READY)
         .update(status=ModelVersion.Status.FAILED)
     )
+
+
+def new_checkpoint_name(collection_id: int, number: int) -> str:
+    """A fresh ModelVersion.checkpoint for version `number` of a collection: unique even when a
+    database is recreated with the same ids (tests, a restore), so a stale checkpoint under the
+    same name is never taken for this version's."""
+    return f"collection-{collection_id}/v{number}-{uuid.uuid4().hex[:8]}"
 
 
 def checkpoint_dir(version: ModelVersion) -> Path:

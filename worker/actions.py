@@ -6,7 +6,6 @@ worker/pipeline.py, run by the tasks in worker/tasks.py.
 
 from __future__ import annotations
 
-import uuid
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -106,9 +105,7 @@ def start_training(
                 kind=ModelVersion.Kind.TRAINED,
                 status=ModelVersion.Status.TRAINING,
                 created_by=user,
-                # Unique even when a database is recreated with the same ids (tests, a restore):
-                # a stale checkpoint under the same name would be resumed as if it were this one.
-                checkpoint=f"collection-{locked.pk}/v{number}-{uuid.uuid4().hex[:8]}",
+                checkpoint=versions.new_checkpoint_name(locked.pk, number),
             )
             job = Job.objects.create(
                 kind=Job.Kind.TRAIN,

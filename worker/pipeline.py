@@ -231,6 +231,15 @@ def _train_config(job: Job, progress_bar: bool) -> TrainConfig:
     )
 
 
+def _write_progress(job: Job, p: Progress, progress: float, metrics: dict[str, Any]) -> bool:
+    """Stores a training's progress, ETA and metrics on its job row (the job page polls it) and
+    says whether someone asked to cancel."""
+    Job.objects.filter(pk=job.pk).update(
+        progress=progress, eta_s=p.eta_s, metrics=metrics, heartbeat_at=timezone.now()
+    )
+    return _cancel_requested(job)
+
+
 def _train_slice(job: Job, progress_bar: bool) -> str:
     """Trains for at most one slice from the last checkpoint: "more", "done" or "cancelled"."""
     version = job.version
@@ -279,13 +288,8 @@ def _train_slice(job: Job, progress_bar: bool) -> str:
         elif now - last_write < WRITE_EVERY_S and p.fraction_done < 1.0:
             return True
         last_write = now
-        Job.objects.filter(pk=job.pk).update(
-            progress=TRAIN_SHARE * p.fraction_done,
-            eta_s=p.eta_s,
-            metrics={**job.metrics, "loss": history, "slices": slices},
-            heartbeat_at=timezone.now(),
-        )
-        if _cancel_requested(job):
+        metrics = {**job.metrics, "loss": history, "slices": slices}
+        if _write_progress(job, p, TRAIN_SHARE * p.fraction_done, metrics):
             stop["why"] = "cancelled"
         return not stop
 
@@ -389,13 +393,8 @@ def _train_head(job: Job, version: ModelVersion) -> str:
         if now - last_write < WRITE_EVERY_S and p.fraction_done < 1.0:
             return True
         last_write = now
-        Job.objects.filter(pk=job.pk).update(
-            progress=FEATURE_SHARE + (TRAIN_SHARE - FEATURE_SHARE) * p.fraction_done,
-            eta_s=p.eta_s,
-            metrics={**job.metrics, "loss": history},
-            heartbeat_at=timezone.now(),
-        )
-        cancelled = _cancel_requested(job)
+        progress = FEATURE_SHARE + (TRAIN_SHARE - FEATURE_SHARE) * p.fraction_done
+        cancelled = _write_progress(job, p, progress, {**job.metrics, "loss": history})
         return not cancelled
 
     result = train_head(model.head, tensor, cfg, known, callback)

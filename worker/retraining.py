@@ -47,9 +47,14 @@ def _own_thresholds() -> dict[int, int]:
     return _policies[1]
 
 
+def _answers_needed(own: int | None) -> int:
+    """A collection's own threshold, else the site's; 0: never automatically."""
+    return settings.AUTORET_RETRAIN_AFTER_ANSWERS if own is None else own
+
+
 def threshold(collection_id: int) -> int:
-    """New answers that start retraining in this collection; 0: never automatically."""
-    return _own_thresholds().get(collection_id, settings.AUTORET_RETRAIN_AFTER_ANSWERS)
+    """New answers that start retraining in this collection (cached, for the answer path)."""
+    return _answers_needed(_own_thresholds().get(collection_id))
 
 
 def forget_policies(**_: Any) -> None:
@@ -81,9 +86,7 @@ def after_answer(collection_id: int) -> None:
     if collection is None:
         return
     policy = TrainingPolicy.objects.filter(collection=collection).first()
-    needed = settings.AUTORET_RETRAIN_AFTER_ANSWERS
-    if policy is not None and policy.retrain_after_answers is not None:
-        needed = policy.retrain_after_answers
+    needed = _answers_needed(policy.retrain_after_answers if policy is not None else None)
     if needed <= 0 or active_training(collection) is not None:
         return
     last = (
