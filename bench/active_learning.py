@@ -3,8 +3,12 @@
     .venv/bin/python bench/active_learning.py --rounds 8 --batch 250 --out var/bench/active-learning
     .venv/bin/python bench/active_learning.py --train-size 500 --queries 100 --rounds 1 --batch 20 \
         --images-per-round 256          # a smoke run (about a minute)
+    AUTORET_BENCH_AL_DB=al_emoji_s0 .venv/bin/python bench/active_learning.py --data emoji \
+        --rows default,random --seed 0 --rounds 4 --batch 500 --threads 1 \
+        --out var/bench/al-emoji-s0     # "same emoji?"; seeds 1 and 2 alike, then --results
 
-A simulated annotator answers from Fashion-MNIST's true classes (same class = "same"). For each
+A simulated annotator answers from the true labels: Fashion-MNIST's class, or with --data emoji
+the emoji's identity ("same emoji?"; google's and facebook's drawing of one emoji). For each
 strategy row (the collection's default mix, each strategy alone, and `random`) the loop is the
 platform's own: `labeling.strategies.mine` queues pairs of the active version, the annotator
 answers B of them in queue order through `labeling.answers.record_answer` (skipping those an
@@ -14,15 +18,22 @@ by default (--recipe pretrained) as the worker does, a head fitted afresh on the
 features and trained on them for --head-steps with every answer so far (round 0 is version 1,
 untrained); with --recipe faithful or ours, the from-scratch network for a fixed budget of
 images (from the round-0 network; --continue-training trains on from the previous round's
-weights instead). Then the train
-subset is re-embedded into a new active version, and mAP@1000 is measured with test images as
-queries against the train subset (`evaluate_retrieval`). Every row starts from the same seeded
-network and its round-0 embedding.
+weights instead). Then the train subset is re-embedded into a new active version and the data
+set's headline metric is measured (`evaluate_retrieval`): on Fashion-MNIST mAP@1000, --queries
+test images against the --train-size train images (the collection); on emoji identity mAP@10, and
+recall@1 beside it, all 1,855 twitter emoji against the 3,710 google and facebook ones (the
+collection; the size flags do not apply), the split and scoring of bench/feature_quality.py's
+emoji protocol with features at 128 px as it measured them. Every row starts from the same seeded
+network and its round-0 embedding. Features are extracted once per data set, seed and sizes and
+cached under --cache (emoji reads those bench/feature_quality.py cached). The from-scratch
+recipes run on Fashion-MNIST only.
 
 Runs in its own database (`autoret_bench_al`, or AUTORET_BENCH_AL_DB, created, migrated and
-dropped afterwards). Prints the labels-to-quality table (mAP@1000 after each number of answers)
-and the answers each strategy needed to reach the mAP random reaches at the end; --out writes
-results.json and a PNG plot when matplotlib is installed. Record the numbers in docs/benchmarks.md.
+dropped afterwards). Prints the labels-to-quality table (the headline metric after each number of
+answers) and the answers each strategy needed to reach what random reaches at the end, then a
+table for each other metric; --out writes results.json (each curve point's "map" is the headline
+metric that its "metric" names, beside "data") and a PNG plot when matplotlib is installed.
+Record the numbers in docs/benchmarks.md.
 
 Rows are independent (each starts from the same network and round 0), so they can run as
 separate processes, each with its own database, and be reported together afterwards:
@@ -35,6 +46,7 @@ separate processes, each with its own database, and be reported together afterwa
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import json
 import math
@@ -50,15 +62,20 @@ import torch
 
 BENCH_DB = os.environ.get("AUTORET_BENCH_AL_DB", "autoret_bench_al")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 os.environ["AUTORET_DB_NAME"] = BENCH_DB
 # The bench trains each round itself; the platform's own retraining (a Celery task) stays off.
 os.environ["AUTORET_RETRAIN_AFTER_ANSWERS"] = "0"
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 
+import feature_quality  # noqa: E402
+from feature_quality import Protocol, cached_features  # noqa: E402
+
 from config.embedded import drop_database  # noqa: E402
 from retrieval.autoret.data import ImageSet, load_dataset  # noqa: E402
 from retrieval.autoret.embed import embed_images  # noqa: E402
 from retrieval.autoret.evaluate import evaluate_retrieval  # noqa: E402
+from retrieval.autoret.features import FeatureConfig  # noqa: E402
 from retrieval.autoret.model import AutoRet, create_model  # noqa: E402
 from retrieval.autoret.pairs import KnownPairs  # noqa: E402
 from retrieval.autoret.train import RECIPE_MODEL, RECIPE_TRAIN, TrainConfig, train  # noqa: E402
@@ -81,6 +98,15 @@ RECIPES: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
 PRETRAINED = "pretrained"
 # "none" answers nothing: the self-supervised training alone, what the answers are measured against.
 ROWS = ["default", "uncertain", "disagreement", "diverse", "merge-gain", "random", "none"]
+# Each data set's metrics: the first is the headline (the table, "answers to random's final" and
+# the plot read it as each curve point's "map"); the others are recorded beside it by name.
+METRICS: dict[str, tuple[str, ...]] = {
+    "fashion-mnist": ("mAP@1000",),
+    "emoji": ("id mAP@10", "recall@1"),
+}
+# The pretrained recipe's features: the platform's default on Fashion-MNIST; on emoji 128 px, the
+# size bench/feature_quality.py measured them at (docs/benchmarks.md, "Emoji").
+FEATURES = {"fashion-mnist": FeatureConfig(), "emoji": FeatureConfig(input_size=128)}
 
 
 def subset(data: ImageSet, n: int | None, seed: int) -> ImageSet:
@@ -91,6 +117,35 @@ def subset(data: ImageSet, n: int | None, seed: int) -> ImageSet:
     return ImageSet(data.images[index], data.labels[index])
 
 
+def fashion_mnist(seed: int, train_size: int, queries_size: int) -> Protocol:
+    """Test images as queries against a seeded subset of the train images, mAP@1000."""
+    train_set = subset(load_dataset("fashion-mnist:train"), train_size, seed)
+    queries = subset(load_dataset("fashion-mnist:test"), queries_size, seed + 1)
+    assert train_set.labels is not None and queries.labels is not None
+    q_labels, db_labels = queries.labels, train_set.labels
+
+    def score(q: torch.Tensor, db: torch.Tensor) -> dict[str, float]:
+        return {"mAP@1000": evaluate_retrieval(q, q_labels, db, db_labels)["map"]}
+
+    # Not feature_quality's name for the same sizes: its subsets hold these images sorted, and
+    # the feature cache checks only the count.
+    name = f"al-fashion-mnist-s{seed}-{len(train_set)}-{len(queries)}"
+    return Protocol(name, queries, train_set, score, METRICS["fashion-mnist"])
+
+
+def load_protocol(args: argparse.Namespace) -> Protocol:
+    if args.data == "emoji":
+        return dataclasses.replace(feature_quality.emoji(args.cache), headline=METRICS["emoji"])
+    return fashion_mnist(args.seed, args.train_size, args.queries)
+
+
+def scores(protocol: Protocol, q: np.ndarray, db: np.ndarray) -> dict[str, float]:
+    """The protocol's metrics of these vectors as one curve point's values (no "answers")."""
+    got = protocol.score(torch.as_tensor(q), torch.as_tensor(db))
+    headline, *others = protocol.headline
+    return {"map": got[headline], **{name: got[name] for name in others}}
+
+
 def make_collection(name: str, data: ImageSet) -> tuple[Any, list[int]]:
     """A collection whose image rows stand for the train subset (no files: only vectors and
     the true class, which the simulated annotator reads)."""
@@ -98,13 +153,14 @@ def make_collection(name: str, data: ImageSet) -> tuple[Any, list[int]]:
 
     assert data.labels is not None
     collection = Collection.objects.create(name=name)
+    height, width = data.image_size
     rows = [
         Image(
             collection=collection,
             file=f"bench/{i}.png",
             sha256=f"{name}-{i}",
-            width=28,
-            height=28,
+            width=width,
+            height=height,
             format="PNG",
             original_name=f"{i}.png",
             label=str(int(label)),
@@ -137,16 +193,15 @@ def new_version(collection: Any, ids: list[int], vectors: np.ndarray, alpha: flo
 
 
 class HeadRounds:
-    """The pretrained recipe's rounds: features extracted once for both sets, version 1 fitted
-    on the train set's (round 0), and each round a head fitted and trained on them."""
+    """The pretrained recipe's rounds: features extracted once for both sets (or read from
+    `cache`), version 1 fitted on the train set's (round 0), and each round a head fitted and
+    trained on them."""
 
-    def __init__(self, train_set: ImageSet, queries: ImageSet, seed: int) -> None:
-        from retrieval.autoret.features import FeatureConfig, FeatureStage, extract_features
-
-        self.config = FeatureConfig()
-        stage = FeatureStage(self.config)
-        self.train_features = extract_features(stage, train_set, progress=True)
-        self.query_features = extract_features(stage, queries, progress=True)
+    def __init__(self, protocol: Protocol, config: FeatureConfig, cache: Path, seed: int) -> None:
+        self.config = config
+        name = protocol.name
+        self.train_features, _ = cached_features(f"{name}-db", protocol.database, config, cache)
+        self.query_features, _ = cached_features(f"{name}-q", protocol.queries, config, cache)
         self.seed = seed
 
     def embed(self, known: KnownPairs | None, steps: int) -> tuple[np.ndarray, np.ndarray, float]:
@@ -174,8 +229,7 @@ class HeadRounds:
 def run_row(
     row: str,
     args: argparse.Namespace,
-    train_set: ImageSet,
-    queries: ImageSet,
+    protocol: Protocol,
     base: AutoRet,
     heads: HeadRounds | None = None,
 ) -> list[dict[str, float]]:
@@ -186,7 +240,8 @@ def run_row(
     from labeling.models import Pair
     from labeling.training import known_constraints
 
-    assert train_set.labels is not None and queries.labels is not None
+    train_set, queries = protocol.database, protocol.queries
+    assert train_set.labels is not None
     collection, ids = make_collection(f"al-{row}-{time.time_ns()}", train_set)
     index_of = {image_id: i for i, image_id in enumerate(ids)}
     label_of = dict(zip(ids, train_set.labels.tolist(), strict=True))
@@ -217,9 +272,7 @@ def run_row(
         db = embed_images(model, train_set, 512)
         q = embed_images(model, queries, 512)
     new_version(collection, ids, db, alpha)
-    curve = [
-        {"answers": 0, "map": evaluate_retrieval(q, queries.labels, db, train_set.labels)["map"]}
-    ]
+    curve: list[dict[str, float]] = [{"answers": 0, **scores(protocol, q, db)}]
     answers = 0
     for round_number in range(1, args.rounds + 1):
         answered, attempt = 0, 0
@@ -263,12 +316,11 @@ def run_row(
             db = embed_images(model, train_set, 512)
             q = embed_images(model, queries, 512)
         new_version(collection, ids, db, alpha)
-        score = evaluate_retrieval(q, queries.labels, db, train_set.labels)["map"]
-        curve.append({"answers": answers, "map": score})
+        curve.append({"answers": answers, **scores(protocol, q, db)})
         grouped = int(known.sizes[known.sizes > 1].sum())
         print(
-            f"  {row}: {answers} answers, mAP@1000 {score:.4f}, {grouped} images in groups, "
-            f"known pairs {known.counts()}",
+            f"  {row}: {answers} answers, {protocol.headline[0]} {curve[-1]['map']:.4f}, "
+            f"{grouped} images in groups, known pairs {known.counts()}",
             file=sys.stderr,
             flush=True,
         )
@@ -283,14 +335,25 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
+    parser.add_argument("--data", choices=sorted(METRICS), default="fashion-mnist")
     parser.add_argument("--rows", default=",".join(ROWS))
     parser.add_argument("--rounds", type=int, default=8)
     parser.add_argument("--batch", type=int, default=250, help="answers per round (B)")
     parser.add_argument("--images-per-round", type=int, default=16_384)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--alpha", type=float, default=10.0)
-    parser.add_argument("--train-size", type=int, default=5_000)
-    parser.add_argument("--queries", type=int, default=1_000)
+    parser.add_argument(
+        "--train-size",
+        type=int,
+        default=5_000,
+        help="Fashion-MNIST only: emoji's collection is its whole database (3,710 images)",
+    )
+    parser.add_argument(
+        "--queries",
+        type=int,
+        default=1_000,
+        help="Fashion-MNIST only: emoji's queries are all 1,855 twitter emoji",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--continue-training",
@@ -313,6 +376,12 @@ def main() -> None:
     parser.add_argument(
         "--head-steps", type=int, default=600, help="training steps per round (pretrained)"
     )
+    parser.add_argument(
+        "--cache",
+        type=Path,
+        default=Path("var/bench/feature-cache"),
+        help="extracted features, and the emoji packages under emoji/ (bench/feature_quality.py's)",
+    )
     parser.add_argument("--out", type=Path)
     parser.add_argument("--threads", type=int, default=None, help="torch threads per process")
     parser.add_argument(
@@ -321,12 +390,18 @@ def main() -> None:
     args = parser.parse_args()
     if args.results:
         runs: dict[str, list[tuple[int, list[dict[str, float]]]]] = {}
+        data_sets = set()
         for folder in args.results.split(","):
             earlier = json.loads((Path(folder) / "results.json").read_text())
             for row, curve in earlier["curves"].items():
                 runs.setdefault(row.split(" (seed")[0], []).append((earlier["args"]["seed"], curve))
             for name in ("rounds", "batch", "images_per_round", "train_size", "queries", "seed"):
                 setattr(args, name, earlier["args"][name])
+            # Runs from before --data existed are Fashion-MNIST's.
+            data_sets.add(earlier["args"].get("data", "fashion-mnist"))
+        if len(data_sets) > 1:
+            sys.exit(f"error: --results mixes data sets: {', '.join(sorted(data_sets))}")
+        args.data = data_sets.pop()
         report(merge_seeds(runs), args)
         return
     if args.threads:
@@ -335,6 +410,13 @@ def main() -> None:
     unknown = set(rows) - set(ROWS)
     if unknown:
         sys.exit(f"error: unknown rows {', '.join(sorted(unknown))}; choose from {', '.join(ROWS)}")
+    if args.data == "emoji" and args.recipe != PRETRAINED:
+        sys.exit(
+            f"error: --recipe {args.recipe} trains the from-scratch network set up for "
+            "Fashion-MNIST's 28 x 28 grey images; emoji are 64 x 64 colour (RGBA composited on "
+            "white to RGB), which would need its model and training budget set up anew: use "
+            "--recipe pretrained on emoji"
+        )
 
     import django
 
@@ -347,17 +429,22 @@ def main() -> None:
             "error: bench/active_learning.py runs on the embedded PostgreSQL; unset DATABASE_URL"
         )
     torch.manual_seed(args.seed)
-    train_set = subset(load_dataset("fashion-mnist:train"), args.train_size, args.seed)
-    queries = subset(load_dataset("fashion-mnist:test"), args.queries, args.seed + 1)
+    protocol = load_protocol(args)
+    # The sizes as run, for the report and results.json (emoji ignores both flags).
+    args.train_size, args.queries = len(protocol.database), len(protocol.queries)
     scratch = RECIPES.get(args.recipe, ({}, {}))
     base = create_model("autoret", in_channels=1, image_size=28, **MODEL, **scratch[0])
-    heads = HeadRounds(train_set, queries, args.seed) if args.recipe == PRETRAINED else None
+    heads = (
+        HeadRounds(protocol, FEATURES[args.data], args.cache, args.seed)
+        if args.recipe == PRETRAINED
+        else None
+    )
     drop_database(BENCH_DB)  # a killed earlier run leaves it behind
     curves: dict[str, list[dict[str, float]]] = {}
     try:
         call_command("migrate", verbosity=0)
         for row in rows:
-            curves[row] = run_row(row, args, train_set, queries, base, heads)
+            curves[row] = run_row(row, args, protocol, base, heads)
     finally:
         drop_database(BENCH_DB)
     report(curves, args)
@@ -375,7 +462,14 @@ def merge_seeds(
             continue
         points = zip(*(curve for _, curve in seeded), strict=True)
         curves[f"{row} (mean of {len(seeded)} seeds)"] = [
-            {"answers": group[0]["answers"], "map": statistics.fmean(p["map"] for p in group)}
+            {
+                "answers": group[0]["answers"],
+                **{
+                    key: statistics.fmean(p[key] for p in group)
+                    for key in group[0]
+                    if key != "answers"
+                },
+            }
             for group in points
         ]
         for seed, curve in sorted(seeded):
@@ -384,15 +478,15 @@ def merge_seeds(
 
 
 def report(curves: dict[str, list[dict[str, float]]], args: argparse.Namespace) -> None:
+    headline, *others = METRICS[args.data]
     print(
-        f"# active learning: {datetime.date.today()}, {os.cpu_count()} CPUs, train "
-        f"{args.train_size}, queries {args.queries}, B={args.batch}, "
+        f"# active learning on {args.data}: {datetime.date.today()}, {os.cpu_count()} CPUs, "
+        f"train {args.train_size}, queries {args.queries}, B={args.batch}, "
         f"{args.images_per_round} images/round\n"
     )
     steps = [p["answers"] for p in next(iter(curves.values()))]
-    print(
-        "| strategy | " + " | ".join(f"{a:.0f}" for a in steps) + " | answers to random's final |"
-    )
+    header = "| strategy | " + " | ".join(f"{a:.0f}" for a in steps) + " |"
+    print(f"{headline}\n\n{header} answers to random's final |")
     print("|---|" + "---:|" * (len(steps) + 1))
     target_row = next((row for row in curves if row.split(" (")[0] == "random"), None)
     target = curves[target_row][-1]["map"] if target_row is not None else None
@@ -400,11 +494,14 @@ def report(curves: dict[str, list[dict[str, float]]], args: argparse.Namespace) 
         reach = answers_to_reach(curve, target) if target is not None else None
         cells = " | ".join(f"{p['map']:.4f}" for p in curve)
         print(f"| {row} | {cells} | {'-' if reach is None else f'{reach:.0f}'} |")
+    for metric in others:
+        print(f"\n{metric}\n\n{header}\n|---|" + "---:|" * len(steps))
+        for row, curve in curves.items():
+            print(f"| {row} | " + " | ".join(f"{p[metric]:.4f}" for p in curve) + " |")
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "results.json").write_text(
-            json.dumps({"args": vars(args) | {"out": str(args.out)}, "curves": curves}, indent=2)
-        )
+        results = {"data": args.data, "metric": headline, "args": vars(args), "curves": curves}
+        (args.out / "results.json").write_text(json.dumps(results, indent=2, default=str))
         try:
             import matplotlib
 
@@ -427,8 +524,9 @@ def report(curves: dict[str, list[dict[str, float]]], args: argparse.Namespace) 
                 label=None if one_seed else row,
             )
             colours.setdefault(base, line[0].get_color())
+        axes.set_title(f"labels to quality: {args.data}")
         axes.set_xlabel("answers")
-        axes.set_ylabel("mAP@1000")
+        axes.set_ylabel(headline)
         axes.legend()
         figure.tight_layout()
         figure.savefig(args.out / "labels-to-quality.png", dpi=120)
