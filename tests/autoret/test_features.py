@@ -13,7 +13,7 @@ def stage() -> FeatureStage:
 
 
 def test_key_names_backbone_size_and_layout_and_bad_values_are_refused() -> None:
-    assert FeatureConfig().key == "efficientnet_lite0-96px-2x2-regions"
+    assert FeatureConfig().key == "efficientnet_lite0-128px-2x2-regions"
     assert FeatureConfig(input_size=96, layout="crops").key == "efficientnet_lite0-96px-2x2-crops"
     assert FeatureConfig(grid=3).steps == 10
     with pytest.raises(ValueError, match="input_size"):
