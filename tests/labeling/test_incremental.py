@@ -81,6 +81,7 @@ def test_incremental_refresh_equals_full_replay(
 
     monkeypatch.setattr(inference, "_full", counted)
     steps = 90
+    flagged_seen = False
     for _ in range(steps):
         monkeypatch.setattr(inference, "_replays", rng.choice(processes))
         roll = rng.random()
@@ -90,12 +91,16 @@ def test_incremental_refresh_equals_full_replay(
             value = rng.choice([Answer.SAME, Answer.DIFFERENT, Answer.DIFFERENT, Answer.UNSURE])
             answers.record_answer(pair, rng.choice(users), value)
         elif roll < 0.8:
-            constraint = Constraint.objects.order_by("?").first()
+            # Chosen by the seeded rng, not the database's random(): the run must not depend on
+            # PostgreSQL's own sequence (a seed once ended without a conflict on one machine).
+            existing = list(Constraint.objects.order_by("pk"))
+            constraint = rng.choice(existing) if existing else None
             if constraint is not None:
                 assert constraint.annotator is not None
                 answers.undo_answer(constraint.pair, constraint.annotator)
         elif roll < 0.85:
-            ruled = Pair.objects.filter(collection=collection).order_by("?").first()
+            pairs = list(Pair.objects.filter(collection=collection).order_by("pk"))
+            ruled = rng.choice(pairs) if pairs else None
             if ruled is not None:
                 ruling = rng.choice([Answer.SAME, Answer.DIFFERENT, Answer.UNSURE])
                 answers.adjudicate(ruled, curator, ruling)
@@ -107,9 +112,10 @@ def test_incremental_refresh_equals_full_replay(
                 answers.record_answer(pair, rng.choice(users), Answer.SAME)
                 raise Rollback
         check_against_full_replay(collection.pk)
-    # The point of it: most answers did not replay everything.
+        flagged_seen = flagged_seen or Pair.objects.filter(flagged=True).exists()
+    # The point of it: most answers did not replay everything, and conflicts were among them.
     assert full["n"] < steps * 0.6
-    assert Pair.objects.filter(flagged=True).exists() or seed != 1
+    assert flagged_seen
 
 
 @pytest.mark.django_db(transaction=True)
