@@ -217,7 +217,9 @@ class HeadRounds:
         model = version_one(self.train_features, self.config, HeadConfig(), seed=0)
         if known is not None:
             cfg = HeadTrainConfig(steps=steps, seed=self.seed, log_every=10_000)
-            train_head(model.head, self.train_features, cfg, known)
+            result = train_head(model.head, self.train_features, cfg, known)
+            if result.neighbor_evidence is not None:
+                print(f"  {result.neighbor_evidence.describe()}", file=sys.stderr, flush=True)
         alpha = model.head.config.sphere_radius * math.sqrt(2.0)
         return (
             embed_features(model.head, self.train_features).numpy(),

@@ -189,7 +189,13 @@ def _train_pretrained(args: argparse.Namespace) -> None:
         model,
         step=result.steps,
         train_config=cfg.to_dict(),
-        metrics={"final_loss": result.final_loss, "neighbor_images": result.neighbor_images},
+        metrics={
+            "final_loss": result.final_loss,
+            "neighbor_images": result.neighbor_images,
+            "neighbors": (
+                result.neighbor_evidence.describe() if result.neighbor_evidence else None
+            ),
+        },
         loss_history=result.loss_history,
         elapsed_s=result.elapsed_s,
     )

@@ -279,6 +279,21 @@ class KnownPairs:
             self._component = component
         return self._component[index.cpu()]
 
+    def relation(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """What is known of each pair (a[i], b[i]) (LongTensors B): 1 can-link (one component),
+        0 cannot-link (an edge between their components), -1 unknown."""
+        ca, cb = self.component_of(a), self.component_of(b)
+        out = torch.full(ca.shape, -1, dtype=torch.long)
+        known = (ca >= 0) & (cb >= 0)
+        out[known & (ca == cb)] = 1
+        if len(self.edges):
+            width = len(self.sizes)
+            low, high = torch.minimum(ca, cb), torch.maximum(ca, cb)
+            keys = self.edges[:, 0] * width + self.edges[:, 1]
+            across = known & (ca != cb) & torch.isin(low * width + high, keys)
+            out[across] = 0
+        return out
+
     def _member(self, component: torch.Tensor, rank: torch.Tensor) -> torch.Tensor:
         return self.members[self.offsets[component] + rank]
 

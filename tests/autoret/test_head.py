@@ -182,3 +182,42 @@ def test_nearest_neighbors_are_the_closest_rows_and_none_beyond_the_pool() -> No
 def test_the_full_model_follows_the_feature_grid() -> None:
     model = PretrainedAutoRet(FeatureConfig(input_size=32, grid=3), HeadConfig(), pretrained=False)
     assert model.head.skip.in_features == 10 * HeadConfig().reduce_dim
+
+
+def test_known_pairs_state_the_relation_of_any_pair() -> None:
+    known = KnownPairs.from_constraints(6, must=[(0, 1), (1, 2)], cannot=[(2, 3)])
+    a, b = torch.tensor([0, 0, 1, 3, 4, 5]), torch.tensor([2, 3, 1, 0, 5, 0])
+    # 0-2 one component; 0-3 across a cannot edge; 1-1 itself; 4 and 5 never answered
+    assert known.relation(a, b).tolist() == [1, 0, 1, 0, -1, -1]
+
+
+def test_neighbours_are_dropped_when_the_known_pairs_say_they_are_not_matches() -> None:
+    features, clusters = clustered_features()
+    # The annotators' notion of "same" cuts across the clusters the features show.
+    answers = torch.arange(len(clusters)) % 4
+    cfg = HeadTrainConfig(steps=2, batch_size=16, neighbor_min_density=0.0)
+    against = train_head(small_head(features), features, cfg, KnownPairs.from_labels(answers, 1.0))
+    agree = train_head(small_head(features), features, cfg, KnownPairs.from_labels(clusters, 1.0))
+    assert against.neighbor_evidence is not None and agree.neighbor_evidence is not None
+    assert not against.neighbor_evidence.used and against.neighbor_images == 0
+    assert against.neighbor_evidence.basis == "known pairs"
+    assert against.neighbor_evidence.precision is not None
+    assert against.neighbor_evidence.precision < 0.5
+    assert agree.neighbor_evidence.used and agree.neighbor_images > 0
+    assert "neighbour partners not used" in against.neighbor_evidence.describe()
+
+
+def test_without_known_pairs_neighbours_are_used_only_where_groups_are_large() -> None:
+    cfg = HeadTrainConfig(steps=2, batch_size=16)
+    large, _ = clustered_features(n_per=40)
+    # Pairs of near-copies in random directions: every image's group is two images.
+    g = torch.Generator().manual_seed(1)
+    centres = torch.randn(80, 1, 32, generator=g).repeat_interleave(2, dim=0) * 2
+    pairs = (centres + 0.05 * torch.randn(160, 5, 32, generator=g)).abs()
+    in_large = train_head(small_head(large), large, cfg)
+    in_pairs = train_head(small_head(pairs), pairs, cfg)
+    assert in_large.neighbor_evidence is not None and in_pairs.neighbor_evidence is not None
+    assert in_large.neighbor_evidence.basis == "density" and in_large.neighbor_evidence.used
+    assert not in_pairs.neighbor_evidence.used and in_pairs.neighbor_images == 0
+    density = in_pairs.neighbor_evidence.density
+    assert density is not None and density < cfg.neighbor_min_density
