@@ -434,7 +434,7 @@ def _train_head(job: Job, version: ModelVersion) -> str:
     note(
         job,
         f"trained {result.steps} steps in {result.elapsed_s:.1f} s, "
-        f"final loss {result.final_loss:.4g}",
+        f"final loss {result.final_loss:.4g}; {summary['neighbors']}",
         progress=TRAIN_SHARE,
     )
     return "done"

@@ -36,7 +36,11 @@ def trained(collection: Collection) -> ModelVersion:
         status=ModelVersion.Status.READY,
         metrics={
             "loss": [{"step": s, "loss": 10.0 / s} for s in range(1, 30)],
-            "training": {"final_loss": 0.34, "steps": 29},
+            "training": {
+                "final_loss": 0.34,
+                "steps": 29,
+                "neighbors": "neighbour partners not used: neighbourhood density 0.77",
+            },
             "evaluation": {"map_at_100": 0.5, "constraint_agreement": 0.75, "answered_pairs": 8},
         },
     )
@@ -198,6 +202,7 @@ def test_models_page_shows_metrics_loss_curve_and_the_active_version(
     page = client_for(admin).get(reverse("worker:models", args=[collection.pk])).content.decode()
     assert "v2 <strong>(active)</strong>" in page
     assert "0.500" in page and "0.750" in page and "<polyline" in page
+    assert "neighbour partners not used: neighbourhood density 0.77" in page
     assert "Train</button>" in page
     seen_by_annotator = client_for(annotator).get(reverse("worker:models", args=[collection.pk]))
     assert seen_by_annotator.status_code == 200

@@ -57,6 +57,9 @@ def test_training_embeds_evaluates_and_activates_the_new_version(searchable, adm
     assert Embedding.objects.filter(version=new).count() == 24
     assert "map_at_100" in new.metrics["evaluation"]
     assert new.metrics["training"]["steps"] > 0
+    # Whether neighbours were trusted, and why, is on the version and in the job's log.
+    assert new.metrics["training"]["neighbors"].startswith("neighbour partners ")
+    assert new.metrics["training"]["neighbors"] in job.log_tail
 
 
 @pytest.mark.django_db
