@@ -218,8 +218,8 @@ class HeadRounds:
         if known is not None:
             cfg = HeadTrainConfig(steps=steps, seed=self.seed, log_every=10_000)
             result = train_head(model.head, self.train_features, cfg, known)
-            if result.neighbor_evidence is not None:
-                print(f"  {result.neighbor_evidence.describe()}", file=sys.stderr, flush=True)
+            if result.neighbors is not None:
+                print(f"  {result.neighbors}", file=sys.stderr, flush=True)
         alpha = model.head.config.sphere_radius * math.sqrt(2.0)
         return (
             embed_features(model.head, self.train_features).numpy(),

@@ -200,9 +200,7 @@ def run_seed(
                     train_s=trained.elapsed_s,
                     steps=trained.steps,
                     neighbor_images=trained.neighbor_images,
-                    neighbors=(
-                        trained.neighbor_evidence.describe() if trained.neighbor_evidence else None
-                    ),
+                    neighbors=trained.neighbors,
                     final_loss=trained.final_loss,
                 )
             embed_start = time.perf_counter()

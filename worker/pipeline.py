@@ -407,9 +407,7 @@ def _train_head(job: Job, version: ModelVersion) -> str:
         "elapsed_s": round(result.elapsed_s, 1),
         "final_loss": result.final_loss,
         "neighbor_images": result.neighbor_images,
-        "neighbors": (
-            result.neighbor_evidence.describe() if result.neighbor_evidence else "not asked for"
-        ),
+        "neighbors": result.neighbors or "not asked for",
         "known_pairs": known_counts,
         "device": cfg.device,
         "stopped": result.stopped,

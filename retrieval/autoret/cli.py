@@ -192,9 +192,7 @@ def _train_pretrained(args: argparse.Namespace) -> None:
         metrics={
             "final_loss": result.final_loss,
             "neighbor_images": result.neighbor_images,
-            "neighbors": (
-                result.neighbor_evidence.describe() if result.neighbor_evidence else None
-            ),
+            "neighbors": result.neighbors,
         },
         loss_history=result.loss_history,
         elapsed_s=result.elapsed_s,

@@ -114,6 +114,11 @@ class HeadTrainResult:
     known_pairs: dict[str, int] | None
     neighbor_evidence: NeighborEvidence | None = None
 
+    @property
+    def neighbors(self) -> str | None:
+        """The neighbour decision in words, None when neighbours were not asked for."""
+        return self.neighbor_evidence.describe() if self.neighbor_evidence else None
+
 
 @dataclass(frozen=True)
 class NeighborEvidence:
