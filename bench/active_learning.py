@@ -104,9 +104,8 @@ METRICS: dict[str, tuple[str, ...]] = {
     "fashion-mnist": ("mAP@1000",),
     "emoji": ("id mAP@10", "recall@1"),
 }
-# The pretrained recipe's features: the platform's default on Fashion-MNIST; on emoji 128 px, the
-# size bench/feature_quality.py measured them at (docs/benchmarks.md, "Emoji").
-FEATURES = {"fashion-mnist": FeatureConfig(), "emoji": FeatureConfig(input_size=128)}
+# The pretrained recipe's features: the platform's default on both data sets.
+FEATURES = {"fashion-mnist": FeatureConfig(), "emoji": FeatureConfig()}
 
 
 def subset(data: ImageSet, n: int | None, seed: int) -> ImageSet:

@@ -31,18 +31,21 @@ from retrieval.autoret.head_training import (  # noqa: E402
 )
 
 
-def extraction(images: int, sizes: list[int], layouts: list[str]) -> list[str]:
+def extraction(images: int, sizes: list[int], layouts: list[str], layers: list[str]) -> list[str]:
     data = load_dataset("fashion-mnist:test").subset(range(images))
-    rows = ["| input px | layout | images/s | load |", "|---|---|---|---|"]
-    for layout in layouts:
-        for size in sizes:
-            stage = FeatureStage(FeatureConfig(input_size=size, layout=layout))  # type: ignore[arg-type]
-            extract_features(stage, data.subset(range(64)))  # warm-up
-            start = time.perf_counter()
-            extract_features(stage, data, batch_size=256)
-            rate = images / (time.perf_counter() - start)
-            rows.append(f"| {size} | {layout} | {rate:,.0f} | {os.getloadavg()[0]:.1f} |")
-            print(rows[-1], file=sys.stderr, flush=True)
+    rows = ["| input px | layout | layers | images/s | load |", "|---|---|---|---|---|"]
+    for layer in layers:
+        for layout in layouts:
+            for size in sizes:
+                cfg = FeatureConfig(input_size=size, layout=layout, layers=layer)  # type: ignore[arg-type]
+                stage = FeatureStage(cfg)
+                extract_features(stage, data.subset(range(64)))  # warm-up
+                start = time.perf_counter()
+                extract_features(stage, data, batch_size=256)
+                rate = images / (time.perf_counter() - start)
+                load = os.getloadavg()[0]
+                rows.append(f"| {size} | {layout} | {layer} | {rate:,.0f} | {load:.1f} |")
+                print(rows[-1], file=sys.stderr, flush=True)
     return rows
 
 
@@ -53,8 +56,10 @@ def loop(sizes: list[int]) -> list[str]:
     ]
     for n in sizes:
         generator = torch.Generator().manual_seed(0)
-        features = (torch.rand((n, 5, 1280), generator=generator) * 3).to(torch.float16)
-        head = FeatureHead(HeadConfig())
+        cfg = FeatureConfig()
+        shape = (n, cfg.steps, cfg.dim)
+        features = (torch.rand(shape, generator=generator) * 3).to(torch.float16)
+        head = FeatureHead(HeadConfig(), cfg.dim, cfg.steps, cfg.segments)
         start = time.perf_counter()
         head.fit(features)
         fit_s = time.perf_counter() - start
@@ -78,11 +83,13 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=1024, help="images per extraction row")
     parser.add_argument("--sizes", default="64,96,128")
     parser.add_argument("--layouts", default="regions,crops")
+    parser.add_argument("--layers", default="stages5-7,head")
     parser.add_argument("--loop", default="10000,100000", help="collection sizes for the loop")
     args = parser.parse_args()
     print(f"{torch.get_num_threads()} threads, load average {os.getloadavg()[0]:.1f} at start\n")
     sizes = [int(s) for s in args.sizes.split(",")]
-    print("\n".join(extraction(args.images, sizes, args.layouts.split(","))))
+    layouts, layers = args.layouts.split(","), args.layers.split(",")
+    print("\n".join(extraction(args.images, sizes, layouts, layers)))
     print()
     print("\n".join(loop([int(s) for s in args.loop.split(",")])))
 

@@ -126,8 +126,9 @@ class Embedding(models.Model):
 class ImageFeature(models.Model):
     """One image's frozen backbone features under one feature configuration (issue 13).
 
-    `key` is FeatureConfig.key (backbone, input size, patch layout); `data` holds the T x F patch
-    features as float16 bytes in C order (T = grid^2 + 1, F = 1280: 12.8 kB for the default).
+    `key` is FeatureConfig.key (backbone, input size, patch layout, layers); `data` holds the
+    T x F patch features as float16 bytes in C order (T = grid^2 + 1; F = 624 for the default
+    stage layers, 6.2 kB an image; 1280 for head features, 12.8 kB).
     Computed once per image and key, shared by every version and every worker host: training a
     head reads these rows and never decodes an image. Plain bytes rather than halfvec: nothing
     searches them, and a 6,400-number halfvec would only be parsed and rebuilt on every read.

@@ -136,6 +136,11 @@ class _MBConvBlock(nn.Module):
         return x + h if self.has_skip else h
 
 
+def stage_channels(stage: int) -> int:
+    """Output channels of a stage (1-based row of the B0 table): 16, 24, 40, 80, 112, 192, 320."""
+    return _LITE0_STAGES[stage - 1].out_channels
+
+
 class EfficientNetLite0(nn.Module):
     """EfficientNet-Lite0 ImageNet classifier; ``features`` exposes the map before pooling.
 
@@ -184,6 +189,21 @@ class EfficientNetLite0(nn.Module):
         for block in self._blocks:
             x = block(x)
         return F.relu6(self._bn1(self._conv_head(x)))
+
+    def stage_outputs(self, x: Tensor, stages: tuple[int, ...]) -> list[Tensor]:
+        """B x 3 x H x W normalized RGB -> the output maps of the given stages (1-based rows of
+        the B0 table, ascending), e.g. (5, 6, 7): B x 112 x H/16, B x 192 x H/32, B x 320 x H/32.
+        Stops after the last one asked for; the head convolution does not run."""
+        ends = {sum(s.repeats for s in _LITE0_STAGES[:k]) - 1: k for k in stages}
+        x = F.relu6(self._bn0(self._conv_stem(x)))
+        out: list[Tensor] = []
+        for i, block in enumerate(self._blocks):
+            x = block(x)
+            if i in ends:
+                out.append(x)
+                if len(out) == len(stages):
+                    break
+        return out
 
     def forward(self, x: Tensor) -> Tensor:
         """B x 3 x H x W normalized RGB -> B x num_classes logits."""

@@ -12,7 +12,8 @@ version 1, and training moves from there. In a throwaway prototype on emoji, a h
 scratch on 500 answers fell below the frozen features it started from, while a map started at the
 identity rose above them (issue 13).
 
-Shapes: features B x T x F (T = grid^2 + 1 steps, whole image last; F = 1280), embeddings B x D.
+Shapes: features B x T x F (T = grid^2 + 1 steps, whole image last; F = 624 for the default
+layers, 1280 for the head convolution's), embeddings B x D.
 The network only: it loads no data and writes no files.
 """
 
@@ -36,8 +37,8 @@ class HeadConfig:
     """The trainable part. Fields marked (ours) fill in what the paper leaves open."""
 
     embed_dim: int = EMBED_DIM
-    # (ours) PCA width each 1280-d patch feature is reduced to before the head: five times less
-    # work per step.
+    # (ours) PCA width each patch feature (624 or 1280) is reduced to before the head: less work
+    # per step.
     reduce_dim: int = 256
     recurrent: bool = True
     rnn_hidden: int = 128
@@ -75,8 +76,10 @@ def _top_directions(x: torch.Tensor, k: int) -> torch.Tensor:
 class FeatureHead(nn.Module):
     """Cached patch features B x T x F -> embeddings B x D on the sphere.
 
-    Each patch feature is power-normalised (square root of the post-ReLU6 activations) and
-    L2-normalised, then projected on the top `reduce_dim` principal directions of all patches.
+    Each part of a patch feature (one per backbone layer, `segments`) is power-normalised (signed
+    square root; for the post-ReLU6 head features the plain square root) and L2-normalised, the
+    parts weighted equally, then projected on the top `reduce_dim` principal directions of all
+    patches.
     The skip path maps the T concatenated patch coordinates to D, starting as their PCA: on
     emoji, the concatenated patches retrieved 0.05 better than the whole-image feature alone, and
     the square root 0.02 better again (docs/benchmarks.md). `fit` sets both projections (buffers
@@ -87,9 +90,18 @@ class FeatureHead(nn.Module):
     basis: torch.Tensor
     fitted: torch.Tensor
 
-    def __init__(self, cfg: HeadConfig, feature_dim: int = 1280, steps: int = 5) -> None:
+    def __init__(
+        self,
+        cfg: HeadConfig,
+        feature_dim: int = 1280,
+        steps: int = 5,
+        segments: tuple[int, ...] | None = None,
+    ) -> None:
         super().__init__()
         self.config = cfg
+        self.segments = segments or (feature_dim,)
+        if sum(self.segments) != feature_dim:
+            raise ValueError(f"segments {self.segments} do not add up to {feature_dim}")
         r, d, h = cfg.reduce_dim, cfg.embed_dim, cfg.rnn_hidden
         self.register_buffer("mean", torch.zeros(feature_dim))
         self.register_buffer("basis", torch.eye(feature_dim, r))
@@ -104,9 +116,13 @@ class FeatureHead(nn.Module):
                 self.projection.weight.zero_()
                 self.projection.bias.zero_()
 
-    @staticmethod
-    def _normalise(features: torch.Tensor) -> torch.Tensor:
-        return F.normalize(features.float().clamp(min=0).sqrt(), dim=-1)
+    def _normalise(self, features: torch.Tensor) -> torch.Tensor:
+        x = features.float()
+        x = x.sign() * x.abs().sqrt()
+        if len(self.segments) == 1:
+            return F.normalize(x, dim=-1)
+        parts = [F.normalize(part, dim=-1) for part in x.split(self.segments, dim=-1)]
+        return torch.cat(parts, dim=-1) / len(parts) ** 0.5
 
     @torch.no_grad()
     def fit(self, features: torch.Tensor, max_rows: int = 20_000, seed: int = 0) -> None:
@@ -164,7 +180,7 @@ class PretrainedAutoRet(nn.Module):
         super().__init__()
         self.feature_config = features
         self.stage = FeatureStage(features, pretrained=pretrained)
-        self.head = FeatureHead(head, features.dim, features.steps)
+        self.head = FeatureHead(head, features.dim, features.steps, features.segments)
 
     @property
     def output_dim(self) -> int:

@@ -66,6 +66,8 @@ def test_feature_bench_prints_every_default_row_and_reuses_its_feature_cache(
         if r["row"].startswith("head"):
             assert r["steps"] == 5 and math.isfinite(r["final_loss"])
     cached = sorted(p.name for p in (tmp_path / "cache").iterdir())
-    assert len(cached) == 2 and all("32px-2x2-regions" in name for name in cached)
+    # db and queries, under the configured stage layers and under the head (the frozen row)
+    assert len(cached) == 4 and all("32px-2x2-regions" in name for name in cached)
+    assert sum(name.endswith("regions-stages5-7.pt") for name in cached) == 2
     assert "| head-labels-10 |" in capsys.readouterr().out
     assert json.loads((tmp_path / "results.json").read_text())["features"]["input_size"] == 32

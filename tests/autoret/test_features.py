@@ -12,19 +12,30 @@ def stage() -> FeatureStage:
     return FeatureStage(FeatureConfig(input_size=64))
 
 
-def test_key_names_backbone_size_and_layout_and_bad_values_are_refused() -> None:
-    assert FeatureConfig().key == "efficientnet_lite0-128px-2x2-regions"
-    assert FeatureConfig(input_size=96, layout="crops").key == "efficientnet_lite0-96px-2x2-crops"
+def test_key_names_backbone_size_layout_and_layers_and_bad_values_are_refused() -> None:
+    assert FeatureConfig().key == "efficientnet_lite0-128px-2x2-regions-stages5-7"
+    assert FeatureConfig().dim == 112 + 192 + 320
+    # Head features keep the key they were cached under before layers were a choice.
+    head = FeatureConfig(input_size=96, layout="crops", layers="head")
+    assert head.key == "efficientnet_lite0-96px-2x2-crops" and head.dim == 1280
     assert FeatureConfig(grid=3).steps == 10
     with pytest.raises(ValueError, match="input_size"):
         FeatureConfig(input_size=8)
     with pytest.raises(ValueError, match="layout"):
         FeatureConfig(layout="tiles")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="layers"):
+        FeatureConfig(layers="stage3")  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="unknown feature config fields: colour"):
         FeatureConfig.from_dict({"colour": True})
     assert FeatureConfig.from_dict(FeatureConfig(input_size=96).to_dict()) == FeatureConfig(
         input_size=96
     )
+
+
+def test_a_configuration_recorded_before_layers_existed_reads_as_head_features() -> None:
+    recorded = {"backbone": "efficientnet_lite0", "input_size": 96, "grid": 2, "layout": "regions"}
+    cfg = FeatureConfig.from_dict(recorded)
+    assert cfg.layers == "head" and cfg.key == "efficientnet_lite0-96px-2x2-regions"
 
 
 @pytest.mark.parametrize("shape", [(2, 1, 28, 28), (2, 3, 50, 70), (2, 4, 40, 40)])
@@ -33,7 +44,7 @@ def test_grey_colour_and_alpha_images_of_any_size_give_five_steps(
 ) -> None:
     x = torch.rand(shape)
     features = stage(x)
-    assert features.shape == (2, 5, 1280)
+    assert features.shape == (2, 5, 624)
     assert torch.isfinite(features).all()
 
 
@@ -42,22 +53,44 @@ def test_grey_equals_the_same_image_as_rgb(stage: FeatureStage) -> None:
     assert torch.allclose(stage(grey), stage(grey.expand(-1, 3, -1, -1)))
 
 
-def test_regions_are_averages_of_one_feature_map_and_whole_image_is_its_mean(
+def test_regions_are_averages_of_one_feature_map_and_whole_image_is_its_mean() -> None:
+    head = FeatureStage(FeatureConfig(input_size=64, layers="head"))
+    x = torch.rand(1, 3, 64, 64)
+    (feature_map,) = head._maps(x)  # 1 x 1280 x 2 x 2 at 64 px
+    features = head(x)
+    assert torch.allclose(features[0, :4], feature_map[0].flatten(1).T, atol=1e-6)
+    assert torch.allclose(features[0, 4], feature_map[0].mean(dim=(1, 2)), atol=1e-6)
+    # The head's map is the network's own: the classifier pools exactly it.
+    assert torch.allclose(feature_map, head.net.features(head.net.normalize_unit(x)), atol=1e-5)
+
+
+def test_stage_features_concatenate_the_last_three_stages_pooled_over_each_region(
     stage: FeatureStage,
 ) -> None:
     x = torch.rand(1, 3, 64, 64)
-    feature_map = stage._map(x)  # 1 x 1280 x 2 x 2 at 64 px
+    maps = stage._maps(x)  # stride 16, 32, 32: 4x4, 2x2, 2x2 at 64 px
+    assert [tuple(m.shape[1:]) for m in maps] == [(112, 4, 4), (192, 2, 2), (320, 2, 2)]
     features = stage(x)
-    assert torch.allclose(features[0, :4], feature_map[0].flatten(1).T, atol=1e-6)
-    assert torch.allclose(features[0, 4], feature_map[0].mean(dim=(1, 2)), atol=1e-6)
+    quarter = maps[0][0, :, :2, :2].mean((1, 2))
+    top_left = torch.cat([quarter, maps[1][0, :, 0, 0], maps[2][0, :, 0, 0]])
+    assert torch.allclose(features[0, 0], top_left, atol=1e-5)
+    whole = torch.cat([m[0].mean(dim=(1, 2)) for m in maps])
+    assert torch.allclose(features[0, 4], whole, atol=1e-5)
+    # The last map is the block stack's own output, the one the head convolution reads.
+    net = stage.net
+    y = F.relu6(net._bn0(net._conv_stem(net.normalize_unit(x))))
+    for block in net._blocks:
+        y = block(y)
+    assert torch.allclose(maps[2], y, atol=1e-5)
 
 
-def test_crops_run_the_backbone_on_each_patch() -> None:
-    crops = FeatureStage(FeatureConfig(input_size=32, layout="crops"))
+@pytest.mark.parametrize("layers", ["stages5-7", "head"])
+def test_crops_run_the_backbone_on_each_patch(layers: str) -> None:
+    crops = FeatureStage(FeatureConfig(input_size=32, layout="crops", layers=layers))  # type: ignore[arg-type]
     x = torch.rand(1, 3, 40, 40)
     features = crops(x)
-    top_left = crops._map(x[:, :, :20, :20]).mean(dim=(2, 3))
-    assert features.shape == (1, 5, 1280)
+    top_left = torch.cat([m.mean(dim=(2, 3)) for m in crops._maps(x[:, :, :20, :20])], dim=1)
+    assert features.shape == (1, 5, crops.config.dim)
     assert torch.allclose(features[0, 0], top_left[0], atol=1e-5)
 
 
@@ -76,7 +109,7 @@ def test_extract_features_is_float16_batched_and_reports_progress(stage: Feature
     features = extract_features(
         stage, images, batch_size=2, progress=lambda d, t: seen.append((d, t))
     )
-    assert features.dtype == torch.float16 and features.shape == (5, 5, 1280)
+    assert features.dtype == torch.float16 and features.shape == (5, 5, 624)
     assert seen == [(2, 5), (4, 5), (5, 5)]
     one = stage(images[:1].float() / 255)
     assert torch.allclose(features[0].float(), one[0], rtol=1e-2, atol=1e-2)

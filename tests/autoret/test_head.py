@@ -107,11 +107,12 @@ def test_every_parameter_of_the_recurrent_head_gets_a_gradient() -> None:
 
 def test_known_pairs_pull_components_together_with_a_wide_margin() -> None:
     # The classes differ in a weak direction; a strong nuisance direction dominates the pretrained
-    # geometry, so only the known pairs can teach the head which one matters.
+    # geometry, so only the known pairs can teach the head which one matters. Non-negative, as
+    # post-ReLU6 head features are.
     g = torch.Generator().manual_seed(3)
     labels = torch.arange(4).repeat_interleave(40)
     features = torch.rand(160, 5, 32, generator=g) * 0.3
-    features[:, :, :4] += torch.randn(160, 1, 4, generator=g) * 4.0
+    features[:, :, :4] += torch.randn(160, 1, 4, generator=g).abs() * 4.0
     features[:, :, 4:8] += torch.eye(4)[labels][:, None] * 1.5
     known = KnownPairs.from_labels(labels, 1.0)
     cfg = HeadTrainConfig(steps=150, batch_size=32, neighbor_pairs=0.0, known_share=1.0)
@@ -153,10 +154,27 @@ def test_the_full_model_embeds_images_as_stage_then_head() -> None:
     model = PretrainedAutoRet(FeatureConfig(input_size=32), HeadConfig(reduce_dim=128))
     x = torch.rand(3, 1, 28, 28)
     cached = model.stage(x)
-    model.head.fit(cached.repeat(50, 1, 1) + torch.rand(150, 5, 1280))
+    model.head.fit(cached.repeat(50, 1, 1) + torch.rand(150, 5, model.feature_config.dim))
     assert torch.allclose(model.embed(x), model.head(cached))
     assert model.output_dim == 128
     assert isinstance(model.stage, FeatureStage)
+
+
+def test_each_layer_of_a_patch_feature_weighs_the_same_whatever_its_scale() -> None:
+    # Stage outputs differ in scale and width; normalised per layer, one layer's scale cannot
+    # drown another's: multiplying a layer by 100 moves no embedding, where one-piece
+    # normalisation would.
+    features, _ = clustered_features()  # N x 5 x 32, split as two layers of 16
+    louder = features.clone()
+    louder[..., 16:] *= 100.0
+    cfg = HeadConfig(embed_dim=8, reduce_dim=16, rnn_hidden=8)
+    for segments, moves in (((16, 16), False), (None, True)):
+        head = FeatureHead(cfg, feature_dim=32, segments=segments)
+        head.fit(features)
+        moved = (embed_features(head, louder) - embed_features(head, features)).abs().max()
+        assert (float(moved) > 1e-2) == moves, (segments, float(moved))
+    with pytest.raises(ValueError, match="add up"):
+        FeatureHead(cfg, feature_dim=32, segments=(16, 8))
 
 
 def test_the_anchor_keeps_the_head_near_version_one() -> None:
