@@ -156,6 +156,29 @@ def test_a_collections_older_seeded_network_still_embeds_from_pixels(collection)
     np.testing.assert_allclose(again, stored, rtol=1e-4, atol=1e-5)
 
 
+def test_a_version_recorded_before_feature_layers_keeps_embedding_with_head_features(
+    collection,
+) -> None:
+    # Version 1 as session 7 recorded it: no "layers" key, fitted on the head's 1280 features.
+    add_pictures(collection, range(4))
+    version = versions.ensure_initial_version(collection)
+    old = FeatureConfig(input_size=64, layers="head").to_dict()
+    del old["layers"]
+    version.config = {**version.config, "features": old}
+    version.save(update_fields=["config"])
+    assert embedding.embed_new_images(collection).finished
+    head_key = "efficientnet_lite0-64px-2x2-regions"
+    keys = set(ImageFeature.objects.values_list("key", flat=True))
+    assert keys == {head_key}
+    (row,) = ImageFeature.objects.filter(image__collection=collection)[:1]
+    assert len(bytes(row.data)) == 5 * 1280 * 2  # float16 T x 1280
+    # A new upload joins the old version with the old features, not the new default's.
+    new = add_pictures(collection, [4])
+    assert embedding.embed_new_images(collection).embedded == 1
+    assert ImageFeature.objects.get(image_id=new[0]).key == head_key
+    assert not ImageFeature.objects.filter(key=FeatureConfig().key).exists()
+
+
 def test_embedding_resumes_in_batches_without_doubles(collection) -> None:
     ids = add_pictures(collection, range(10))
     steps: list[int] = []
