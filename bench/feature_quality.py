@@ -150,6 +150,17 @@ def emoji(cache: Path) -> Protocol:
     )
 
 
+def protocol_features(
+    protocol: Protocol, cfg: FeatureConfig, cache: Path
+) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """(database features, query features, images/s over both) from the cache or extracted."""
+    database, queries = protocol.database, protocol.queries
+    db_f, db_rate = cached_features(f"{protocol.name}-db", database, cfg, cache)
+    q_f, q_rate = cached_features(f"{protocol.name}-q", queries, cfg, cache)
+    rate = (len(database) + len(queries)) / (len(database) / db_rate + len(queries) / q_rate)
+    return db_f, q_f, rate
+
+
 def run_seed(
     protocol: Protocol,
     seed: int,
@@ -164,11 +175,7 @@ def run_seed(
     results: list[dict[str, Any]] = []
     need_features = any(r not in ("raw", "frozen-head") and r not in SCRATCH_ROWS for r in rows)
     if need_features:
-        db_f, db_rate = cached_features(f"{protocol.name}-db", database, feature_cfg, cache)
-        q_f, q_rate = cached_features(f"{protocol.name}-q", queries, feature_cfg, cache)
-        extract_rate = (len(database) + len(queries)) / (
-            len(database) / db_rate + len(queries) / q_rate
-        )
+        db_f, q_f, extract_rate = protocol_features(protocol, feature_cfg, cache)
     for name in rows:
         print(f"== seed {seed}: {name}", file=sys.stderr, flush=True)
         row: dict[str, Any] = {"row": name, "seed": seed}
@@ -180,11 +187,8 @@ def run_seed(
             row["extract_img_s"] = extract_rate
         elif name == "frozen-head":
             head_layers = dataclasses.replace(feature_cfg, layers="head")
-            db_h, db_rate_h = cached_features(f"{protocol.name}-db", database, head_layers, cache)
-            q_h, q_rate_h = cached_features(f"{protocol.name}-q", queries, head_layers, cache)
+            db_h, q_h, row["extract_img_s"] = protocol_features(protocol, head_layers, cache)
             q, db = q_h[:, -1].float(), db_h[:, -1].float()
-            n_q, n_db = len(queries), len(database)
-            row["extract_img_s"] = (n_q + n_db) / (n_db / db_rate_h + n_q / q_rate_h)
         elif name in SCRATCH_ROWS:
             from retrieval_quality import CONFIGS, run_row
 
@@ -196,7 +200,7 @@ def run_seed(
             continue
         else:
             torch.manual_seed(seed)
-            head = FeatureHead(head_cfg, feature_cfg.dim, feature_cfg.steps, feature_cfg.segments)
+            head = FeatureHead.for_features(head_cfg, feature_cfg)
             head.fit(db_f, seed=seed)
             row["extract_img_s"] = extract_rate
             if name in HEAD_ROWS:

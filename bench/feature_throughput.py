@@ -59,7 +59,7 @@ def loop(sizes: list[int]) -> list[str]:
         cfg = FeatureConfig()
         shape = (n, cfg.steps, cfg.dim)
         features = (torch.rand(shape, generator=generator) * 3).to(torch.float16)
-        head = FeatureHead(HeadConfig(), cfg.dim, cfg.steps, cfg.segments)
+        head = FeatureHead.for_features(HeadConfig(), cfg)
         start = time.perf_counter()
         head.fit(features)
         fit_s = time.perf_counter() - start

@@ -185,10 +185,8 @@ class EfficientNetLite0(nn.Module):
 
     def features(self, x: Tensor) -> Tensor:
         """B x 3 x H x W normalized RGB -> B x 1280 x ceil(H / 32) x ceil(W / 32) feature map."""
-        x = F.relu6(self._bn0(self._conv_stem(x)))
-        for block in self._blocks:
-            x = block(x)
-        return F.relu6(self._bn1(self._conv_head(x)))
+        (last,) = self.stage_outputs(x, (len(_LITE0_STAGES),))
+        return F.relu6(self._bn1(self._conv_head(last)))
 
     def stage_outputs(self, x: Tensor, stages: tuple[int, ...]) -> list[Tensor]:
         """B x 3 x H x W normalized RGB -> the output maps of the given stages (1-based rows of

@@ -116,6 +116,11 @@ class FeatureHead(nn.Module):
                 self.projection.weight.zero_()
                 self.projection.bias.zero_()
 
+    @classmethod
+    def for_features(cls, cfg: HeadConfig, features: FeatureConfig) -> FeatureHead:
+        """A head for the patch features `features` describes (width, steps, layer parts)."""
+        return cls(cfg, features.dim, features.steps, features.segments)
+
     def _normalise(self, features: torch.Tensor) -> torch.Tensor:
         x = features.float()
         x = x.sign() * x.abs().sqrt()
@@ -180,7 +185,7 @@ class PretrainedAutoRet(nn.Module):
         super().__init__()
         self.feature_config = features
         self.stage = FeatureStage(features, pretrained=pretrained)
-        self.head = FeatureHead(head, features.dim, features.steps, features.segments)
+        self.head = FeatureHead.for_features(head, features)
 
     @property
     def output_dim(self) -> int:
