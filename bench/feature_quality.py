@@ -214,6 +214,7 @@ def run_seed(
                     train_s=trained.elapsed_s,
                     steps=trained.steps,
                     neighbor_images=trained.neighbor_images,
+                    group_images=trained.group_images,
                     neighbors=trained.neighbors,
                     final_loss=trained.final_loss,
                 )

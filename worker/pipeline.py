@@ -407,6 +407,7 @@ def _train_head(job: Job, version: ModelVersion) -> str:
         "elapsed_s": round(result.elapsed_s, 1),
         "final_loss": result.final_loss,
         "neighbor_images": result.neighbor_images,
+        "group_images": result.group_images,
         "neighbors": result.neighbors or "not asked for",
         "known_pairs": known_counts,
         "device": cfg.device,

@@ -192,6 +192,7 @@ def _train_pretrained(args: argparse.Namespace) -> None:
         metrics={
             "final_loss": result.final_loss,
             "neighbor_images": result.neighbor_images,
+            "group_images": result.group_images,
             "neighbors": result.neighbors,
         },
         loss_history=result.loss_history,

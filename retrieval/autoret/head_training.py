@@ -44,6 +44,17 @@ class HeadTrainConfig:
     noise, patch_dropout (ours): feature-space augmentation: Gaussian noise in units of each
     reduced coordinate's standard deviation over the collection, and the chance of zeroing each
     grid patch of a view.
+    group_noise, group_min_size (ours): the noise, in the same units, for views of images in large
+    groups (None: `noise` for all): members of a known component of at least `group_min_size`
+    images, and every image when the neighbour check finds groups larger than `neighbor_k`
+    (`neighbor_evidence` by density or known pairs). A large group of matching images is a
+    category spanning a wide region of feature space, and views spread as widely teach the head
+    to map that region together. On Fashion-MNIST (seed 0) 0.5 lifted 10 % labels from 0.817 to
+    0.841 mAP@1000 and 1 % from 0.752 to 0.765, self-supervised unchanged (0.756). Pairs and
+    triples (an emoji in two styles) are identities told apart by detail: the same noise for
+    every view cost emoji 0.530 -> 0.358 (0.5), and for the views of its labelled pairs
+    0.530 -> 0.453, so there (neighbours not used, components of two) views keep `noise`. The
+    threshold lies between two measured data sets only (docs/benchmarks.md).
     known_share (ours): share of each batch drawn from images with known pairs.
     anchor (ours): weight of a penalty on how far each view's embedding moves from where the
     untrained head (version 1) puts it, as mean squared distance over R^2. Without it, the
@@ -73,6 +84,8 @@ class HeadTrainConfig:
     neighbor_k: int = 5
     neighbor_pool: int = 20_000
     noise: float = 0.1
+    group_noise: float | None = 0.5
+    group_min_size: int = 10
     patch_dropout: float = 0.2
     known_share: float = 0.5
     anchor: float = 1.0
@@ -96,6 +109,10 @@ class HeadTrainConfig:
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {value}")
+        if self.noise < 0 or (self.group_noise is not None and self.group_noise < 0):
+            raise ValueError("noise and group_noise must not be negative")
+        if self.group_min_size < 1:
+            raise ValueError(f"group_min_size must be at least 1, got {self.group_min_size}")
         if self.steps < 1 or self.batch_size < 2:
             raise ValueError("steps must be at least 1 and batch_size at least 2")
 
@@ -111,6 +128,7 @@ class HeadTrainResult:
     loss_history: list[dict[str, float]]
     stopped: str  # "finished", "time" (seconds ran out) or "cancelled"
     neighbor_images: int  # images with at least one neighbour partner
+    group_images: int  # images whose views got `group_noise` (members of large groups)
     known_pairs: dict[str, int] | None
     neighbor_evidence: NeighborEvidence | None = None
 
@@ -224,7 +242,7 @@ def _views(
     p: torch.Tensor, noise: torch.Tensor, dropout: float, generator: torch.Generator
 ) -> torch.Tensor:
     """A feature-space view of reduced features B x T x R: Gaussian noise with standard deviation
-    `noise` (R, per coordinate), then grid patches dropped."""
+    `noise` (R per coordinate, or B x 1 x R per view), then grid patches dropped."""
     out = p + noise * torch.randn(p.shape, generator=generator).to(p.device)
     if dropout > 0 and p.shape[1] > 1:
         keep = torch.rand((p.shape[0], p.shape[1] - 1, 1), generator=generator) >= dropout
@@ -269,7 +287,9 @@ def train_head(
         )
         start = F.normalize(head.skip(reduced.flatten(1)), dim=1).cpu()
         # Noise in units of each coordinate's spread over the collection.
-        noise = cfg.noise * reduced.flatten(0, 1).std(dim=0)
+        spread = reduced.flatten(0, 1).std(dim=0)
+        noise = cfg.noise * spread
+        group_noise = cfg.group_noise * spread if cfg.group_noise is not None else noise
     neighbors = torch.full((n, 1), -1, dtype=torch.long)
     evidence = None
     if cfg.neighbor_pairs > 0:
@@ -283,6 +303,15 @@ def train_head(
     spared = nearest_neighbors(start, cfg.spare_k, cfg.neighbor_pool) if cfg.spare_k else None
     has_known = known is not None and len(known.members) > 1 and cfg.known_share > 0
     component = known.component_of(torch.arange(n)) if known is not None else None
+    # Images whose views get `group_noise`: members of large known components, and all of
+    # them where the neighbour check found large groups.
+    in_group = torch.zeros(n, dtype=torch.bool)
+    if cfg.group_noise is not None:
+        if evidence is not None and evidence.used:
+            in_group.fill_(True)
+        if known is not None and component is not None:
+            size = known.sizes[component.clamp(min=0)]
+            in_group |= (component >= 0) & (size >= cfg.group_min_size)
     start_weight, start_bias = head.skip.weight.detach().clone(), head.skip.bias.detach().clone()
     radius = head.config.sphere_radius
     optimizer = torch.optim.Adam(head.parameters(), lr=cfg.lr)
@@ -309,7 +338,8 @@ def train_head(
         if component is not None:
             c = component[ids]
             same |= (c[:, None] == c[None]) & (c[:, None] >= 0)
-        x = _views(reduced[ids.to(device)], noise, cfg.patch_dropout, generator)
+        view_noise = torch.where(in_group[ids].to(device)[:, None, None], group_noise, noise)
+        x = _views(reduced[ids.to(device)], view_noise, cfg.patch_dropout, generator)
         e = head.embed_reduced(x)
         ignore = None
         if spared is not None:
@@ -358,6 +388,7 @@ def train_head(
         loss_history=history,
         stopped=stopped,
         neighbor_images=n_neighbors,
+        group_images=int(in_group.sum()) if cfg.group_noise is not None else 0,
         known_pairs=known.counts() if known is not None else None,
         neighbor_evidence=evidence,
     )

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import pytest
 import torch
@@ -239,3 +240,32 @@ def test_without_known_pairs_neighbours_are_used_only_where_groups_are_large() -
     assert not in_pairs.neighbor_evidence.used and in_pairs.neighbor_images == 0
     density = in_pairs.neighbor_evidence.density
     assert density is not None and density < cfg.neighbor_min_density
+
+
+def test_group_noise_widens_the_views_of_large_groups_only() -> None:
+    features, labels = clustered_features()  # 4 clusters of 40
+    known = KnownPairs.from_labels(labels, 1.0)  # components of 40
+
+    def trained(known: KnownPairs | None = known, **overrides: Any) -> tuple[torch.Tensor, int]:
+        cfg = HeadTrainConfig(steps=15, batch_size=16, noise=0.1, **overrides)
+        head = small_head(features)
+        result = train_head(head, features, cfg, known=known)
+        return embed_features(head, features), result.group_images
+
+    # Known components: neighbours off, so only the components' size decides.
+    plain, none = trained(group_noise=None, neighbor_pairs=0.0)
+    assert none == 0
+    assert torch.equal(trained(group_noise=0.1, neighbor_pairs=0.0)[0], plain)  # same noise
+    wide, grouped = trained(group_noise=3.0, neighbor_pairs=0.0)
+    assert grouped == 160 and not torch.equal(wide, plain)  # groups of 40 >= 10 get it
+    small, none = trained(group_noise=3.0, group_min_size=41, neighbor_pairs=0.0)
+    assert none == 0 and torch.equal(small, plain)  # groups below the threshold keep `noise`
+
+    # No known pairs: every view gets it where the neighbour check finds large groups, none where
+    # it does not.
+    assert trained(None, group_noise=3.0)[1] == 160
+    assert trained(None, group_noise=3.0, neighbor_min_density=1.0)[1] == 0
+    with pytest.raises(ValueError, match="negative"):
+        HeadTrainConfig(group_noise=-0.1)
+    with pytest.raises(ValueError, match="group_min_size"):
+        HeadTrainConfig(group_min_size=0)
