@@ -7,6 +7,10 @@
         --rows default,random --seed 0 --rounds 4 --batch 500 --threads 1 \
         --out var/bench/al-emoji-s0     # "same emoji?"; seeds 1 and 2 alike, then --results
 
+--batch is how many answers each version serves before the next one trains: the platform
+retrains after every 50 new answers by default (AUTORET_RETRAIN_AFTER_ANSWERS) and mines from
+each new version, so `--batch 50` follows it; larger batches are cheaper and coarser.
+
 A simulated annotator answers from the true labels: Fashion-MNIST's class, or with --data emoji
 the emoji's identity ("same emoji?"; google's and facebook's drawing of one emoji). For each
 strategy row (the collection's default mix, each strategy alone, and `random`) the loop is the
@@ -392,10 +396,19 @@ def main() -> None:
     if args.results:
         runs: dict[str, list[tuple[int, list[dict[str, float]]]]] = {}
         data_sets = set()
-        for folder in args.results.split(","):
-            earlier = json.loads((Path(folder) / "results.json").read_text())
+        earlier_runs = [
+            json.loads((Path(folder) / "results.json").read_text())
+            for folder in args.results.split(",")
+        ]
+        # Runs of several cadences (answers per version) are reported side by side, each row
+        # named with its cadence.
+        batches = sorted({int(run["args"]["batch"]) for run in earlier_runs})
+        for earlier in earlier_runs:
             for row, curve in earlier["curves"].items():
-                runs.setdefault(row.split(" (seed")[0], []).append((earlier["args"]["seed"], curve))
+                name = row.split(" (seed")[0]
+                if len(batches) > 1:
+                    name = f"{name}, B={earlier['args']['batch']}"
+                runs.setdefault(name, []).append((earlier["args"]["seed"], curve))
             for name in ("rounds", "batch", "images_per_round", "train_size", "queries", "seed"):
                 setattr(args, name, earlier["args"][name])
             # Runs from before --data existed are Fashion-MNIST's.
@@ -403,6 +416,7 @@ def main() -> None:
         if len(data_sets) > 1:
             sys.exit(f"error: --results mixes data sets: {', '.join(sorted(data_sets))}")
         args.data = data_sets.pop()
+        args.batch = "/".join(str(b) for b in batches)
         report(merge_seeds(runs), args)
         return
     if args.threads:
@@ -485,20 +499,25 @@ def report(curves: dict[str, list[dict[str, float]]], args: argparse.Namespace) 
         f"train {args.train_size}, queries {args.queries}, B={args.batch}, "
         f"{args.images_per_round} images/round\n"
     )
-    steps = [p["answers"] for p in next(iter(curves.values()))]
+    # Every row's points; a row measured at fewer of them (another cadence) shows "-".
+    steps = sorted({p["answers"] for curve in curves.values() for p in curve})
     header = "| strategy | " + " | ".join(f"{a:.0f}" for a in steps) + " |"
+
+    def cells(curve: list[dict[str, float]], metric: str) -> str:
+        at = {p["answers"]: p[metric] for p in curve}
+        return " | ".join(f"{at[a]:.4f}" if a in at else "-" for a in steps)
+
     print(f"{headline}\n\n{header} answers to random's final |")
     print("|---|" + "---:|" * (len(steps) + 1))
-    target_row = next((row for row in curves if row.split(" (")[0] == "random"), None)
+    target_row = next((row for row in curves if row.split(" (")[0].startswith("random")), None)
     target = curves[target_row][-1]["map"] if target_row is not None else None
     for row, curve in curves.items():
         reach = answers_to_reach(curve, target) if target is not None else None
-        cells = " | ".join(f"{p['map']:.4f}" for p in curve)
-        print(f"| {row} | {cells} | {'-' if reach is None else f'{reach:.0f}'} |")
+        print(f"| {row} | {cells(curve, 'map')} | {'-' if reach is None else f'{reach:.0f}'} |")
     for metric in others:
         print(f"\n{metric}\n\n{header}\n|---|" + "---:|" * len(steps))
         for row, curve in curves.items():
-            print(f"| {row} | " + " | ".join(f"{p[metric]:.4f}" for p in curve) + " |")
+            print(f"| {row} | {cells(curve, metric)} |")
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
         results = {"data": args.data, "metric": headline, "args": vars(args), "curves": curves}

@@ -85,3 +85,35 @@ def test_results_from_before_data_sets_report_as_fashion_mnist(
     out = capsys.readouterr().out
     assert "active learning on fashion-mnist" in out and "mAP@1000" in out
     assert "| random (mean of 2 seeds) | 0.5900 | 0.6250 | 500 |" in out
+
+
+def test_runs_of_two_cadences_are_reported_side_by_side(
+    bench: ModuleType,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # Merge-gain retrained every 50 answers against random every 100: each row keeps its own
+    # points, the others' show "-", and "answers to random's final" reads the finer curve.
+    runs = {
+        50: ("default", [(0, 0.60), (50, 0.62), (100, 0.70)]),
+        100: ("random", [(0, 0.60), (100, 0.64), (200, 0.66)]),
+    }
+    folders = []
+    for batch, (row, points) in runs.items():
+        folder = tmp_path / f"b{batch}"
+        folder.mkdir()
+        earlier_args = {"rounds": 2, "batch": batch, "images_per_round": 0, "seed": 0}
+        earlier_args |= {"train_size": 5000, "queries": 1000, "data": "fashion-mnist"}
+        curve = [{"answers": a, "map": m} for a, m in points]
+        (folder / "results.json").write_text(
+            json.dumps({"args": earlier_args, "curves": {row: curve}})
+        )
+        folders.append(str(folder))
+    monkeypatch.setattr(sys, "argv", ["active_learning.py", "--results", ",".join(folders)])
+    bench.main()
+    out = capsys.readouterr().out
+    assert "B=50/100" in out
+    assert "| strategy | 0 | 50 | 100 | 200 |" in out
+    assert "| default, B=50 | 0.6000 | 0.6200 | 0.7000 | - | 100 |" in out
+    assert "| random, B=100 | 0.6000 | - | 0.6400 | 0.6600 | 200 |" in out
