@@ -202,6 +202,7 @@ def run_seed(
             torch.manual_seed(seed)
             head = FeatureHead.for_features(head_cfg, feature_cfg)
             head.fit(db_f, seed=seed)
+            row["fit"] = head.fit_report
             row["extract_img_s"] = extract_rate
             if name in HEAD_ROWS:
                 fraction = HEAD_ROWS[name]

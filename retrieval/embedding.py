@@ -106,7 +106,8 @@ def fit_version_one(version: ModelVersion, cfg: FeatureConfig) -> bool:
     model = version_one(torch.from_numpy(array), cfg, head_cfg, seed=features.SEED)
     name = versions.new_checkpoint_name(version.collection_id, version.number)
     directory = settings.MODELS_DIR / name
-    save_head_checkpoint(directory, model, metrics={"fitted_on_images": len(ids)})
+    metrics = {"fitted_on_images": len(ids), "fit": model.head.fit_report}
+    save_head_checkpoint(directory, model, metrics=metrics)
     won = ModelVersion.objects.filter(pk=version.pk, checkpoint="").update(checkpoint=name)
     if not won:
         shutil.rmtree(directory, ignore_errors=True)

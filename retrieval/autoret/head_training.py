@@ -27,7 +27,12 @@ import torch
 import torch.nn.functional as F
 
 from retrieval.autoret.features import FeatureConfig
-from retrieval.autoret.head import FeatureHead, HeadConfig, PretrainedAutoRet
+from retrieval.autoret.head import (
+    FeatureHead,
+    HeadConfig,
+    PretrainedAutoRet,
+    neighborhood_density,
+)
 from retrieval.autoret.losses import batch_all_autoembedder_loss
 from retrieval.autoret.pairs import KnownPairs
 from retrieval.autoret.train import Progress
@@ -156,23 +161,6 @@ class NeighborEvidence:
                 "neighbour pairs the known pairs judge are matches"
             )
         return f"neighbour partners {verdict}: neighbourhood density {self.density:.2f}"
-
-
-@torch.no_grad()
-def neighborhood_density(vectors: torch.Tensor, k: int = 10, sample: int = 2000) -> float:
-    """Mean over (a fixed sample of) rows of cos(10th nearest) / cos(1st nearest) by cosine: near 1
-    where each image has many about equally close neighbours (large groups), lower where
-    similarity falls off after the first few (groups of two or three)."""
-    n = vectors.shape[0]
-    if n <= k:
-        return 0.0
-    z = F.normalize(vectors.float(), dim=1)
-    rows = torch.linspace(0, n - 1, min(sample, n)).long()
-    sims = z[rows] @ z.T
-    sims[torch.arange(len(rows)), rows] = -2.0
-    top = sims.topk(k, dim=1).values
-    first = top[:, 0].clamp(min=1e-6)
-    return float((top[:, -1].clamp(min=0) / first).mean())
 
 
 def neighbor_evidence(

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any
 
@@ -49,14 +50,47 @@ def test_config_is_validated_and_round_trips() -> None:
         HeadConfig(embed_dim=64, reduce_dim=32)
     with pytest.raises(ValueError, match="sphere_radius"):
         HeadConfig(sphere_radius=0)
+    with pytest.raises(ValueError, match="whiten"):
+        HeadConfig(whiten=1.0)
     assert HeadConfig.from_dict(SMALL.to_dict()) == SMALL
+    # Versions recorded before whitening existed keep fitting as they did.
+    old = {k: v for k, v in HeadConfig().to_dict().items() if k != "whiten"}
+    assert HeadConfig.from_dict(old).whiten is None and HeadConfig().whiten == 0.25
+
+
+def test_version_one_whitens_where_groups_are_small_and_not_where_they_are_large() -> None:
+    def fitted(n_per: int, clusters: int, whiten: float | None) -> tuple[FeatureHead, torch.Tensor]:
+        features, _ = clustered_features(n_per=n_per, clusters=clusters)
+        head = small_head(features, dataclasses.replace(SMALL, whiten=whiten))
+        return head, embed_features(head, features)
+
+    def spread(head: FeatureHead, features: torch.Tensor) -> float:
+        """Largest over smallest variance of the skip path's directions."""
+        with torch.no_grad():
+            variance = head.skip(head.reduced(features).flatten(1)).var(0)
+        return float(variance.max() / variance.min())
+
+    # Pairs (instance retrieval): the 10th neighbour is far below the 1st, so version 1 whitens,
+    # and its directions' variances come closer together than the plain PCA's.
+    plain_head, _ = fitted(2, 80, None)
+    white_head, _ = fitted(2, 80, 0.25)
+    assert white_head.fit_report["whitened"] and not plain_head.fit_report["whitened"]
+    assert white_head.fit_report["density"] < 0.85
+    pairs, _ = clustered_features(n_per=2, clusters=80)
+    assert spread(white_head, pairs) < 0.8 * spread(plain_head, pairs)
+    # Groups of 40 (categories): dense neighbourhoods, the plain PCA, to the bit.
+    dense_head, dense = fitted(40, 4, 0.25)
+    assert dense_head.fit_report == {"density": dense_head.fit_report["density"], "whitened": False}
+    assert dense_head.fit_report["density"] >= 0.85
+    assert torch.equal(dense, fitted(40, 4, None)[1])
 
 
 def test_version_one_needs_no_training_it_keeps_the_geometry_of_the_normalised_patches() -> None:
-    # Few enough images that PCA loses nothing: then the untrained head is an isometry of the
-    # centred, concatenated patches (each square-rooted and L2-normalised), up to the sphere.
+    # Few enough images that PCA loses nothing: then the untrained, unwhitened head is an isometry
+    # of the centred, concatenated patches (each square-rooted and L2-normalised), up to the sphere.
     features, _ = clustered_features(n_per=5)  # 20 images x 5 patches x 32
-    head = small_head(features, HeadConfig(embed_dim=32, reduce_dim=32, rnn_hidden=8))
+    cfg = HeadConfig(embed_dim=32, reduce_dim=32, rnn_hidden=8, whiten=None)
+    head = small_head(features, cfg)
     patches = F.normalize(features.sqrt(), dim=2).flatten(1)
     centred = F.normalize(patches - patches.mean(0), dim=1)
     got = embed_features(head, features)
