@@ -75,7 +75,8 @@ def test_embedding_fills_features_fits_version_one_without_training_and_activate
     # Version 1 needs no training: a fitted PCA saved as its checkpoint, no training config.
     info = read_info(settings.MODELS_DIR / version.checkpoint)
     assert info["step"] == 0 and info["train"] is None and info["loss_history"] == []
-    assert info["metrics"] == {"fitted_on_images": 12}
+    assert info["metrics"]["fitted_on_images"] == 12
+    assert set(info["metrics"]["fit"]) == {"density", "whitened"}  # what the fit chose, and why
     assert "train" not in version.config and "training" not in version.metrics
     cfg = features.feature_config(version)
     assert cfg is not None
