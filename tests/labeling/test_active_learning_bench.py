@@ -103,8 +103,9 @@ def test_runs_of_two_cadences_are_reported_side_by_side(
     for batch, (row, points) in runs.items():
         folder = tmp_path / f"b{batch}"
         folder.mkdir()
-        earlier_args = {"rounds": 2, "batch": batch, "images_per_round": 0, "seed": 0}
-        earlier_args |= {"train_size": 5000, "queries": 1000, "data": "fashion-mnist"}
+        earlier_args: dict[str, object] = {"rounds": 2, "batch": batch, "seed": 0}
+        earlier_args |= {"images_per_round": 0, "train_size": 5000, "queries": 1000}
+        earlier_args |= {"data": "fashion-mnist"}
         curve = [{"answers": a, "map": m} for a, m in points]
         (folder / "results.json").write_text(
             json.dumps({"args": earlier_args, "curves": {row: curve}})
