@@ -393,7 +393,7 @@ def train_head(
         loss_history=history,
         stopped=stopped,
         neighbor_images=n_neighbors,
-        group_images=int(in_group.sum()) if cfg.group_noise is not None else 0,
+        group_images=int(in_group.sum()),  # all False without group_noise
         known_pairs=known.counts() if known is not None else None,
         neighbor_evidence=evidence,
     )

@@ -212,16 +212,26 @@ def test_each_layer_of_a_patch_feature_weighs_the_same_whatever_its_scale() -> N
         FeatureHead(cfg, feature_dim=32, segments=(16, 8))
 
 
+def trained_from_version_one(
+    features: torch.Tensor, cfg: HeadTrainConfig
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(version 1's embeddings, the trained head's) of `features`."""
+    head = small_head(features)
+    start = embed_features(head, features)
+    train_head(head, features, cfg)
+    return start, embed_features(head, features)
+
+
+def drift(features: torch.Tensor, cfg: HeadTrainConfig) -> float:
+    """How far training moved the embeddings from version 1's, on average."""
+    start, end = trained_from_version_one(features, cfg)
+    return float((end - start).norm(dim=1).mean())
+
+
 def test_the_anchor_keeps_the_head_near_version_one() -> None:
     features, _ = clustered_features()
-
-    def drift(anchor: float) -> float:
-        head = small_head(features)
-        start = embed_features(head, features)
-        train_head(head, features, HeadTrainConfig(steps=80, batch_size=32, anchor=anchor))
-        return float((embed_features(head, features) - start).norm(dim=1).mean())
-
-    free, anchored = drift(0.0), drift(100.0)
+    free = drift(features, HeadTrainConfig(steps=80, batch_size=32, anchor=0.0))
+    anchored = drift(features, HeadTrainConfig(steps=80, batch_size=32, anchor=100.0))
     assert anchored < 0.5 * free, (anchored, free)
 
 
@@ -306,21 +316,16 @@ def test_group_noise_widens_the_views_of_large_groups_only() -> None:
 
 
 def test_where_groups_are_small_views_are_gentler_and_the_anchor_firmer() -> None:
-    def trained(features: torch.Tensor, **overrides: Any) -> tuple[torch.Tensor, torch.Tensor]:
-        head = small_head(features)
-        start = embed_features(head, features)
-        train_head(head, features, HeadTrainConfig(steps=30, batch_size=32, **overrides))
-        return start, embed_features(head, features)
-
-    def drift(features: torch.Tensor, **overrides: Any) -> float:
-        start, end = trained(features, **overrides)
-        return float((end - start).norm(dim=1).mean())
+    def cfg(**overrides: Any) -> HeadTrainConfig:
+        return HeadTrainConfig(steps=30, batch_size=32, **overrides)
 
     pairs, _ = clustered_features(n_per=2, clusters=80)  # neighbours off: groups are small
     general = {"small_group_anchor": None, "small_group_patch_dropout": None}
-    assert drift(pairs) < 0.8 * drift(pairs, **general)  # measured 0.17 against 0.25
+    assert drift(pairs, cfg()) < 0.8 * drift(pairs, cfg(**general))  # measured 0.17 against 0.25
     same = {"small_group_anchor": 1.0, "small_group_patch_dropout": 0.2}  # the general values
-    assert torch.equal(trained(pairs, **same)[1], trained(pairs, **general)[1])
+    end = trained_from_version_one(pairs, cfg(**same))[1]
+    assert torch.equal(end, trained_from_version_one(pairs, cfg(**general))[1])
     # Groups of 40: neighbours used, the small-group values play no part.
     groups, _ = clustered_features()
-    assert torch.equal(trained(groups)[1], trained(groups, **general)[1])
+    end = trained_from_version_one(groups, cfg())[1]
+    assert torch.equal(end, trained_from_version_one(groups, cfg(**general))[1])
