@@ -216,6 +216,7 @@ def run_seed(
                     steps=trained.steps,
                     neighbor_images=trained.neighbor_images,
                     group_images=trained.group_images,
+                    pseudo_images=trained.pseudo_images,
                     neighbors=trained.neighbors,
                     final_loss=trained.final_loss,
                 )

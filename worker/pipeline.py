@@ -408,6 +408,7 @@ def _train_head(job: Job, version: ModelVersion) -> str:
         "final_loss": result.final_loss,
         "neighbor_images": result.neighbor_images,
         "group_images": result.group_images,
+        "pseudo_images": result.pseudo_images,
         "fit": model.head.fit_report,
         "neighbors": result.neighbors or "not asked for",
         "known_pairs": known_counts,

@@ -193,6 +193,7 @@ def _train_pretrained(args: argparse.Namespace) -> None:
             "final_loss": result.final_loss,
             "neighbor_images": result.neighbor_images,
             "group_images": result.group_images,
+            "pseudo_images": result.pseudo_images,
             "fit": model.head.fit_report,
             "neighbors": result.neighbors,
         },

@@ -257,6 +257,34 @@ class KnownPairs:
             conflicts=len(cannot_set) - kept_cannot,
         )
 
+    def with_members(self, additions: dict[int, list[int]]) -> KnownPairs:
+        """These pairs with images joined to components (component id -> images in none yet):
+        every pair the joined images make is implied, none explicit (the counts keep
+        `explicit_*` and `conflicts`)."""
+        component = self.component_of(torch.arange(self.n_images))
+        components = [
+            self.members[self.offsets[c] : self.offsets[c] + self.sizes[c]].tolist()
+            for c in range(len(self.sizes))
+        ]
+        joined = [i for images in additions.values() for i in images]
+        if len(set(joined)) != len(joined) or (
+            joined and bool((component[torch.tensor(joined, dtype=torch.long)] >= 0).any())
+        ):
+            raise ValueError("images joined to components must be in none yet, and join one")
+        for c, images in additions.items():
+            if not 0 <= c < len(components):
+                raise ValueError(f"no component {c}")
+            components[c].extend(images)
+        edges = {(int(a), int(b)) for a, b in self.edges.tolist()}
+        return KnownPairs(
+            self.n_images,
+            components,
+            edges,
+            self.explicit_must,
+            self.explicit_cannot,
+            self.conflicts,
+        )
+
     def counts(self) -> dict[str, int]:
         """Explicit and transitivity-implied pair counts, for logs and the platform's UI."""
         return {

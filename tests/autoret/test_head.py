@@ -13,11 +13,14 @@ from retrieval.autoret.head import FeatureHead, HeadConfig, PretrainedAutoRet
 from retrieval.autoret.head_training import (
     HeadTrainConfig,
     embed_features,
+    large_groups,
     mutual_neighbors,
     nearest_neighbors,
+    pseudo_members,
     train_head,
 )
 from retrieval.autoret.pairs import KnownPairs
+from retrieval.autoret.train import Progress
 
 SMALL = HeadConfig(embed_dim=8, reduce_dim=16, rnn_hidden=8)
 
@@ -329,3 +332,46 @@ def test_where_groups_are_small_views_are_gentler_and_the_anchor_firmer() -> Non
     groups, _ = clustered_features()
     end = trained_from_version_one(groups, cfg())[1]
     assert torch.equal(end, trained_from_version_one(groups, cfg(**general))[1])
+
+
+def test_images_the_head_places_confidently_join_large_groups_for_a_second_stage() -> None:
+    features, labels = clustered_features()  # 4 clusters of 40
+    known = KnownPairs.from_labels(labels, 0.5)  # 80 labelled: components of about 20
+    cfg = HeadTrainConfig(steps=20, batch_size=16, pseudo_steps=10, log_every=5)
+    seen: list[Progress] = []
+
+    def record(progress: Progress) -> None:
+        seen.append(progress)
+
+    result = train_head(small_head(features), features, cfg, known, callback=record)
+    assert result.pseudo_images == round(0.4 * 80) and result.steps == 30
+    assert result.known_pairs == known.counts()  # what was known, not what was placed
+    # One progress over both stages.
+    assert [p.step for p in seen] == [5, 10, 15, 20, 25, 30]
+    assert [h["step"] for h in result.loss_history] == [5, 10, 15, 20, 25, 30]
+    assert seen[3].fraction_done == pytest.approx(20 / 30) and seen[-1].fraction_done == 1.0
+    cancelled = train_head(small_head(features), features, cfg, known, lambda p: p.step < 25)
+    assert cancelled.stopped == "cancelled" and cancelled.steps == 25
+
+    # The placed images are the loose ones, each joined to its own cluster's group.
+    head = small_head(features)
+    train_head(head, features, dataclasses.replace(cfg, pseudo_share=None), known)
+    groups = large_groups(known, cfg.group_min_size)
+    joined = pseudo_members(head, features, known, groups, 0.4)
+    placed = torch.tensor([i for images in joined.values() for i in images])
+    assert len(placed) == 32 and bool((known.component_of(placed) < 0).all())
+    for group, images in joined.items():
+        assert bool((labels[images] == labels[known.members[known.offsets[group]]]).all())
+
+    # No second stage without two large groups, or when it is switched off.
+    small = KnownPairs.from_constraints(160, [(0, 1), (40, 41)], [(1, 40)])
+    assert large_groups(small, cfg.group_min_size) == []
+    plain = train_head(small_head(features), features, cfg, small)
+    assert (plain.steps, plain.pseudo_images) == (20, 0)
+    off = train_head(small_head(features), features, dataclasses.replace(cfg, pseudo_share=None),
+                     known)  # fmt: skip
+    assert (off.steps, off.pseudo_images) == (20, 0)
+    with pytest.raises(ValueError, match="pseudo_share"):
+        HeadTrainConfig(pseudo_share=1.5)
+    with pytest.raises(ValueError, match="pseudo_steps"):
+        HeadTrainConfig(pseudo_steps=0)

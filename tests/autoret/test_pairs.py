@@ -108,6 +108,25 @@ def test_contradicting_cannot_link_is_dropped_and_counted() -> None:
     assert known.n_cannot == 3
 
 
+def test_images_joined_to_components_share_their_pairs_and_count_as_implied() -> None:
+    known = KnownPairs.from_constraints(8, [(0, 1), (2, 3)], [(1, 2)])  # components 0 and 1
+    joined = known.with_members({0: [4, 5], 1: [6]})
+    c = joined.component_of(torch.tensor([0, 4, 5, 2, 6, 7]))
+    assert c[0] == c[1] == c[2] and c[3] == c[4] and c[0] != c[3] and c[5] == -1
+    assert joined.relation(torch.tensor([4]), torch.tensor([6])).item() == 0  # the cannot-link
+    assert (joined.n_must, joined.n_cannot) == (6 + 3, 4 * 3)
+    counts = joined.counts()
+    assert (counts["must_explicit"], counts["cannot_explicit"]) == (2, 1)
+    assert (counts["must_implied"], counts["cannot_implied"]) == (7, 11)
+    assert known.component_of(torch.tensor([4])).item() == -1  # the original is unchanged
+    with pytest.raises(ValueError, match="in none yet"):
+        known.with_members({0: [2]})
+    with pytest.raises(ValueError, match="in none yet"):
+        known.with_members({0: [4], 1: [4]})
+    with pytest.raises(ValueError, match="no component"):
+        known.with_members({5: [4]})
+
+
 def test_constraint_outside_the_images_is_refused() -> None:
     with pytest.raises(ValueError, match="outside"):
         KnownPairs.from_constraints(3, [(0, 3)], [])
