@@ -223,6 +223,8 @@ class HeadRounds:
             result = train_head(model.head, self.train_features, cfg, known)
             if result.neighbors is not None:
                 print(f"  {result.neighbors}", file=sys.stderr, flush=True)
+            if result.pseudo_images:
+                print(f"  {result.pseudo_images} images placed in groups", file=sys.stderr)
         alpha = model.head.config.sphere_radius * math.sqrt(2.0)
         return (
             embed_features(model.head, self.train_features).numpy(),

@@ -363,7 +363,11 @@ def test_images_the_head_places_confidently_join_large_groups_for_a_second_stage
     for group, images in joined.items():
         assert bool((labels[images] == labels[known.members[known.offsets[group]]]).all())
 
-    # No second stage without two large groups, or when it is switched off.
+    # No second stage without two large groups, when they hold too few of the images, or when
+    # it is switched off.
+    few = train_head(small_head(features), features,
+                     dataclasses.replace(cfg, pseudo_min_known=0.6), known)  # fmt: skip
+    assert (few.steps, few.pseudo_images) == (20, 0)  # 80 of 160 images in groups
     small = KnownPairs.from_constraints(160, [(0, 1), (40, 41)], [(1, 40)])
     assert large_groups(small, cfg.group_min_size) == []
     plain = train_head(small_head(features), features, cfg, small)
@@ -373,5 +377,7 @@ def test_images_the_head_places_confidently_join_large_groups_for_a_second_stage
     assert (off.steps, off.pseudo_images) == (20, 0)
     with pytest.raises(ValueError, match="pseudo_share"):
         HeadTrainConfig(pseudo_share=1.5)
+    with pytest.raises(ValueError, match="pseudo_min_known"):
+        HeadTrainConfig(pseudo_min_known=-0.1)
     with pytest.raises(ValueError, match="pseudo_steps"):
         HeadTrainConfig(pseudo_steps=0)
