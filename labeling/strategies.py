@@ -50,11 +50,13 @@ class MiningContext:
     inference: Inference
     taken: set[tuple[int, int]]
     rng: random.Random = field(default_factory=random.Random)
+    seeded: bool = False  # samples drawn from `rng` (reproducible) rather than by the database
 
     @classmethod
     def build(cls, collection: Collection, version: ModelVersion, seed: int | None = None):
         taken = set(Pair.objects.filter(collection=collection).values_list("a_id", "b_id"))
-        return cls(collection, version, infer(collection), taken, random.Random(seed))
+        rng = random.Random(seed)
+        return cls(collection, version, infer(collection), taken, rng, seed is not None)
 
     def accept(self, a: int, b: int) -> bool:
         """Claims (a, b) for this mining round unless it is known, queued or implied."""
@@ -67,8 +69,14 @@ class MiningContext:
         return True
 
     def sample(self, n: int) -> list[int]:
-        ids = Embedding.objects.filter(version=self.version).order_by("?")
-        return list(ids.values_list("image_id", flat=True)[: max(1, n)])
+        """Up to n images of the version, at random: by the database (one query, no ids
+        shipped), or with a seed from `rng` over every id, so that a seeded mining (the
+        benchmarks, tests) asks the same questions each run."""
+        embedded = Embedding.objects.filter(version=self.version)
+        if not self.seeded:
+            return list(embedded.order_by("?").values_list("image_id", flat=True)[: max(1, n)])
+        ids = list(embedded.order_by("image_id").values_list("image_id", flat=True))
+        return self.rng.sample(ids, min(max(1, n), len(ids)))
 
     def boundary(self, distances: list[float]) -> float:
         """The decision boundary alpha/2 for a trained version. An untrained network's distances
