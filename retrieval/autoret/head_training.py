@@ -294,13 +294,7 @@ def pseudo_members(
     if len(groups) < 2:
         raise ValueError("placing images needs at least two groups")
     u = F.normalize(embed_features(head, features), dim=1)
-    centres = torch.stack(
-        [
-            F.normalize(u[known.members[known.offsets[c] : known.offsets[c] + known.sizes[c]]]
-                        .mean(0), dim=0)
-            for c in groups
-        ]
-    )  # fmt: skip
+    centres = torch.stack([F.normalize(u[known.members_of(c)].mean(0), dim=0) for c in groups])
     nearest = (u @ centres.T).topk(2, dim=1)
     margin = nearest.values[:, 0] - nearest.values[:, 1]
     loose = (known.component_of(torch.arange(features.shape[0])) < 0).nonzero().flatten()

@@ -257,15 +257,17 @@ class KnownPairs:
             conflicts=len(cannot_set) - kept_cannot,
         )
 
+    def members_of(self, component: int) -> torch.Tensor:
+        """The images of one known component (LongTensor of its size)."""
+        start = int(self.offsets[component])
+        return self.members[start : start + int(self.sizes[component])]
+
     def with_members(self, additions: dict[int, list[int]]) -> KnownPairs:
         """These pairs with images joined to components (component id -> images in none yet):
         every pair the joined images make is implied, none explicit (the counts keep
         `explicit_*` and `conflicts`)."""
         component = self.component_of(torch.arange(self.n_images))
-        components = [
-            self.members[self.offsets[c] : self.offsets[c] + self.sizes[c]].tolist()
-            for c in range(len(self.sizes))
-        ]
+        components = [self.members_of(c).tolist() for c in range(len(self.sizes))]
         joined = [i for images in additions.values() for i in images]
         if len(set(joined)) != len(joined) or (
             joined and bool((component[torch.tensor(joined, dtype=torch.long)] >= 0).any())
