@@ -337,7 +337,9 @@ def test_where_groups_are_small_views_are_gentler_and_the_anchor_firmer() -> Non
 def test_images_the_head_places_confidently_join_large_groups_for_a_second_stage() -> None:
     features, labels = clustered_features()  # 4 clusters of 40
     known = KnownPairs.from_labels(labels, 0.5)  # 80 labelled: components of about 20
-    cfg = HeadTrainConfig(steps=20, batch_size=16, pseudo_steps=10, log_every=5)
+    cfg = HeadTrainConfig(
+        steps=20, batch_size=16, pseudo_steps=10, pseudo_batch_size=8, log_every=5
+    )
     seen: list[Progress] = []
 
     def record(progress: Progress) -> None:
@@ -350,6 +352,9 @@ def test_images_the_head_places_confidently_join_large_groups_for_a_second_stage
     assert [p.step for p in seen] == [5, 10, 15, 20, 25, 30]
     assert [h["step"] for h in result.loss_history] == [5, 10, 15, 20, 25, 30]
     assert seen[3].fraction_done == pytest.approx(20 / 30) and seen[-1].fraction_done == 1.0
+    # Two views of each image of a batch: 16 per step, then the second stage's 8.
+    assert [p.images_seen for p in seen] == [160, 320, 480, 640, 720, 800]
+    assert seen[-1].epoch == pytest.approx(800 / (2 * 160))
     cancelled = train_head(small_head(features), features, cfg, known, lambda p: p.step < 25)
     assert cancelled.stopped == "cancelled" and cancelled.steps == 25
 
@@ -381,3 +386,5 @@ def test_images_the_head_places_confidently_join_large_groups_for_a_second_stage
         HeadTrainConfig(pseudo_min_known=-0.1)
     with pytest.raises(ValueError, match="pseudo_steps"):
         HeadTrainConfig(pseudo_steps=0)
+    with pytest.raises(ValueError, match="pseudo_batch_size"):
+        HeadTrainConfig(pseudo_batch_size=1)
