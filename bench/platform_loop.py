@@ -175,6 +175,7 @@ def run(n: int, answers: int, minutes: float, kind: str = "random") -> dict[str,
         "loop_s": loop_s,
         "training_s": training_s,
         "embed_s": embed.seconds,
+        "train_embed_s": training_s + embed.seconds,
         "evaluate_s": ev.seconds,
         "rest_s": loop_s - training_s - embed.seconds - ev.seconds,
         "map_v1": collection.versions.get(number=1).metrics.get("evaluation", {}).get("map_at_100"),
@@ -232,7 +233,7 @@ def main() -> None:
         print(
             f"| {r['images']:,} | {r['answers']} | {r['version_one_s']:.1f} | "
             f"{r['training_s']:.1f} | {r['pseudo_images']} | {r['embed_s']:.1f} | "
-            f"**{r['training_s'] + r['embed_s']:.1f}** | {r['evaluate_s']:.1f} | "
+            f"**{r['train_embed_s']:.1f}** | {r['evaluate_s']:.1f} | "
             f"{r['rest_s']:.1f} | {r['loop_s']:.1f} | "
             f"{r['map_v1']} / {r['map_v2']} | {r['load']} |"
         )
