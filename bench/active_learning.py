@@ -225,6 +225,7 @@ class HeadRounds:
                 print(f"  {result.neighbors}", file=sys.stderr, flush=True)
             if result.pseudo_images:
                 print(f"  {result.pseudo_images} images placed in groups", file=sys.stderr)
+            print(f"  known pairs' share of each batch {result.known_share}", file=sys.stderr)
         alpha = model.head.config.sphere_radius * math.sqrt(2.0)
         return (
             embed_features(model.head, self.train_features).numpy(),

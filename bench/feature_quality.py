@@ -217,6 +217,7 @@ def run_seed(
                     neighbor_images=trained.neighbor_images,
                     group_images=trained.group_images,
                     pseudo_images=trained.pseudo_images,
+                    known_share=trained.known_share,
                     neighbors=trained.neighbors,
                     final_loss=trained.final_loss,
                 )

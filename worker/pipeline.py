@@ -409,6 +409,7 @@ def _train_head(job: Job, version: ModelVersion) -> str:
         "neighbor_images": result.neighbor_images,
         "group_images": result.group_images,
         "pseudo_images": result.pseudo_images,
+        "known_share": result.known_share,
         "fit": model.head.fit_report,
         "neighbors": result.neighbors or "not asked for",
         "known_pairs": known_counts,

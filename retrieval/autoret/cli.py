@@ -194,6 +194,7 @@ def _train_pretrained(args: argparse.Namespace) -> None:
             "neighbor_images": result.neighbor_images,
             "group_images": result.group_images,
             "pseudo_images": result.pseudo_images,
+            "known_share": result.known_share,
             "fit": model.head.fit_report,
             "neighbors": result.neighbors,
         },

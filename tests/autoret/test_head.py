@@ -334,6 +334,31 @@ def test_where_groups_are_small_views_are_gentler_and_the_anchor_firmer() -> Non
     assert torch.equal(end, trained_from_version_one(groups, cfg(**general))[1])
 
 
+def test_answers_that_group_few_images_take_a_small_share_of_each_batch() -> None:
+    features, labels = clustered_features()  # 4 clusters of 40
+    cfg = HeadTrainConfig(steps=20, batch_size=40, pseudo_share=None)
+
+    def run(known: KnownPairs, **overrides: Any) -> tuple[float, torch.Tensor]:
+        head = small_head(features)
+        result = train_head(head, features, dataclasses.replace(cfg, **overrides), known)
+        return result.known_share, embed_features(head, features)
+
+    # Labels on half the images: components of about 20 hold 50 % of them, far above 5 %.
+    labelled = KnownPairs.from_labels(labels, 0.5)
+    assert run(labelled)[0] == 0.5
+    # Two answered pairs and a "different": no large group, so 5 % of each batch.
+    few = KnownPairs.from_constraints(160, [(0, 1), (40, 41)], [(1, 40)])
+    share, sparse = run(few)
+    assert share == 0.05
+    always, dense = run(few, sparse_known_share=None)
+    assert always == 0.5 and not torch.equal(sparse, dense)
+    assert torch.equal(run(few, known_share=0.05, sparse_known_share=None)[1], sparse)
+    # The threshold is the second stage's: groups holding 60 % are needed, 50 % are not enough.
+    assert run(labelled, pseudo_min_known=0.6)[0] == 0.05
+    with pytest.raises(ValueError, match="sparse_known_share"):
+        HeadTrainConfig(sparse_known_share=1.5)
+
+
 def test_images_the_head_places_confidently_join_large_groups_for_a_second_stage() -> None:
     features, labels = clustered_features()  # 4 clusters of 40
     known = KnownPairs.from_labels(labels, 0.5)  # 80 labelled: components of about 20

@@ -167,6 +167,8 @@ def test_enough_new_answers_start_retraining_that_learns_from_them(
     assert job.metrics["known_pairs"]["must_explicit"] == 1
     assert job.metrics["evaluation"]["answered_pairs"] == 2
     assert job.version is not None and job.version.config["answers"] == 2
+    # Two answers group no large share of the images: they take 5 % of each batch.
+    assert job.version.metrics["training"]["known_share"] == 0.05
 
 
 @pytest.mark.django_db
