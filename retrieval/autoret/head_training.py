@@ -67,9 +67,10 @@ class HeadTrainConfig:
     to the detail that tells an image's one or two matches from the rest: on emoji (seed 0,
     version 1 whitened, 0.600) the self-supervised head fell to 0.549 with dropout 0.2 and
     anchor 1, 0.591 with 0.05 and 10 (10 % labels 0.547 -> 0.590).
-    known_share, sparse_known_share (ours): share of each batch drawn from images with known
-    pairs: `known_share` where known components of `group_min_size` or more hold at least
-    `pseudo_min_known` of the images between them (the second stage's condition), else
+    known_share, sparse_known_share, sparse_known_below (ours): share of each batch drawn from
+    images with known pairs: `known_share` where known components of `group_min_size` or more
+    hold at least `pseudo_min_known` of the images between them (the second stage's condition)
+    or the known pairs touch at least `sparse_known_below` of the images, else
     `sparse_known_share` (None: `known_share` always). A few hundred answers touch a few hundred
     images, and half of every batch drawn from them trains the head on the same images over and
     over (each singleton partnered with itself) in place of the neighbour pairs of the rest: on
@@ -77,7 +78,11 @@ class HeadTrainConfig:
     took the head from 0.680 self-supervised to 0.643 after 50 answers and 0.633 after 150, and
     reached 0.695 after 500; 0.05 gave 0.680 / 0.697 / 0.726 (0.02: 0.727 at 500), and 1 %
     labels 0.775 instead of 0.752. Where labels cover many images, half the batch is what
-    lifts the head: 10 % labels 0.852 at 0.5, 0.842 at 0.1, 0.845 at 0.05.
+    lifts the head: 10 % labels 0.852 at 0.5, 0.842 at 0.1, 0.845 at 0.05. So do answers that
+    touch many images, mostly "different" (a cannot-link teaches only when both its images share
+    a batch): random pairs' 1,000 answers touch 36 % of the images, and 0.05 gave 0.687 against
+    0.698 at 0.5 (seed 0); with 0.05 for them random's curve fell 0.006-0.028. Merge-gain's 500
+    answers touch 9 %, random's first 500 20 %: the 15 % lies between measured cases only.
     anchor (ours): weight of a penalty on how far each view's embedding moves from where the
     untrained head (version 1) puts it, as mean squared distance over R^2. Without it, the
     cannot-link half of the loss spreads a small collection over the sphere and forgets the
@@ -133,6 +138,7 @@ class HeadTrainConfig:
     patch_dropout: float = 0.2
     known_share: float = 0.5
     sparse_known_share: float | None = 0.05
+    sparse_known_below: float = 0.15
     anchor: float = 1.0
     spare_k: int = 0
     neighbor_min_precision: float = 0.5
@@ -154,6 +160,7 @@ class HeadTrainConfig:
             "small_group_patch_dropout",
             "known_share",
             "sparse_known_share",
+            "sparse_known_below",
             "can_weight",
             "neighbor_min_precision",
             "neighbor_min_density",
@@ -358,8 +365,10 @@ def train_head(
     began = time.perf_counter()
     groups = large_groups(known, cfg.group_min_size)
     in_groups = int(known.sizes[groups].sum()) if known is not None and groups else 0
-    grouped = in_groups >= cfg.pseudo_min_known * features.shape[0]
-    if not grouped and cfg.sparse_known_share is not None:
+    n = features.shape[0]
+    grouped = in_groups >= cfg.pseudo_min_known * n
+    touched = known is not None and len(known.members) >= cfg.sparse_known_below * n
+    if not (grouped or touched) and cfg.sparse_known_share is not None:
         cfg = dataclasses.replace(cfg, known_share=cfg.sparse_known_share)
     second = bool(cfg.pseudo_share) and len(groups) >= 2 and grouped
     plan = _Plan(0, cfg.steps + (cfg.pseudo_steps if second else 0), began, cfg.seconds)

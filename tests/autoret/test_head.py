@@ -353,10 +353,15 @@ def test_answers_that_group_few_images_take_a_small_share_of_each_batch() -> Non
     always, dense = run(few, sparse_known_share=None)
     assert always == 0.5 and not torch.equal(sparse, dense)
     assert torch.equal(run(few, known_share=0.05, sparse_known_share=None)[1], sparse)
-    # The threshold is the second stage's: groups holding 60 % are needed, 50 % are not enough.
-    assert run(labelled, pseudo_min_known=0.6)[0] == 0.05
+    # Half a batch where large groups hold `pseudo_min_known` of the images (the second stage's
+    # condition) or the known pairs touch `sparse_known_below` of them; these touch 50 %.
+    assert run(labelled, pseudo_min_known=0.6)[0] == 0.5
+    assert run(labelled, pseudo_min_known=0.6, sparse_known_below=0.6)[0] == 0.05
+    assert run(labelled, sparse_known_below=0.6)[0] == 0.5
     with pytest.raises(ValueError, match="sparse_known_share"):
         HeadTrainConfig(sparse_known_share=1.5)
+    with pytest.raises(ValueError, match="sparse_known_below"):
+        HeadTrainConfig(sparse_known_below=-0.1)
 
 
 def test_images_the_head_places_confidently_join_large_groups_for_a_second_stage() -> None:
