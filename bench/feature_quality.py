@@ -58,12 +58,23 @@ HEAD_ROWS = {
     "head-labels-1": 0.01,
     "head-labels-5": 0.05,
     "head-labels-10": 0.10,
+    # Ceilings, on request only: what the head reaches when half or all of the collection is
+    # labelled, the most any number of answers could tell it.
+    "head-labels-50": 0.50,
+    "head-labels-100": 1.0,
 }
+CEILING_ROWS = ("head-labels-50", "head-labels-100")
 # "frozen": the configured features' whole-image step, as they are; "frozen-head": the issue's
 # frozen row, the ImageNet head's 1280 features average-pooled over the whole image, whatever
 # layers the configuration reads.
 ROWS = ("raw", "frozen-head", "frozen", "version-1", *HEAD_ROWS, *SCRATCH_ROWS)
-DEFAULT_ROWS = ("raw", "frozen-head", "frozen", "version-1", *HEAD_ROWS)
+DEFAULT_ROWS = (
+    "raw",
+    "frozen-head",
+    "frozen",
+    "version-1",
+    *(r for r in HEAD_ROWS if r not in CEILING_ROWS),
+)
 
 
 def cached_features(
