@@ -146,6 +146,49 @@ def collections(request: Request) -> Response:
     return Response(CollectionSerializer(queryset, many=True).data)
 
 
+CollectionDeleted = inline_serializer(
+    "CollectionDeleted",
+    {
+        "deleted": serializers.DictField(
+            child=serializers.IntegerField(),
+            help_text="What went, by kind (images, vectors, model versions, answers, jobs, ...).",
+        )
+    },
+)
+DeletionRefusal = inline_serializer("DeletionRefusal", {"detail": serializers.CharField()})
+
+
+@extend_schema(
+    methods=["GET"],
+    responses=CollectionSerializer,
+    summary="One collection you are a member of",
+)
+@extend_schema(
+    methods=["DELETE"],
+    responses={200: CollectionDeleted, 409: DeletionRefusal},
+    summary="Delete a collection with everything in it (its admins)",
+    description=(
+        "Deletes its images and their files, vectors, model versions and checkpoints, pairs, "
+        "answers, groups, memberships and jobs, as the collection's Delete page does; the audit "
+        "log keeps the record. 409 while a job is queued or running in it: cancel the job first."
+    ),
+)
+@api_view(["GET", "DELETE"])
+def collection(request: Request, pk: int) -> Response:
+    needs = Membership.Role.ADMIN if request.method == "DELETE" else Membership.Role.ANNOTATOR
+    found = get_collection_for_user(request.user, pk, needs)
+    if request.method == "GET":
+        return Response(CollectionSerializer(found).data)
+    try:
+        deleted = deletion.delete_collection(
+            found,
+            by=request.user,  # type: ignore[arg-type]  # authenticated: never anonymous
+        )
+    except deletion.DeletionRefused as refused:
+        return Response({"detail": str(refused)}, status=status.HTTP_409_CONFLICT)
+    return Response({"deleted": deleted})
+
+
 @extend_schema(
     methods=["GET"],
     parameters=[

@@ -11,6 +11,7 @@ app_name = "api"
 urlpatterns = [
     # Collections, images, embeddings and model downloads (retrieval/api.py)
     path("collections/", api.collections, name="collections"),
+    path("collections/<int:pk>/", api.collection, name="collection"),
     path("collections/<int:pk>/images/", api.collection_images, name="collection_images"),
     path(
         "collections/<int:pk>/embeddings/export/", api.export_embeddings, name="export_embeddings"

@@ -58,6 +58,7 @@ CASES: dict[str, Case] = {
     "retrieval:collection_delete": Case("GET", Role.ADMIN, ("collection",)),
     "api:delete_images": Case("POST", Role.CURATOR, ("collection",), api=True),
     "api:collections": Case("GET", SIGNED_IN, api=True),
+    "api:collection": Case("GET", Role.ANNOTATOR, ("collection",), api=True),
     "api:collection_images": Case("GET", Role.ANNOTATOR, ("collection",), api=True),
     "api:search": Case("POST", Role.ANNOTATOR, ("collection",), api=True),
     "api:export_embeddings": Case("GET", Role.CURATOR, ("collection",), api=True),

@@ -313,3 +313,32 @@ def test_a_collection_is_not_deleted_under_a_running_job(
     assert b"cancel them" in response.content
     assert Collection.objects.filter(pk=collection.pk).exists()
     assert not Event.objects.filter(action=Event.Action.COLLECTION_DELETE).exists()
+
+
+def test_the_api_deletes_a_collection_for_its_admins_only(
+    collection, admin, curator, labelled, media_root, django_capture_on_commit_callbacks
+) -> None:
+    images, _ = labelled
+    api = APIClient()
+    url = reverse("api:collection", args=[collection.pk])
+    api.force_authenticate(curator)
+    assert api.get(url).json()["name"] == collection.name
+    assert api.delete(url).status_code == 403
+    api.force_authenticate(admin)
+    running = Job.objects.create(
+        kind=Job.Kind.EMBED, collection=collection, requested_by=admin, status=Job.Status.RUNNING
+    )
+    refused = api.delete(url)
+    assert refused.status_code == 409 and "cancel them" in refused.json()["detail"]
+    assert Collection.objects.filter(pk=collection.pk).exists()
+    running.status = Job.Status.CANCELLED
+    running.save()
+    with django_capture_on_commit_callbacks(execute=True):
+        response = api.delete(url)
+    assert response.status_code == 200
+    assert response.json()["deleted"]["images"] == len(images)
+    assert response.json()["deleted"]["jobs"] == 1
+    assert not Collection.objects.filter(pk=collection.pk).exists()
+    assert not (media_root / "collections" / str(collection.pk)).exists()
+    assert Event.objects.filter(action=Event.Action.COLLECTION_DELETE).count() == 1
+    assert api.delete(url).status_code == 404
