@@ -103,11 +103,23 @@ def live_redis(redis_dir: Path, settings) -> Iterator[str]:
     settings.REDIS_URL = url
     broker = url.replace("unix://", "redis+socket://", 1)
     settings.CELERY_BROKER_URL = broker
-    app.conf.update(broker_url=broker)
+    use_broker(app, broker_url=broker)
     redis_client.cache_clear()
     redis_client().flushall()
     yield url
     redis_client.cache_clear()
+
+
+def use_broker(app: Any, **conf: Any) -> None:
+    """Points the Celery app at another broker (broker_url and its options) for what it sends
+    next. Changing the setting alone is not enough: the app keeps the connection pool it built for
+    the broker it first sent to, and an earlier test's send (to the development Redis under var/)
+    would leave every later one trying that socket."""
+    app.conf.update(**conf)
+    # Celery has no public reset; its after-fork hook drops the same two. The pools themselves
+    # are kombu's, shared by URL (closing one would break the next test on the same broker).
+    app._pool = None
+    app.amqp._producer_pool = None
 
 
 def service_env(redis_url: str, **extra: str) -> dict[str, str]:

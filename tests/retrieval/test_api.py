@@ -8,6 +8,7 @@ from django.test import Client
 from rest_framework.authtoken.models import Token
 
 from retrieval.models import Membership
+from tests.conftest import use_broker
 from tests.retrieval.conftest import image_bytes
 
 pytestmark = pytest.mark.django_db
@@ -124,12 +125,12 @@ def test_upload_is_kept_when_the_broker_is_down(
     before = {k: app.conf[k] for k in ("broker_url", "broker_transport_options")}
     broker = "redis+socket:///nonexistent/redis.sock"
     settings.CELERY_BROKER_URL = broker
-    app.conf.update(broker_url=broker, broker_transport_options={"max_retries": 0})
+    use_broker(app, broker_url=broker, broker_transport_options={"max_retries": 0})
     try:
         client.login(username=curator.username, password=password)
         response = client.post(f"/api/v1/collections/{collection.pk}/images/", {"files": files(2)})
     finally:
-        app.conf.update(before)
+        use_broker(app, **before)
     assert response.status_code == 201
     assert len(response.json()["created"]) == 2
     assert collection.images.count() == 2
