@@ -298,15 +298,6 @@ def _views(
     return out
 
 
-def _component_partners(known: KnownPairs, index: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-    """Another member of each image's known component (itself in a component of one)."""
-    component = known.component_of(index)
-    size = known.sizes[component]
-    rank = (torch.rand(index.shape, generator=g, dtype=torch.float64) * size).long()
-    rank = rank.clamp_(max=size - 1)
-    return known.members[known.offsets[component] + rank]
-
-
 def large_groups(known: KnownPairs | None, min_size: int) -> list[int]:
     """The known components of at least `min_size` images (their ids)."""
     if known is None:
@@ -488,7 +479,8 @@ def _train_stage(
             first[:n_known] = known.members[
                 torch.randint(len(known.members), (n_known,), generator=generator)
             ]
-            second[:n_known] = _component_partners(known, first[:n_known], generator)
+            # Another member of each image's component (itself in a component of one).
+            second[:n_known] = known.random_members(known.component_of(first[:n_known]), generator)
         ids = torch.cat([first, second])
         pair = torch.arange(b).repeat(2)
         same = (pair[:, None] == pair[None]) | (ids[:, None] == ids[None])

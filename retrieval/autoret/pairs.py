@@ -324,6 +324,10 @@ class KnownPairs:
             out[across] = 0
         return out
 
+    def random_members(self, component: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """One member of each of these components (LongTensor B of component ids), uniformly."""
+        return self._member(component, self._uniform_rank(self.sizes[component], generator))
+
     def _member(self, component: torch.Tensor, rank: torch.Tensor) -> torch.Tensor:
         return self.members[self.offsets[component] + rank]
 

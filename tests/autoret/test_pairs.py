@@ -145,6 +145,15 @@ def test_sampled_known_pairs_are_true_must_and_cannot_links() -> None:
     assert drawn_diff == diff
 
 
+def test_random_members_come_from_each_asked_component_and_cover_it() -> None:
+    known = KnownPairs.from_constraints(8, [(0, 1), (1, 2), (3, 4)], [(0, 5)])
+    component = known.component_of(torch.tensor([2, 4, 5] * 200))
+    drawn = known.random_members(component, torch.Generator().manual_seed(0))
+    assert (known.component_of(drawn) == component).all()
+    assert set(drawn[0::3].tolist()) == {0, 1, 2} and set(drawn[1::3].tolist()) == {3, 4}
+    assert set(drawn[2::3].tolist()) == {5}  # a component of one: the image itself
+
+
 def test_labels_of_a_fraction_become_known_pairs() -> None:
     labels = torch.arange(100) % 5
     known = KnownPairs.from_labels(labels, fraction=0.2, seed=1)
