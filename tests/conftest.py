@@ -137,6 +137,13 @@ def service_env(redis_url: str, **extra: str) -> dict[str, str]:
     return env
 
 
+@pytest.fixture(autouse=True)
+def media_root(settings, tmp_path: Path) -> Path:
+    """Every test's images, thumbnails and exports go to a folder of its own, never var/media."""
+    settings.MEDIA_ROOT = tmp_path / "media"
+    return settings.MEDIA_ROOT
+
+
 @pytest.fixture
 def celery_worker(live_redis: str, tmp_path: Path) -> Iterator[subprocess.Popen[bytes]]:
     """A real Celery worker process consuming the default and gpu queues of the test Redis."""

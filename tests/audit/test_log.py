@@ -23,12 +23,6 @@ pytestmark = pytest.mark.django_db
 Action = Event.Action
 
 
-@pytest.fixture(autouse=True)
-def media_root(settings, tmp_path: Path) -> Path:
-    settings.MEDIA_ROOT = tmp_path / "media"
-    return settings.MEDIA_ROOT
-
-
 def signed_in(user: Any) -> Client:
     client = Client()
     client.force_login(user)

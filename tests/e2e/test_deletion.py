@@ -13,12 +13,6 @@ from tests.labeling.conftest import add_images
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
-@pytest.fixture(autouse=True)
-def media_root(settings, tmp_path: Path) -> Path:
-    settings.MEDIA_ROOT = tmp_path / "media"
-    return settings.MEDIA_ROOT
-
-
 def test_delete_ticked_images_then_the_collection(
     logged_in_page, live_server, collection, media_root: Path
 ) -> None:

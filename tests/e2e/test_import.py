@@ -12,12 +12,6 @@ from tests.retrieval.conftest import image_bytes, zip_bytes
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
-@pytest.fixture(autouse=True)
-def media_root(settings, tmp_path: Path) -> Path:
-    settings.MEDIA_ROOT = tmp_path / "media"
-    return settings.MEDIA_ROOT
-
-
 def test_upload_a_zip_see_the_report_open_an_image_and_its_neighbours(
     logged_in_page,
     celery_worker,  # embeds the upload: the upload enqueues it once the request commits

@@ -10,14 +10,10 @@ from labeling import instructions
 from labeling.models import Constraint, ExamplePair, Pair
 from tests.labeling.conftest import add_images, add_version
 
-pytestmark = pytest.mark.django_db(transaction=True)
+# Mining requests go to the test Redis.
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("live_redis")]
 
 ANSWER_URL = re.compile(r"/api/v1/pairs/\d+/answer/(\?|$)")
-
-
-@pytest.fixture(autouse=True)
-def media_root(settings, tmp_path, live_redis):  # noqa: ARG001 - mining requests go to the test Redis
-    settings.MEDIA_ROOT = tmp_path / "media"
 
 
 def test_answer_pairs_with_the_keyboard_undo_one_and_see_counters(

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -22,13 +21,6 @@ def _test_redis(live_redis: str) -> str:
     # The queue asks for mining through Celery: its messages go to the test Redis, never to the
     # development stack's.
     return live_redis
-
-
-@pytest.fixture(autouse=True)
-def media_root(settings, tmp_path: Path) -> Path:
-    root = tmp_path / "media"
-    settings.MEDIA_ROOT = root
-    return root
 
 
 def add_images(collection: Collection, n: int) -> list[Image]:

@@ -8,15 +8,7 @@ import zipfile
 import zlib
 from pathlib import Path
 
-import pytest
 from PIL import Image as PILImage
-
-
-@pytest.fixture(autouse=True)
-def media_root(settings, tmp_path: Path) -> Path:
-    root = tmp_path / "media"
-    settings.MEDIA_ROOT = root
-    return root
 
 
 def image_bytes(
