@@ -184,11 +184,18 @@ def cancel_job(job: Job, by: User | None = None) -> None:
 
 
 def set_policy(
-    collection: Collection, retrain_after_answers: int | None, minutes: float | None
+    collection: Collection,
+    retrain_after_answers: int | None,
+    minutes: float | None,
+    held_out_percent: int = 0,
 ) -> TrainingPolicy:
     policy, _ = TrainingPolicy.objects.update_or_create(
         collection=collection,
-        defaults={"retrain_after_answers": retrain_after_answers, "minutes": minutes},
+        defaults={
+            "retrain_after_answers": retrain_after_answers,
+            "minutes": minutes,
+            "held_out_percent": held_out_percent,
+        },
     )
     return policy
 

@@ -8,6 +8,7 @@ phase, ETA, log tail and metrics from it. Celery keeps no results (CELERY_TASK_I
 from __future__ import annotations
 
 from django.conf import settings
+from django.core.validators import MaxValueValidator
 from django.db import models
 from django.db.models import Q
 
@@ -21,6 +22,8 @@ LOG_TAIL_LINES = 40
 # (meant for GPU workers: on two CPU cores it is far slower than the head).
 PRETRAINED, SCRATCH, FINETUNE = "pretrained", "scratch", "finetune"
 RECIPES = (PRETRAINED, SCRATCH, FINETUNE)
+# At most this share of answered pairs (%) is kept out of training for measuring.
+MAX_HELD_OUT_PERCENT = 50
 
 
 class Job(models.Model):
@@ -108,6 +111,19 @@ class TrainingPolicy(models.Model):
     # Start training automatically once this many answers arrived since the last training job.
     retrain_after_answers = models.PositiveIntegerField(null=True, blank=True)
     minutes = models.FloatField(null=True, blank=True)
+    # The share of answered pairs (in %) kept out of training to measure versions on
+    # (labeling.training.is_held_out); 0 trains on every answer.
+    held_out_percent = models.PositiveSmallIntegerField(
+        default=0, validators=[MaxValueValidator(MAX_HELD_OUT_PERCENT)]
+    )
 
     def __str__(self) -> str:
         return f"training policy of {self.collection}"
+
+    @classmethod
+    def held_out_percent_of(cls, collection_id: int) -> int:
+        """The collection's held-out share (%); 0 without a policy."""
+        found = cls.objects.filter(collection_id=collection_id).values_list(
+            "held_out_percent", flat=True
+        )
+        return int(found.first() or 0)

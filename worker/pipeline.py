@@ -23,7 +23,7 @@ from django.db.models import F, Q
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
-from labeling.training import answers_since, known_constraints
+from labeling.training import answers_since, held_out_constraints, known_constraints
 from retrieval import embedding, features, queries, versions
 from retrieval.autoret.checkpoint import CheckpointError, read_info, save_head_checkpoint
 from retrieval.autoret.data import ImageSet
@@ -35,7 +35,15 @@ from retrieval.autoret.model import AutoRet, ModelConfig
 from retrieval.autoret.pairs import KnownPairs
 from retrieval.autoret.train import Progress, TrainConfig, train
 from retrieval.models import Embedding, Image, ModelVersion
-from worker.models import FINETUNE, LOG_TAIL_LINES, PRETRAINED, RECIPES, SCRATCH, Job
+from worker.models import (
+    FINETUNE,
+    LOG_TAIL_LINES,
+    PRETRAINED,
+    RECIPES,
+    SCRATCH,
+    Job,
+    TrainingPolicy,
+)
 
 log = logging.getLogger(__name__)
 
@@ -176,7 +184,7 @@ def _model_config(version: ModelVersion, recipe: str) -> ModelConfig:
 
 
 def _training_data(
-    job: Job, config: ModelConfig, out_dir: Path
+    job: Job, version: ModelVersion, config: ModelConfig, out_dir: Path
 ) -> tuple[ImageSet, KnownPairs | None]:
     """The images and known pairs of the first slice, frozen into out_dir/data.npz so every later
     slice (and a resumed one) trains on exactly the same rows, whatever was uploaded since."""
@@ -188,7 +196,9 @@ def _training_data(
         if not ids:
             raise ValueError("the collection has no readable images to train on")
         row = {image_id: i for i, image_id in enumerate(ids)}
-        must, cannot = known_constraints(job.collection)
+        held_out = TrainingPolicy.held_out_percent_of(job.collection_id)
+        _record_config(version, {"held_out_percent": held_out})
+        must, cannot = known_constraints(job.collection, held_out)
         must_rows = [(row[a], row[b]) for a, b in must if a in row and b in row]
         cannot_rows = [(row[a], row[b]) for a, b in cannot if a in row and b in row]
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -250,7 +260,7 @@ def _train_slice(job: Job, progress_bar: bool) -> str:
         return _train_head(job, version)
     out_dir = versions.checkpoint_dir(version)
     config = _model_config(version, recipe)
-    data, known = _training_data(job, config, out_dir)
+    data, known = _training_data(job, version, config, out_dir)
     cfg = _train_config(job, progress_bar)
     try:
         info = read_info(out_dir)
@@ -318,10 +328,13 @@ def _train_slice(job: Job, progress_bar: bool) -> str:
     return "done"
 
 
-def _known_rows(collection_id: int, ids: list[int]) -> tuple[KnownPairs | None, dict[str, int]]:
-    """The collection's resolved answers and imports as pairs of rows of `ids`."""
+def _known_rows(
+    collection_id: int, ids: list[int], held_out_percent: int
+) -> tuple[KnownPairs | None, dict[str, int]]:
+    """The collection's resolved answers and imports, less the held-out ones, as pairs of rows
+    of `ids`."""
     row = {image_id: i for i, image_id in enumerate(ids)}
-    must, cannot = known_constraints(collection_id)
+    must, cannot = known_constraints(collection_id, held_out_percent)
     must_rows = [(row[a], row[b]) for a, b in must if a in row and b in row]
     cannot_rows = [(row[a], row[b]) for a, b in cannot if a in row and b in row]
     if not must_rows and not cannot_rows:
@@ -360,7 +373,8 @@ def _train_head(job: Job, version: ModelVersion) -> str:
     ids, array = features.read_all(collection, feature_cfg)
     if len(ids) < 2:
         raise ValueError("the collection needs at least two readable images to train on")
-    known, known_counts = _known_rows(collection.pk, ids)
+    held_out = TrainingPolicy.held_out_percent_of(collection.pk)
+    known, known_counts = _known_rows(collection.pk, ids, held_out)
     on_cuda = torch.cuda.is_available()
     minutes = float(job.options.get("minutes", settings.AUTORET_TRAIN_MINUTES))
     cfg = HeadTrainConfig(
@@ -430,6 +444,7 @@ def _train_head(job: Job, version: ModelVersion) -> str:
         "train": cfg.to_dict(),
         "images": len(ids),
         "answers": answers,
+        "held_out_percent": held_out,
     }
     version.metrics = {**version.metrics, "training": summary, "loss": history}
     version.save(update_fields=["config", "metrics"])
@@ -593,17 +608,41 @@ def evaluate_version(version: ModelVersion) -> dict[str, Any]:
             metrics["map_at_100"] = round(result["map"], 4)
             metrics["p_at_10"] = round(result["precision"], 4)
             metrics["label_queries"] = result["queries"]
-    must, cannot = known_constraints(version.collection_id)
-    if must or cannot:
-        alpha = versions.alpha_of(version)
-        distances = queries.pair_distances(version, [*must, *cannot])
-        right = sum(1 for p in must if p in distances and distances[p] < alpha / 2) + sum(
-            1 for p in cannot if p in distances and distances[p] > alpha / 2
-        )
-        if distances:
-            metrics["constraint_agreement"] = round(right / len(distances), 4)
-            metrics["answered_pairs"] = len(distances)
+    held_out = TrainingPolicy.held_out_percent_of(version.collection_id)
+    trained = _pair_metrics(version, *known_constraints(version.collection_id, held_out))
+    if trained is not None:
+        metrics["constraint_agreement"], metrics["answered_pairs"], _ = trained
+    if held_out:
+        metrics["held_out_percent"] = held_out
+        kept = _pair_metrics(version, *held_out_constraints(version.collection_id, held_out))
+        if kept is not None:
+            metrics["held_out_agreement"], metrics["held_out_pairs"], auc = kept
+            if auc is not None:
+                metrics["held_out_auc"] = auc
     return metrics
+
+
+def _pair_metrics(
+    version: ModelVersion, must: list[tuple[int, int]], cannot: list[tuple[int, int]]
+) -> tuple[float, int, float | None] | None:
+    """(agreement, pairs measured, AUC) of answered pairs in `version`: agreement is the share on
+    the right side of alpha/2 (must-links closer, cannot-links farther); AUC the chance that a
+    cannot-link pair lies farther apart than a must-link pair (ties half), None without both
+    kinds. None when no pair has both images embedded."""
+    distances = queries.pair_distances(version, [*must, *cannot])
+    if not distances:
+        return None
+    alpha = versions.alpha_of(version)
+    near = np.asarray([distances[p] for p in must if p in distances], dtype=np.float64)
+    far = np.asarray([distances[p] for p in cannot if p in distances], dtype=np.float64)
+    right = int((near < alpha / 2).sum() + (far > alpha / 2).sum())
+    auc = None
+    if len(near) and len(far):
+        near.sort()
+        below = np.searchsorted(near, far, side="left")
+        ties = np.searchsorted(near, far, side="right") - below
+        auc = round(float((below + 0.5 * ties).sum() / (len(near) * len(far))), 4)
+    return round(right / len(distances), 4), len(distances), auc
 
 
 # Endings -------------------------------------------------------------------------------------

@@ -27,7 +27,14 @@ from retrieval.permissions import (
 )
 from worker import actions
 from worker.health import system_health
-from worker.models import FINETUNE, PRETRAINED, SCRATCH, Job, TrainingPolicy
+from worker.models import (
+    FINETUNE,
+    MAX_HELD_OUT_PERCENT,
+    PRETRAINED,
+    SCRATCH,
+    Job,
+    TrainingPolicy,
+)
 
 # Points drawn in a loss curve: enough for its shape, few enough for a light page.
 CURVE_POINTS = 200
@@ -77,6 +84,13 @@ class PolicyForm(forms.Form):
     minutes = forms.FloatField(
         min_value=0.01, max_value=24 * 60, required=False, label="Training minutes"
     )
+    held_out_percent = forms.IntegerField(
+        min_value=0,
+        max_value=MAX_HELD_OUT_PERCENT,
+        required=False,
+        label=f"Answers kept out of training to measure versions on, % (0 to "
+        f"{MAX_HELD_OUT_PERCENT}; empty: 0)",
+    )
 
 
 def loss_curve(history: list[dict[str, float]]) -> dict[str, Any] | None:
@@ -108,21 +122,37 @@ def loss_curve(history: list[dict[str, float]]) -> dict[str, Any] | None:
     }
 
 
+# What the quality plot draws, in order of preference: retrieval on imported labels, else how
+# well distances separate the held-out answers.
+# (key, short name, caption)
+QUALITY_METRICS = (
+    ("map_at_100", "mAP@100", "mAP@100 on imported labels"),
+    ("held_out_auc", "held-out AUC", "AUC on held-out answers"),
+)
+
+
 def quality_curve(rows: list[actions.VersionRow]) -> dict[str, Any] | None:
-    """Each measured version's mAP@100 on imported labels against the answers it was trained
-    with (version 1: none), as SVG points scaled into CURVE_WIDTH x CURVE_HEIGHT."""
-    measured = sorted(
-        (
-            int(row.version.config.get("answers", 0)),
-            float(row.version.metrics["evaluation"]["map_at_100"]),
-            row.version.number,
+    """Each measured version's quality against the answers it was trained with (version 1:
+    none), as SVG points scaled into CURVE_WIDTH x CURVE_HEIGHT: mAP@100 on imported labels
+    where versions have it, else the AUC of the held-out answers (QUALITY_METRICS)."""
+    live = [row.version for row in rows if row.version.status != ModelVersion.Status.DELETED]
+    for key, name, caption in QUALITY_METRICS:
+        measured = sorted(
+            (
+                int(v.config.get("answers", 0)),
+                float(v.metrics["evaluation"][key]),
+                v.number,
+            )
+            for v in live
+            if (v.metrics.get("evaluation") or {}).get(key) is not None
         )
-        for row in rows
-        if row.version.status != ModelVersion.Status.DELETED
-        and (row.version.metrics.get("evaluation") or {}).get("map_at_100") is not None
-    )
-    if not measured:
-        return None
+        if measured:
+            return {**_quality_points(measured), "name": name, "caption": caption}
+    return None
+
+
+def _quality_points(measured: list[tuple[int, float, int]]) -> dict[str, Any]:
+    """(answers, quality, version number) rows, sorted, as the quality plot's SVG points."""
     most_answers = max(max(a for a, _, _ in measured), 1)
     low = min(q for _, q, _ in measured)
     high = max(q for _, q, _ in measured)
@@ -167,6 +197,7 @@ def _models_page(
             initial={
                 "retrain_after_answers": policy.retrain_after_answers if policy else None,
                 "minutes": policy.minutes if policy else None,
+                "held_out_percent": policy.held_out_percent if policy else 0,
             }
         ),
         "default_minutes": actions.default_minutes(collection),
@@ -216,10 +247,17 @@ def training_policy(request: HttpRequest, pk: int) -> HttpResponse:
     collection = get_collection_for_user(request.user, pk, Membership.Role.ADMIN)
     form = PolicyForm(request.POST)
     if not form.is_valid():
-        messages.error(request, "The retraining settings need positive numbers.")
+        messages.error(
+            request,
+            "The retraining settings need positive numbers, and at most "
+            f"{MAX_HELD_OUT_PERCENT} % of the answers held out.",
+        )
         return _models_page(request, collection, status=400)
     actions.set_policy(
-        collection, form.cleaned_data["retrain_after_answers"], form.cleaned_data["minutes"]
+        collection,
+        form.cleaned_data["retrain_after_answers"],
+        form.cleaned_data["minutes"],
+        form.cleaned_data["held_out_percent"] or 0,
     )
     messages.success(request, "Retraining settings saved.")
     return redirect("worker:models", pk=collection.pk)

@@ -8,7 +8,12 @@ from django.db import IntegrityError, transaction
 from labeling import answers, pair_queue
 from labeling.inference import infer
 from labeling.models import Answer, Constraint, ConstraintRevision, Pair
-from labeling.training import answers_since, known_constraints
+from labeling.training import (
+    answers_since,
+    held_out_constraints,
+    is_held_out,
+    known_constraints,
+)
 
 pytestmark = pytest.mark.django_db
 
@@ -138,3 +143,28 @@ def test_answers_since_counts_answers_not_undos(collection, images, annotator):
     assert answers_since(collection, middle.created_at) == 1
     answers.undo_answer(pair, annotator)
     assert answers_since(collection, None) == 2
+
+
+def test_held_out_pairs_are_a_fixed_share_that_grows_with_the_percent() -> None:
+    pairs = [(a, b) for a in range(100) for b in range(a + 1, 100)]  # 4,950
+    tenth = {p for p in pairs if is_held_out(*p, 10)}
+    fifth = {p for p in pairs if is_held_out(*p, 20)}
+    assert 0.08 < len(tenth) / len(pairs) < 0.12 and 0.17 < len(fifth) / len(pairs) < 0.23
+    assert tenth < fifth  # raising the percent only adds pairs
+    assert not any(is_held_out(*p, 0) for p in pairs)
+    assert {p for p in pairs if is_held_out(*p, 10)} == tenth  # the same every time
+
+
+def test_held_out_answers_leave_training_and_nothing_else_does(
+    collection, images, annotator
+) -> None:
+    x = images
+    for i in range(len(x) - 1):
+        answer(collection, annotator, x[i], x[i + 1], Answer.SAME if i % 2 else Answer.DIFFERENT)
+    everything = known_constraints(collection)
+    trained, kept = known_constraints(collection, 50), held_out_constraints(collection, 50)
+    for kind in (0, 1):
+        assert sorted(trained[kind] + kept[kind]) == everything[kind]
+        assert not set(trained[kind]) & set(kept[kind])
+        assert all(is_held_out(*p, 50) for p in kept[kind])
+    assert held_out_constraints(collection, 0) == ([], [])

@@ -121,6 +121,35 @@ def test_a_retraining_threshold_past_the_column_is_a_400_not_a_500(collection, a
     assert not TrainingPolicy.objects.exists()
 
 
+def test_the_held_out_share_is_saved_and_held_to_its_limit(collection, admin) -> None:
+    url = reverse("worker:training_policy", args=[collection.pk])
+    too_many = client_for(admin).post(url, {"held_out_percent": "51"})
+    assert too_many.status_code == 400
+    assert "at most 50 % of the answers held out" in too_many.content.decode()
+    assert not TrainingPolicy.objects.exists()
+    assert client_for(admin).post(url, {"held_out_percent": "10"}).status_code == 302
+    assert TrainingPolicy.held_out_percent_of(collection.pk) == 10
+    page = client_for(admin).get(reverse("worker:models", args=[collection.pk])).content.decode()
+    assert 'name="held_out_percent" value="10"' in page
+
+
+def test_without_labels_the_quality_plot_draws_the_held_out_auc(collection, admin) -> None:
+    for number, answers, auc in ((1, None, 0.61), (2, 60, 0.74)):
+        evaluation = {"held_out_agreement": 0.6, "held_out_pairs": 9, "held_out_percent": 10}
+        ModelVersion.objects.create(
+            collection=collection,
+            number=number,
+            kind=ModelVersion.Kind.PRETRAINED if answers is None else ModelVersion.Kind.TRAINED,
+            status=ModelVersion.Status.READY,
+            config={} if answers is None else {"answers": answers},
+            metrics={"evaluation": {**evaluation, "held_out_auc": auc}},
+        )
+    page = client_for(admin).get(reverse("worker:models", args=[collection.pk])).content.decode()
+    assert "v2: held-out AUC 0.740 after 60 answers" in page
+    assert "AUC on held-out answers, 0.610 to 0.740" in page
+    assert "agreement 0.600, AUC 0.740" in page  # the versions table's held-out column
+
+
 @pytest.fixture
 def owner(collection: Collection, django_user_model, password):
     """An admin of the collection who is no site admin: the quotas bind them."""

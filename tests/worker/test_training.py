@@ -172,6 +172,37 @@ def test_enough_new_answers_start_retraining_that_learns_from_them(
 
 
 @pytest.mark.django_db
+def test_held_out_answers_are_not_trained_on_and_measure_each_version(searchable, admin) -> None:
+    from labeling.answers import pair_for, record_answer
+    from labeling.training import is_held_out
+
+    TrainingPolicy.objects.create(collection=searchable, minutes=0.02, held_out_percent=50)
+    ids = list(searchable.images.order_by("pk").values_list("pk", flat=True))
+    # Two pairs of each kind on each side of the split, whatever ids the database gave.
+    chosen: dict[tuple[str, bool], list[tuple[int, int]]] = {}
+    for a, b in ((ids[i], ids[j]) for i in range(len(ids)) for j in range(i + 1, len(ids))):
+        value = "same" if (ids.index(a) % 4) == (ids.index(b) % 4) else "different"
+        side = chosen.setdefault((value, is_held_out(a, b, 50)), [])
+        used = {i for pairs in chosen.values() for p in pairs for i in p}
+        if len(side) < 2 and a not in used and b not in used:
+            side.append((a, b))
+    assert all(len(pairs) == 2 for pairs in chosen.values()) and len(chosen) == 4
+    for (value, _), pairs in chosen.items():
+        for a, b in pairs:
+            record_answer(pair_for(searchable, a, b), admin, value)
+    job = run_to_end(actions.start_training(searchable, admin, run_here=True))
+    assert job.status == Job.Status.DONE, job.error
+    assert job.metrics["known_pairs"]["must_explicit"] == 2  # the trained "same" pairs only
+    assert job.metrics["known_pairs"]["cannot_explicit"] == 2
+    evaluation = job.metrics["evaluation"]
+    assert evaluation["answered_pairs"] == 4 and evaluation["held_out_pairs"] == 4
+    assert evaluation["held_out_percent"] == 50
+    assert 0.0 <= evaluation["held_out_agreement"] <= 1.0
+    assert 0.0 <= evaluation["held_out_auc"] <= 1.0
+    assert job.version is not None and job.version.config["held_out_percent"] == 50
+
+
+@pytest.mark.django_db
 def test_retraining_after_answers_is_on_by_default_and_a_policy_of_zero_turns_it_off(
     searchable, annotator, settings
 ) -> None:
