@@ -57,10 +57,19 @@ FEATURE_SHARE = 0.4
 WRITE_EVERY_S = 1.0
 DATA_FILE = "data.npz"
 # An automatic retraining does not activate a version clearly worse than the active one on the
-# imported labels (clearly_worse): on emoji, training on mutual neighbours fell far below
-# version 1 (docs/benchmarks.md). Someone who asks for training gets what they asked for.
+# imported labels or the held-out answers (clearly_worse): on emoji, training on mutual
+# neighbours fell far below version 1 (docs/benchmarks.md). Someone who asks for training gets
+# what they asked for.
 GUARD_MARGIN = 0.02
 GUARD_MIN_QUERIES = 50
+# Where there are no labels, held-out answers (TrainingPolicy.held_out_percent) judge: the AUC
+# of at least this many pairs, measured on the same pairs for both versions.
+GUARD_MIN_HELD_OUT = 100
+# (metric, its name, measured on, the count it rests on, the least count trusted), in order.
+GUARD_MEASURES = (
+    ("map_at_100", "mAP@100", "the imported labels", "label_queries", GUARD_MIN_QUERIES),
+    ("held_out_auc", "AUC", "the held-out answers", "held_out_pairs", GUARD_MIN_HELD_OUT),
+)
 # Held-out evaluation on imported labels: this share of labelled images are queries, the rest
 # the database they search.
 QUERY_SHARE = 0.2
@@ -542,16 +551,18 @@ def _finish_training(job: Job, version: ModelVersion) -> None:
     versions.complete(version)
     if automatic and previous is not None:
         new, old = version.metrics["evaluation"], previous.metrics["evaluation"]
-        if clearly_worse(new, old):
+        worse = clearly_worse(new, old)
+        if worse is not None:
+            name, where, now, before = worse
             job.metrics = {**job.metrics, "evaluation": new}
             job.save(update_fields=["metrics"])
             _end(
                 job,
                 Job.Status.DONE,
                 "done",
-                f"version {version.number} kept inactive: mAP@100 {new['map_at_100']:.3f} on the "
-                f"imported labels, below version {previous.number}'s {old['map_at_100']:.3f}; "
-                "an admin can still activate it on the Models page",
+                f"version {version.number} kept inactive: {name} {now:.3f} on {where}, below "
+                f"version {previous.number}'s {before:.3f}; an admin can still activate it on "
+                "the Models page",
             )
             return
     note(job, "activating", phase="activating")
@@ -561,15 +572,17 @@ def _finish_training(job: Job, version: ModelVersion) -> None:
     _end(job, Job.Status.DONE, "done", f"version {version.number} is active")
 
 
-def clearly_worse(new: dict[str, Any], old: dict[str, Any]) -> bool:
-    """Whether a version measured `new` is clearly worse than one measured `old`: mAP@100 on the
-    imported labels lower by more than GUARD_MARGIN, each measured with at least
-    GUARD_MIN_QUERIES labelled queries (fewer make the difference noise). Without labels nothing
-    is clearly worse: answered pairs alone are what the new version trained on."""
-    enough = all(m.get("label_queries", 0) >= GUARD_MIN_QUERIES for m in (new, old))
-    if not enough or new.get("map_at_100") is None or old.get("map_at_100") is None:
-        return False
-    return float(new["map_at_100"]) < float(old["map_at_100"]) - GUARD_MARGIN
+def clearly_worse(new: dict[str, Any], old: dict[str, Any]) -> tuple[str, str, float, float] | None:
+    """Whether a version measured `new` is clearly worse than one measured `old`, as (the
+    measure, where, its new value, its old value) for the log, else None. The first of
+    GUARD_MEASURES that both measured on enough queries or pairs decides: lower by more than
+    GUARD_MARGIN is clearly worse. Fewer make the difference noise; and answers a version
+    trained on say nothing, so without labels or held-out answers nothing is clearly worse."""
+    for key, name, where, count, least in GUARD_MEASURES:
+        if all(m.get(key) is not None and m.get(count, 0) >= least for m in (new, old)):
+            worse = float(new[key]) < float(old[key]) - GUARD_MARGIN
+            return (name, where, float(new[key]), float(old[key])) if worse else None
+    return None
 
 
 def record_evaluation(version_id: int) -> None:

@@ -386,3 +386,17 @@ def test_few_labelled_queries_never_count_as_clearly_worse() -> None:
         {"map_at_100": 0.1, "label_queries": 20}, {"map_at_100": 0.5, "label_queries": 200}
     )
     assert not pipeline.clearly_worse({"constraint_agreement": 0.2}, {"constraint_agreement": 0.9})
+
+
+def test_without_labels_enough_held_out_answers_judge_a_retraining() -> None:
+    def auc(value: float, pairs: int) -> dict[str, float]:
+        return {"held_out_auc": value, "held_out_pairs": pairs, "held_out_agreement": 0.5}
+
+    assert pipeline.clearly_worse(auc(0.70, 150), auc(0.80, 150)) == (
+        "AUC", "the held-out answers", 0.70, 0.80,
+    )  # fmt: skip
+    assert not pipeline.clearly_worse(auc(0.79, 150), auc(0.80, 150))  # within the margin
+    assert not pipeline.clearly_worse(auc(0.70, 40), auc(0.80, 40))  # too few pairs
+    # Labels, where both versions have enough, decide before the held-out answers.
+    labels = {"map_at_100": 0.5, "label_queries": 200}
+    assert not pipeline.clearly_worse({**labels, **auc(0.70, 150)}, {**labels, **auc(0.80, 150)})
