@@ -23,7 +23,9 @@ features and trained on them for --head-steps with every answer so far (round 0 
 untrained); with --recipe faithful or ours, the from-scratch network for a fixed budget of
 images (from the round-0 network; --continue-training trains on from the previous round's
 weights instead). Then the train subset is re-embedded into a new active version and the data
-set's headline metric is measured (`evaluate_retrieval`): on Fashion-MNIST mAP@1000, --queries
+set's headline metric is measured (`evaluate_retrieval`), and with --held-out P the worker's
+measures on the P % of answers kept out of training (agreement, AUC) of that version and of the
+one before it: on Fashion-MNIST mAP@1000, --queries
 test images against the --train-size train images (the collection); on emoji identity mAP@10, and
 recall@1 beside it, all 1,855 twitter emoji against the 3,710 google and facebook ones (the
 collection; the size flags do not apply), the split and scoring of bench/feature_quality.py's
@@ -177,7 +179,7 @@ def make_collection(name: str, data: ImageSet) -> tuple[Any, list[int]]:
     return collection, ids
 
 
-def new_version(collection: Any, ids: list[int], vectors: np.ndarray, alpha: float) -> None:
+def new_version(collection: Any, ids: list[int], vectors: np.ndarray, alpha: float) -> Any:
     from retrieval import indexes, queries
     from retrieval.models import ModelVersion
 
@@ -193,6 +195,22 @@ def new_version(collection: Any, ids: list[int], vectors: np.ndarray, alpha: flo
     indexes.build_index(version)
     collection.active_version = version
     collection.save(update_fields=["active_version"])
+    return version
+
+
+def held_out_scores(collection: Any, percent: int, version: Any, before: Any) -> dict[str, Any]:
+    """The worker's measures on the answers `percent` keeps out of training (--held-out), of the
+    new version and of the one before it, both on today's held-out pairs."""
+    from labeling.training import held_out_constraints
+    from worker.pipeline import pair_metrics
+
+    kept = held_out_constraints(collection, percent)
+    out: dict[str, Any] = {}
+    for prefix, measured in (("held_out", version), ("before_held_out", before)):
+        found = pair_metrics(measured, *kept)
+        if found is not None:
+            out[f"{prefix}_agreement"], out[f"{prefix}_pairs"], out[f"{prefix}_auc"] = found
+    return out
 
 
 class HeadRounds:
@@ -279,7 +297,7 @@ def run_row(
     else:
         db = embed_images(model, train_set, 512)
         q = embed_images(model, queries, 512)
-    new_version(collection, ids, db, alpha)
+    version = new_version(collection, ids, db, alpha)
     curve: list[dict[str, float]] = [{"answers": 0, **scores(protocol, q, db)}]
     answers = 0
     for round_number in range(1, args.rounds + 1):
@@ -304,7 +322,7 @@ def run_row(
             queued.delete()
         # "none" is plotted where the others are after this round, with no answers behind it.
         answers += args.batch if row == "none" else answered
-        must, cannot = known_constraints(collection)
+        must, cannot = known_constraints(collection, args.held_out)
         known = KnownPairs.from_constraints(
             len(ids),
             [(index_of[a], index_of[b]) for a, b in must],
@@ -323,8 +341,17 @@ def run_row(
             train(model, train_set, cfg, known=known if must or cannot else None)
             db = embed_images(model, train_set, 512)
             q = embed_images(model, queries, 512)
-        new_version(collection, ids, db, alpha)
+        before, version = version, new_version(collection, ids, db, alpha)
         curve.append({"answers": answers, **scores(protocol, q, db)})
+        if args.held_out:
+            curve[-1].update(held_out_scores(collection, args.held_out, version, before))
+            print(
+                f"  held out: {curve[-1].get('held_out_pairs', 0)} pairs, AUC "
+                f"{curve[-1].get('held_out_auc')} (the version before: "
+                f"{curve[-1].get('before_held_out_auc')})",
+                file=sys.stderr,
+                flush=True,
+            )
         grouped = int(known.sizes[known.sizes > 1].sum())
         print(
             f"  {row}: {answers} answers, {protocol.headline[0]} {curve[-1]['map']:.4f}, "
@@ -392,6 +419,13 @@ def main() -> None:
     )
     parser.add_argument("--out", type=Path)
     parser.add_argument("--threads", type=int, default=None, help="torch threads per process")
+    parser.add_argument(
+        "--held-out",
+        type=int,
+        default=0,
+        help="keep this %% of the answers out of training (the models page's held-out share) "
+        "and record each version's agreement and AUC on them, and its predecessor's",
+    )
     parser.add_argument(
         "--results", default="", help="only report: comma-separated --out dirs of earlier runs"
     )
@@ -485,7 +519,7 @@ def merge_seeds(
                 **{
                     key: statistics.fmean(p[key] for p in group)
                     for key in group[0]
-                    if key != "answers"
+                    if key != "answers" and all(key in p for p in group)
                 },
             }
             for group in points
@@ -507,7 +541,7 @@ def report(curves: dict[str, list[dict[str, float]]], args: argparse.Namespace) 
     header = "| strategy | " + " | ".join(f"{a:.0f}" for a in steps) + " |"
 
     def cells(curve: list[dict[str, float]], metric: str) -> str:
-        at = {p["answers"]: p[metric] for p in curve}
+        at = {p["answers"]: p[metric] for p in curve if metric in p}
         return " | ".join(f"{at[a]:.4f}" if a in at else "-" for a in steps)
 
     print(f"{headline}\n\n{header} answers to random's final |")
@@ -517,7 +551,8 @@ def report(curves: dict[str, list[dict[str, float]]], args: argparse.Namespace) 
     for row, curve in curves.items():
         reach = answers_to_reach(curve, target) if target is not None else None
         print(f"| {row} | {cells(curve, 'map')} | {'-' if reach is None else f'{reach:.0f}'} |")
-    for metric in others:
+    held_out = ["held_out_auc", "before_held_out_auc", "held_out_pairs"]
+    for metric in others + [m for m in held_out if any(m in p for c in curves.values() for p in c)]:
         print(f"\n{metric}\n\n{header}\n|---|" + "---:|" * len(steps))
         for row, curve in curves.items():
             print(f"| {row} | {cells(curve, metric)} |")

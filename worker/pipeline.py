@@ -622,12 +622,12 @@ def evaluate_version(version: ModelVersion) -> dict[str, Any]:
             metrics["p_at_10"] = round(result["precision"], 4)
             metrics["label_queries"] = result["queries"]
     held_out = TrainingPolicy.held_out_percent_of(version.collection_id)
-    trained = _pair_metrics(version, *known_constraints(version.collection_id, held_out))
+    trained = pair_metrics(version, *known_constraints(version.collection_id, held_out))
     if trained is not None:
         metrics["constraint_agreement"], metrics["answered_pairs"], _ = trained
     if held_out:
         metrics["held_out_percent"] = held_out
-        kept = _pair_metrics(version, *held_out_constraints(version.collection_id, held_out))
+        kept = pair_metrics(version, *held_out_constraints(version.collection_id, held_out))
         if kept is not None:
             metrics["held_out_agreement"], metrics["held_out_pairs"], auc = kept
             if auc is not None:
@@ -635,7 +635,7 @@ def evaluate_version(version: ModelVersion) -> dict[str, Any]:
     return metrics
 
 
-def _pair_metrics(
+def pair_metrics(
     version: ModelVersion, must: list[tuple[int, int]], cannot: list[tuple[int, int]]
 ) -> tuple[float, int, float | None] | None:
     """(agreement, pairs measured, AUC) of answered pairs in `version`: agreement is the share on
