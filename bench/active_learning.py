@@ -209,7 +209,10 @@ def held_out_scores(collection: Any, percent: int, version: Any, before: Any) ->
     for prefix, measured in (("held_out", version), ("before_held_out", before)):
         found = pair_metrics(measured, *kept)
         if found is not None:
-            out[f"{prefix}_agreement"], out[f"{prefix}_pairs"], out[f"{prefix}_auc"] = found
+            agreement, pairs, auc = found
+            out[f"{prefix}_agreement"], out[f"{prefix}_pairs"] = agreement, pairs
+            if auc is not None:  # both kinds held out
+                out[f"{prefix}_auc"] = auc
     return out
 
 
