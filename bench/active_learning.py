@@ -207,12 +207,7 @@ def held_out_scores(collection: Any, percent: int, version: Any, before: Any) ->
     kept = held_out_constraints(collection, percent)
     out: dict[str, Any] = {}
     for prefix, measured in (("held_out", version), ("before_held_out", before)):
-        found = pair_metrics(measured, *kept)
-        if found is not None:
-            agreement, pairs, auc = found
-            out[f"{prefix}_agreement"], out[f"{prefix}_pairs"] = agreement, pairs
-            if auc is not None:  # both kinds held out
-                out[f"{prefix}_auc"] = auc
+        out |= {f"{prefix}_{key}": value for key, value in pair_metrics(measured, *kept).items()}
     return out
 
 
@@ -554,7 +549,7 @@ def report(curves: dict[str, list[dict[str, float]]], args: argparse.Namespace) 
     for row, curve in curves.items():
         reach = answers_to_reach(curve, target) if target is not None else None
         print(f"| {row} | {cells(curve, 'map')} | {'-' if reach is None else f'{reach:.0f}'} |")
-    held_out = ["held_out_auc", "before_held_out_auc", "held_out_pairs"]
+    held_out = ["held_out_auc", "before_held_out_auc", "held_out_same", "held_out_different"]
     for metric in others + [m for m in held_out if any(m in p for c in curves.values() for p in c)]:
         print(f"\n{metric}\n\n{header}\n|---|" + "---:|" * len(steps))
         for row, curve in curves.items():
