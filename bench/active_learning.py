@@ -296,6 +296,7 @@ def run_row(
         db = embed_images(model, train_set, 512)
         q = embed_images(model, queries, 512)
     version = new_version(collection, ids, db, alpha)
+    every_version = [version]
     curve: list[dict[str, float]] = [{"answers": 0, **scores(protocol, q, db)}]
     answers = 0
     for round_number in range(1, args.rounds + 1):
@@ -340,6 +341,7 @@ def run_row(
             db = embed_images(model, train_set, 512)
             q = embed_images(model, queries, 512)
         before, version = version, new_version(collection, ids, db, alpha)
+        every_version.append(version)
         curve.append({"answers": answers, **scores(protocol, q, db)})
         if args.held_out:
             curve[-1].update(held_out_scores(collection, args.held_out, version, before))
@@ -357,6 +359,17 @@ def run_row(
             file=sys.stderr,
             flush=True,
         )
+    if args.held_out:
+        # Every version again on the last round's held-out pairs: one set, so the versions'
+        # AUCs compare as their mAPs do.
+        from labeling.training import held_out_constraints
+        from worker.pipeline import pair_metrics
+
+        kept = held_out_constraints(collection, args.held_out)
+        for point, measured in zip(curve, every_version, strict=True):
+            auc = pair_metrics(measured, *kept).get("auc")
+            if auc is not None:
+                point["final_held_out_auc"] = auc
     return curve
 
 
@@ -549,7 +562,13 @@ def report(curves: dict[str, list[dict[str, float]]], args: argparse.Namespace) 
     for row, curve in curves.items():
         reach = answers_to_reach(curve, target) if target is not None else None
         print(f"| {row} | {cells(curve, 'map')} | {'-' if reach is None else f'{reach:.0f}'} |")
-    held_out = ["held_out_auc", "before_held_out_auc", "held_out_same", "held_out_different"]
+    held_out = [
+        "held_out_auc",
+        "before_held_out_auc",
+        "final_held_out_auc",
+        "held_out_same",
+        "held_out_different",
+    ]
     for metric in others + [m for m in held_out if any(m in p for c in curves.values() for p in c)]:
         print(f"\n{metric}\n\n{header}\n|---|" + "---:|" * len(steps))
         for row, curve in curves.items():
