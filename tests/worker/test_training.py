@@ -178,17 +178,17 @@ def test_held_out_answers_are_not_trained_on_and_measure_each_version(searchable
 
     TrainingPolicy.objects.create(collection=searchable, minutes=0.02, held_out_percent=50)
     ids = list(searchable.images.order_by("pk").values_list("pk", flat=True))
-    # Two pairs of each kind on each side of the split, whatever ids the database gave.
+    # Three pairs of each kind on each side of the split, whatever ids the database gave; "same"
+    # is a class (the image's place modulo 4), so no answer contradicts another.
     chosen: dict[tuple[str, bool], list[tuple[int, int]]] = {}
-    for a, b in ((ids[i], ids[j]) for i in range(len(ids)) for j in range(i + 1, len(ids))):
-        value = "same" if (ids.index(a) % 4) == (ids.index(b) % 4) else "different"
-        side = chosen.setdefault((value, is_held_out(a, b, 50)), [])
-        used = {i for pairs in chosen.values() for p in pairs for i in p}
-        if len(side) < 2 and a not in used and b not in used:
-            side.append((a, b))
-    assert all(len(pairs) == 2 for pairs in chosen.values()) and len(chosen) == 4
+    for i, j in ((i, j) for i in range(len(ids)) for j in range(i + 1, len(ids))):
+        value = "same" if i % 4 == j % 4 else "different"
+        side = chosen.setdefault((value, is_held_out(ids[i], ids[j], 50)), [])
+        if len(side) < 3:
+            side.append((ids[i], ids[j]))
+    assert all(len(pairs) == 3 for pairs in chosen.values()) and len(chosen) == 4
     for (value, _), pairs in chosen.items():
-        for a, b in pairs:
+        for a, b in pairs[:2]:  # the third of each comes before the second training
             record_answer(pair_for(searchable, a, b), admin, value)
     job = run_to_end(actions.start_training(searchable, admin, run_here=True))
     assert job.status == Job.Status.DONE, job.error
@@ -201,6 +201,16 @@ def test_held_out_answers_are_not_trained_on_and_measure_each_version(searchable
     assert 0.0 <= evaluation["held_out_agreement"] <= 1.0
     assert 0.0 <= evaluation["held_out_auc"] <= 1.0
     assert job.version is not None and job.version.config["held_out_percent"] == 50
+
+    # Two more held-out answers; the next training measures every version on all six.
+    for (value, held), pairs in chosen.items():
+        if held:
+            record_answer(pair_for(searchable, *pairs[2]), admin, value)
+    assert run_to_end(actions.start_training(searchable, admin, run_here=True)).status == "done"
+    ready = ModelVersion.objects.filter(collection=searchable, status=ModelVersion.Status.READY)
+    assert ready.count() == 3
+    for version in ready:
+        assert version.metrics["evaluation"]["held_out_pairs"] == 6, version.number
 
 
 @pytest.mark.django_db
@@ -394,7 +404,7 @@ def test_without_labels_enough_held_out_answers_judge_a_retraining() -> None:
         return {"held_out_auc": value, "held_out_same": same, "held_out_different": different}
 
     assert pipeline.clearly_worse(auc(0.70), auc(0.80)) == ("AUC", "the held-out answers", 0.7, 0.8)
-    assert not pipeline.clearly_worse(auc(0.79), auc(0.80))  # within the margin
+    assert not pipeline.clearly_worse(auc(0.77), auc(0.80))  # within the margin (noise)
     # An AUC resting on a handful of pairs of one kind is noise.
     assert not pipeline.clearly_worse(auc(0.70, same=2, different=300), auc(0.80, 2, 300))
     # Labels, where both versions have enough, decide before the held-out answers.
