@@ -118,3 +118,21 @@ def test_runs_of_two_cadences_are_reported_side_by_side(
     assert "| strategy | 0 | 50 | 100 | 200 |" in out
     assert "| default, B=50 | 0.6000 | 0.6200 | 0.7000 | - | 100 |" in out
     assert "| random, B=100 | 0.6000 | - | 0.6400 | 0.6600 | 200 |" in out
+
+
+def test_held_out_measures_are_reported_and_averaged_where_every_seed_has_them(
+    bench: ModuleType, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Seed 1 held out no pair of each kind at 50 answers: no AUC there, so no mean either.
+    seed0 = [{"answers": 0, "map": 0.6}, {"answers": 50, "map": 0.7, "held_out_auc": 0.8}]
+    seed1 = [{"answers": 0, "map": 0.6}, {"answers": 50, "map": 0.8}]
+    curves = bench.merge_seeds({"default": [(0, seed0), (1, seed1)]})
+    assert "held_out_auc" not in curves["default (mean of 2 seeds)"][1]
+    args = argparse.Namespace(
+        data="fashion-mnist", train_size=5000, queries=1000, batch=50, images_per_round=0, out=None
+    )
+    bench.report(curves, args)
+    out = capsys.readouterr().out
+    assert "held_out_auc" in out and "before_held_out_auc" not in out
+    assert "| default (seed 0) | - | 0.8000 |" in out
+    assert "| default (mean of 2 seeds) | - | - |" in out

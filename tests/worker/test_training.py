@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 from django.conf import settings as django_settings
 
@@ -181,7 +183,7 @@ def test_held_out_answers_are_not_trained_on_and_measure_each_version(searchable
     # Three pairs of each kind on each side of the split, whatever ids the database gave; "same"
     # is a class (the image's place modulo 4), so no answer contradicts another.
     chosen: dict[tuple[str, bool], list[tuple[int, int]]] = {}
-    for i, j in ((i, j) for i in range(len(ids)) for j in range(i + 1, len(ids))):
+    for i, j in itertools.combinations(range(len(ids)), 2):
         value = "same" if i % 4 == j % 4 else "different"
         side = chosen.setdefault((value, is_held_out(ids[i], ids[j], 50)), [])
         if len(side) < 3:
