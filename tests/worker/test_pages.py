@@ -121,6 +121,22 @@ def test_a_retraining_threshold_past_the_column_is_a_400_not_a_500(collection, a
     assert not TrainingPolicy.objects.exists()
 
 
+def measured_versions(
+    collection: Collection, rows: list[tuple[int | None, dict[str, float]]]
+) -> None:
+    """Ready versions 1, 2, ... trained on `answers` (None: version 1, untrained) with these
+    evaluations, as finished jobs leave them."""
+    for number, (answers, evaluation) in enumerate(rows, start=1):
+        ModelVersion.objects.create(
+            collection=collection,
+            number=number,
+            kind=ModelVersion.Kind.PRETRAINED if answers is None else ModelVersion.Kind.TRAINED,
+            status=ModelVersion.Status.READY,
+            config={} if answers is None else {"answers": answers},
+            metrics={"evaluation": evaluation},
+        )
+
+
 def test_the_held_out_share_is_saved_and_held_to_its_limit(collection, admin) -> None:
     url = reverse("worker:training_policy", args=[collection.pk])
     too_many = client_for(admin).post(url, {"held_out_percent": "51"})
@@ -134,16 +150,11 @@ def test_the_held_out_share_is_saved_and_held_to_its_limit(collection, admin) ->
 
 
 def test_without_labels_the_quality_plot_draws_the_held_out_auc(collection, admin) -> None:
-    for number, answers, auc in ((1, None, 0.61), (2, 60, 0.74)):
-        evaluation = {"held_out_agreement": 0.6, "held_out_pairs": 9, "held_out_percent": 10}
-        ModelVersion.objects.create(
-            collection=collection,
-            number=number,
-            kind=ModelVersion.Kind.PRETRAINED if answers is None else ModelVersion.Kind.TRAINED,
-            status=ModelVersion.Status.READY,
-            config={} if answers is None else {"answers": answers},
-            metrics={"evaluation": {**evaluation, "held_out_auc": auc}},
-        )
+    held_out = {"held_out_agreement": 0.6, "held_out_pairs": 9, "held_out_percent": 10}
+    measured_versions(
+        collection,
+        [(None, {**held_out, "held_out_auc": 0.61}), (60, {**held_out, "held_out_auc": 0.74})],
+    )
     page = client_for(admin).get(reverse("worker:models", args=[collection.pk])).content.decode()
     assert "v2: held-out AUC 0.740 after 60 answers" in page
     assert "AUC on held-out answers, 0.610 to 0.740" in page
@@ -243,15 +254,10 @@ def test_models_page_shows_metrics_loss_curve_and_the_active_version(
 def test_models_page_plots_quality_against_the_answers_each_version_learned_from(
     collection, admin
 ) -> None:
-    for number, answers, quality in ((1, None, 0.41), (2, 50, 0.47), (3, 100, 0.52)):
-        ModelVersion.objects.create(
-            collection=collection,
-            number=number,
-            kind=ModelVersion.Kind.PRETRAINED if answers is None else ModelVersion.Kind.TRAINED,
-            status=ModelVersion.Status.READY,
-            config={} if answers is None else {"answers": answers},
-            metrics={"evaluation": {"map_at_100": quality}},
-        )
+    measured_versions(
+        collection,
+        [(a, {"map_at_100": q}) for a, q in ((None, 0.41), (50, 0.47), (100, 0.52))],
+    )
     page = client_for(admin).get(reverse("worker:models", args=[collection.pk])).content.decode()
     assert "Quality against answers" in page
     assert page.count("<circle") == 3
