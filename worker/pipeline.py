@@ -663,24 +663,22 @@ def remeasure_held_out(collection_id: int, measured: set[int]) -> None:
     pairs, mined where the model was unsure, are harder (Fashion-MNIST: each new version scored
     0.87-0.98 on the pairs held out when it trained, falling as answers came, while mAP rose; on
     the 106 held out after 500 answers version 1 scores 0.79, the newest 0.87;
-    docs/benchmarks.md)."""
+    docs/benchmarks.md). With no share held out any more, the versions lose their held-out
+    measures, which no longer compare with anything."""
     held_out = TrainingPolicy.held_out_percent_of(collection_id)
-    if not held_out:
-        return
-    kept = held_out_constraints(collection_id, held_out)
+    kept = held_out_constraints(collection_id, held_out) if held_out else None
     others = ModelVersion.objects.filter(
         collection_id=collection_id, status=ModelVersion.Status.READY
     ).exclude(pk__in=measured)
     for other in others:
-        evaluation = {
-            key: value
-            for key, value in (other.metrics.get("evaluation") or {}).items()
-            if not key.startswith("held_out_")
-        }
-        evaluation["held_out_percent"] = held_out
-        evaluation |= {f"held_out_{k}": v for k, v in pair_metrics(other, *kept).items()}
-        other.metrics = {**other.metrics, "evaluation": evaluation}
-        other.save(update_fields=["metrics"])
+        before = other.metrics.get("evaluation") or {}
+        evaluation = {k: v for k, v in before.items() if not k.startswith("held_out_")}
+        if kept is not None:
+            evaluation["held_out_percent"] = held_out
+            evaluation |= {f"held_out_{k}": v for k, v in pair_metrics(other, *kept).items()}
+        if evaluation != before:
+            other.metrics = {**other.metrics, "evaluation": evaluation}
+            other.save(update_fields=["metrics"])
 
 
 def pair_metrics(

@@ -176,7 +176,7 @@ def test_enough_new_answers_start_retraining_that_learns_from_them(
 @pytest.mark.django_db
 def test_held_out_answers_are_not_trained_on_and_measure_each_version(searchable, admin) -> None:
     from labeling.answers import pair_for, record_answer
-    from labeling.training import is_held_out
+    from labeling.training import is_held_out, known_constraints
 
     TrainingPolicy.objects.create(collection=searchable, minutes=0.02, held_out_percent=50)
     ids = list(searchable.images.order_by("pk").values_list("pk", flat=True))
@@ -213,6 +213,16 @@ def test_held_out_answers_are_not_trained_on_and_measure_each_version(searchable
     assert ready.count() == 3
     for version in ready:
         assert version.metrics["evaluation"]["held_out_pairs"] == 6, version.number
+
+    # Held-out share off: the next training trains on every answer, and no version keeps a
+    # held-out measure that compares with nothing.
+    TrainingPolicy.objects.filter(collection=searchable).update(held_out_percent=0)
+    job = run_to_end(actions.start_training(searchable, admin, run_here=True))
+    every_same, every_different = known_constraints(searchable)
+    assert job.metrics["known_pairs"]["must_explicit"] == len(every_same) > 3
+    assert job.metrics["known_pairs"]["cannot_explicit"] == len(every_different) > 3
+    for version in ready.all():
+        assert not any(k.startswith("held_out_") for k in version.metrics["evaluation"])
 
 
 @pytest.mark.django_db
