@@ -27,33 +27,33 @@ def known_constraints(
     collection: Collection | int, held_out_percent: int = 0
 ) -> tuple[Pairs, Pairs]:
     """(must-link, cannot-link) image-id pairs (a < b) from resolved human and imported answers,
-    less those `held_out_percent` keeps for measuring (`held_out_constraints`).
+    less those `held_out_percent` keeps for measuring (`split_constraints`).
 
     Unsure answers and flagged (contradicting, not yet adjudicated) pairs are left out; a
     curator's ruling replaces the majority. Only pairs somebody answered or imported: implied
     pairs follow from these and the loss sees them through the groups' shared embeddings.
     """
-    must, cannot = _resolved(collection)
-    return (
-        [p for p in must if not is_held_out(*p, held_out_percent)],
-        [p for p in cannot if not is_held_out(*p, held_out_percent)],
-    )
+    return split_constraints(collection, held_out_percent)[0]
 
 
 def held_out_constraints(collection: Collection | int, percent: int) -> tuple[Pairs, Pairs]:
     """The (must-link, cannot-link) pairs that training at `percent` leaves out."""
-    must, cannot = _resolved(collection)
-    return (
-        [p for p in must if is_held_out(*p, percent)],
-        [p for p in cannot if is_held_out(*p, percent)],
-    )
+    return split_constraints(collection, percent)[1]
 
 
-def _resolved(collection: Collection | int) -> tuple[Pairs, Pairs]:
+def split_constraints(
+    collection: Collection | int, percent: int
+) -> tuple[tuple[Pairs, Pairs], tuple[Pairs, Pairs]]:
+    """((must, cannot) to train on, (must, cannot) held out at `percent`), from one replay of
+    the answers."""
     inference = infer(collection)
     must = sorted({(p.a, p.b) for p in inference.must_pairs})
     cannot = sorted({(p.a, p.b) for p in inference.cannot_pairs})
-    return must, cannot
+
+    def side(pairs: Pairs, held: bool) -> Pairs:
+        return [p for p in pairs if is_held_out(*p, percent) == held]
+
+    return (side(must, False), side(cannot, False)), (side(must, True), side(cannot, True))
 
 
 def answers_since(collection: Collection | int, when: datetime | None) -> int:

@@ -23,7 +23,13 @@ from django.db.models import F, Q
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
-from labeling.training import answers_since, held_out_constraints, known_constraints
+from labeling.training import (
+    Pairs,
+    answers_since,
+    held_out_constraints,
+    known_constraints,
+    split_constraints,
+)
 from retrieval import embedding, features, queries, versions
 from retrieval.autoret.checkpoint import CheckpointError, read_info, save_head_checkpoint
 from retrieval.autoret.data import ImageSet
@@ -646,15 +652,22 @@ def evaluate_version(version: ModelVersion) -> dict[str, Any]:
             metrics["p_at_10"] = round(result["precision"], 4)
             metrics["label_queries"] = result["queries"]
     held_out = TrainingPolicy.held_out_percent_of(version.collection_id)
-    trained = pair_metrics(version, *known_constraints(version.collection_id, held_out))
+    trained_pairs, kept_pairs = split_constraints(version.collection_id, held_out)
+    trained = pair_metrics(version, *trained_pairs)
     if trained:
         metrics["constraint_agreement"] = trained["agreement"]
         metrics["answered_pairs"] = trained["pairs"]
     if held_out:
-        metrics["held_out_percent"] = held_out
-        kept = pair_metrics(version, *held_out_constraints(version.collection_id, held_out))
-        metrics |= {f"held_out_{key}": value for key, value in kept.items()}
+        metrics |= _held_out_measures(version, held_out, kept_pairs)
     return metrics
+
+
+def _held_out_measures(
+    version: ModelVersion, percent: int, kept: tuple[Pairs, Pairs]
+) -> dict[str, Any]:
+    """The evaluation's held_out_* entries: `version` measured on the pairs kept out."""
+    measured = pair_metrics(version, *kept)
+    return {"held_out_percent": percent, **{f"held_out_{k}": v for k, v in measured.items()}}
 
 
 def remeasure_held_out(collection_id: int, measured: set[int]) -> None:
@@ -674,16 +687,13 @@ def remeasure_held_out(collection_id: int, measured: set[int]) -> None:
         before = other.metrics.get("evaluation") or {}
         evaluation = {k: v for k, v in before.items() if not k.startswith("held_out_")}
         if kept is not None:
-            evaluation["held_out_percent"] = held_out
-            evaluation |= {f"held_out_{k}": v for k, v in pair_metrics(other, *kept).items()}
+            evaluation |= _held_out_measures(other, held_out, kept)
         if evaluation != before:
             other.metrics = {**other.metrics, "evaluation": evaluation}
             other.save(update_fields=["metrics"])
 
 
-def pair_metrics(
-    version: ModelVersion, must: list[tuple[int, int]], cannot: list[tuple[int, int]]
-) -> dict[str, Any]:
+def pair_metrics(version: ModelVersion, must: Pairs, cannot: Pairs) -> dict[str, Any]:
     """Answered pairs measured in `version` ({} when no pair has both images embedded):
     `agreement`, the share on the right side of alpha/2 (must-links closer, cannot-links
     farther); `pairs`, `same` and `different`, how many were measured; and, with both kinds,
