@@ -198,17 +198,14 @@ def new_version(collection: Any, ids: list[int], vectors: np.ndarray, alpha: flo
     return version
 
 
-def held_out_scores(collection: Any, percent: int, version: Any, before: Any) -> dict[str, Any]:
-    """The worker's measures on the answers `percent` keeps out of training (--held-out), of the
-    new version and of the one before it, both on today's held-out pairs."""
+def held_out_scores(collection: Any, percent: int, versions: list[Any]) -> list[dict[str, Any]]:
+    """The worker's measures (`pair_metrics`) of each of `versions` on the answers `percent`
+    keeps out of training (--held-out), all on today's held-out pairs."""
     from labeling.training import held_out_constraints
     from worker.pipeline import pair_metrics
 
     kept = held_out_constraints(collection, percent)
-    out: dict[str, Any] = {}
-    for prefix, measured in (("held_out", version), ("before_held_out", before)):
-        out |= {f"{prefix}_{key}": value for key, value in pair_metrics(measured, *kept).items()}
-    return out
+    return [pair_metrics(version, *kept) for version in versions]
 
 
 class HeadRounds:
@@ -344,7 +341,9 @@ def run_row(
         every_version.append(version)
         curve.append({"answers": answers, **scores(protocol, q, db)})
         if args.held_out:
-            curve[-1].update(held_out_scores(collection, args.held_out, version, before))
+            now, then = held_out_scores(collection, args.held_out, [version, before])
+            curve[-1] |= {f"held_out_{k}": v for k, v in now.items()}
+            curve[-1] |= {f"before_held_out_{k}": v for k, v in then.items()}
             print(
                 f"  held out: {curve[-1].get('held_out_pairs', 0)} pairs, AUC "
                 f"{curve[-1].get('held_out_auc')} (the version before: "
@@ -362,14 +361,10 @@ def run_row(
     if args.held_out:
         # Every version again on the last round's held-out pairs: one set, so the versions'
         # AUCs compare as their mAPs do.
-        from labeling.training import held_out_constraints
-        from worker.pipeline import pair_metrics
-
-        kept = held_out_constraints(collection, args.held_out)
-        for point, measured in zip(curve, every_version, strict=True):
-            auc = pair_metrics(measured, *kept).get("auc")
-            if auc is not None:
-                point["final_held_out_auc"] = auc
+        last = held_out_scores(collection, args.held_out, every_version)
+        for point, measured in zip(curve, last, strict=True):
+            if "auc" in measured:
+                point["final_held_out_auc"] = measured["auc"]
     return curve
 
 
